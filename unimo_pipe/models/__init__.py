@@ -1,0 +1,1 @@
+"""Models used by the stages: detector, translator wrapper, scene-graph parser, transformer, losses."""

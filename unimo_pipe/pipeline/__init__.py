@@ -1,0 +1,1 @@
+"""The runtime every stage shares: CLI, config, shard runner, stores and input readers."""

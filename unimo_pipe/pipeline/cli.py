@@ -1,0 +1,186 @@
+"""The `unimo-pipe` command: one sub-command per stage, plus validate, run, demo and merge.
+
+`main(argv) -> int` is the entry point tests call. User mistakes print one line and return 2;
+`--debug` adds the traceback. Stage modules import heavy libraries lazily, so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, NoReturn
+
+from unimo_pipe import __version__
+from unimo_pipe.pipeline.config import OptionSpec, Source, load_yaml, option_specs, parse_overrides, resolve_options
+from unimo_pipe.pipeline.errors import ConfigError, UserError
+from unimo_pipe.pipeline.stage import STAGES, Stage, get_stage
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UserError instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message} (see '{self.prog} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="unimo-pipe", description="UNIMO-style cross-modal contrastive pretraining data.")
+    parser.add_argument("--version", action="version", version=f"unimo-pipe {__version__}")
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in STAGES.names():
+        _add_stage_command(commands, STAGES.get(name), common)
+    _add_tool_commands(commands, common)
+    return parser
+
+
+def _add_stage_command(commands: Any, stage_class: type[Stage], common: argparse.ArgumentParser) -> None:
+    sub = commands.add_parser(stage_class.name, help=stage_class.summary, description=stage_class.summary,
+                              parents=[common], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="YAML",
+                     help="options from a YAML file (flags and key=value override it)")
+    for spec in option_specs(stage_class.options_class).values():
+        _add_option_flag(sub, spec)
+    sub.add_argument("overrides", nargs="*", metavar="key=value", help="last-word overrides of any option")
+    sub.set_defaults(handler=_run_stage_command)
+
+
+def _add_option_flag(parser: argparse.ArgumentParser, spec: OptionSpec) -> None:
+    help_text = spec.help + (" (required)" if spec.required else f" (default: {spec.default})")
+    if spec.choices:
+        help_text += f" {{{','.join(spec.choices)}}}"
+    kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text, "dest": spec.name}
+    if spec.base_type is bool:
+        parser.add_argument(spec.flag, action=argparse.BooleanOptionalAction, **kwargs)
+        return
+    kwargs["metavar"] = spec.metavar or spec.name.upper()
+    if spec.is_list:
+        kwargs["nargs"] = "+"
+    parser.add_argument(spec.flag, **kwargs)
+
+
+def _add_tool_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    validate = commands.add_parser("validate", parents=[common], help="check a workflow or stage config")
+    validate.add_argument("config", type=Path, help="workflow YAML (with steps:) or stage YAML (with stage:)")
+    validate.add_argument("overrides", nargs="*", metavar="key=value")
+    validate.set_defaults(handler=_validate_command)
+
+    run = commands.add_parser("run", parents=[common], help="run a workflow's stages in order, skipping done work")
+    run.add_argument("workflow", type=Path, help="workflow YAML")
+    run.add_argument("overrides", nargs="*", metavar="key=value", help="vars.NAME=value or STEP.option=value")
+    run.set_defaults(handler=_run_command)
+
+    demo = commands.add_parser("demo", parents=[common], help="run the bundled demo workflow end to end")
+    demo.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default: demo-out)")
+    demo.set_defaults(handler=_demo_command)
+
+    merge = commands.add_parser("merge", parents=[common], help="merge a finished stage's shards into one of each file")
+    merge.add_argument("stage_output", type=Path, help="a stage's --out folder")
+    merge.add_argument("dest", type=Path, help="new folder for the merged files")
+    merge.set_defaults(handler=_merge_command)
+
+
+def options_from_args(stage: Stage, args: argparse.Namespace) -> Any:
+    """Defaults < --config YAML < flags < key=value overrides."""
+    sources = []
+    config_path = getattr(args, "config", None)
+    if config_path is not None:
+        values = load_yaml(config_path)
+        named = values.pop("stage", stage.name)
+        if named != stage.name:
+            raise UserError(f"{config_path} is a config for stage {named!r}, not {stage.name!r}")
+        sources.append(Source(config_path.name, values, base_dir=config_path.resolve().parent))
+    flags = {name: getattr(args, name) for name in option_specs(stage.options_class) if hasattr(args, name)}
+    sources.append(Source("flags", flags, from_strings=True))
+    sources.append(parse_overrides(args.overrides))
+    return resolve_options(stage.options_class, sources)
+
+
+def _run_stage_command(args: argparse.Namespace) -> int:
+    from unimo_pipe.pipeline.runner import run_stage
+    from unimo_pipe.pipeline.workflow import format_summary
+
+    stage = get_stage(args.command)
+    result = run_stage(stage, options_from_args(stage, args))
+    print(format_summary([result]))
+    return 0
+
+
+def _validate_command(args: argparse.Namespace) -> int:
+    from unimo_pipe.pipeline.workflow import load_config_file
+
+    steps = load_config_file(args.config, args.overrides)
+    print(f"{args.config}: ok ({len(steps)} step{'s' if len(steps) != 1 else ''}: "
+          f"{', '.join(step.name for step in steps)})")
+    return 0
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    from unimo_pipe.pipeline.workflow import format_summary, load_config_file, run_steps
+
+    results = run_steps(load_config_file(args.workflow, args.overrides))
+    print(format_summary(results))
+    return 0
+
+
+def _demo_command(args: argparse.Namespace) -> int:
+    from unimo_pipe.workflows.demo import run_demo
+
+    run_demo(args.out)
+    return 0
+
+
+def _merge_command(args: argparse.Namespace) -> int:
+    from unimo_pipe.pipeline.outputs import merge_outputs
+
+    merged = merge_outputs(args.stage_output, args.dest)
+    for name, count in merged.items():
+        print(f"{args.dest / name}: {count:,} entries")
+    return 0
+
+
+def _configure_logging(debug: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+
+def _report(exc: UserError) -> None:
+    if isinstance(exc, ConfigError) and len(exc.errors) > 1:
+        print(f"unimo-pipe: error: {len(exc.errors)} config errors:", file=sys.stderr)
+        for message in exc.errors:
+            print(f"  - {message}", file=sys.stderr)
+    else:
+        print(f"unimo-pipe: error: {exc}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    _configure_logging(debug)
+    try:
+        args = build_parser().parse_args(argv)
+        if getattr(args, "handler", None) is None:
+            build_parser().print_help()
+            return EXIT_USER_ERROR
+        return args.handler(args)
+    except SystemExit as exc:  # --help and --version
+        return exc.code if isinstance(exc.code, int) else 0
+    except UserError as exc:
+        if debug:
+            traceback.print_exc()
+        _report(exc)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("unimo-pipe: interrupted; rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def console_entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Region features in UNITER's image-db layout, which UNITER's `DetectFeatLmdb` reads unchanged.
+
+    ROOT/feat_th{conf}_max{max}_min{min}/   LMDB: image file name -> msgpack dict of per-box arrays
+    ROOT/nbb_th{conf}_max{max}_min{min}.json   {image file name: number of boxes}
+    ROOT/img_meta_th{conf}_max{max}_min{min}.json   {image file name: per-image values} (ours)
+
+Values: `features` (N, D) f16, `norm_bb` (N, 6) f16 = [x1/W, y1/H, x2/W, y2/H, w/W, h/H], `conf` (N,) f16,
+`soft_labels` (N, C) f16, plus any extra per-box arrays (first dimension N). UNITER slices every value
+with `[:nbb]`, so per-image scalars must not go in the LMDB value: they go in the img_meta sidecar.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unimo_pipe.pipeline.jsonl import write_json_atomic
+from unimo_pipe.pipeline.lmdb_store import LmdbReader, LmdbWriter
+
+REQUIRED_FIELDS = ("features", "norm_bb", "conf", "soft_labels")
+
+
+def _suffix(conf_th: float, max_bb: int, min_bb: int) -> str:
+    return f"th{conf_th}_max{max_bb}_min{min_bb}"
+
+
+def feature_db_name(conf_th: float = 0.2, max_bb: int = 100, min_bb: int = 10) -> str:
+    return f"feat_{_suffix(conf_th, max_bb, min_bb)}"
+
+
+def nbb_file_name(conf_th: float = 0.2, max_bb: int = 100, min_bb: int = 10) -> str:
+    return f"nbb_{_suffix(conf_th, max_bb, min_bb)}.json"
+
+
+def meta_file_name(conf_th: float = 0.2, max_bb: int = 100, min_bb: int = 10) -> str:
+    return f"img_meta_{_suffix(conf_th, max_bb, min_bb)}.json"
+
+
+def validate_region_arrays(arrays: dict[str, np.ndarray]) -> int:
+    """Check the per-box arrays agree on N and have the right ranks; return N."""
+    missing = [f for f in REQUIRED_FIELDS if f not in arrays]
+    if missing:
+        raise ValueError(f"region features lack {', '.join(missing)}")
+    n = len(arrays["conf"])
+    expected_rank = {"features": 2, "norm_bb": 2, "conf": 1, "soft_labels": 2}
+    for name, array in arrays.items():
+        if np.ndim(array) == 0 or len(array) != n:
+            raise ValueError(f"region field {name!r} must have first dimension {n} (one row per box)")
+        if name in expected_rank and np.ndim(array) != expected_rank[name]:
+            raise ValueError(f"region field {name!r} must have rank {expected_rank[name]}")
+    if arrays["norm_bb"].shape[1] != 6:
+        raise ValueError("norm_bb must have 6 columns: x1/W, y1/H, x2/W, y2/H, w/W, h/H")
+    return n
+
+
+class RegionFeatureWriter:
+    """Write one image-db; `close()` writes the nbb and img_meta sidecars after the LMDB."""
+
+    def __init__(self, root: Path, *, conf_th: float = 0.2, max_bb: int = 100, min_bb: int = 10, **lmdb_args):
+        self.root = root
+        self.suffix_args = (conf_th, max_bb, min_bb)
+        self._db = LmdbWriter(root / feature_db_name(*self.suffix_args), **lmdb_args)
+        self.name2nbb: dict[str, int] = {}
+        self.meta: dict[str, dict[str, Any]] = {}
+
+    def add(self, name: str, arrays: dict[str, np.ndarray], meta: dict[str, Any] | None = None) -> None:
+        n = validate_region_arrays(arrays)
+        value = {k: _as_stored(k, np.asarray(v)) for k, v in arrays.items()}
+        self._db.put(name, value)
+        self.name2nbb[name] = n
+        if meta:
+            self.meta[name] = meta
+
+    def close(self) -> None:
+        self._db.close()
+        write_json_atomic(self.root / nbb_file_name(*self.suffix_args), self.name2nbb)
+        if self.meta:
+            write_json_atomic(self.root / meta_file_name(*self.suffix_args), self.meta)
+
+    def __enter__(self) -> RegionFeatureWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+
+
+def _as_stored(name: str, array: np.ndarray) -> np.ndarray:
+    if name in REQUIRED_FIELDS or array.dtype in (np.float32, np.float64):
+        return array.astype(np.float16)
+    return array
+
+
+class RegionFeatureReader:
+    """Reads an image-db the way UNITER's `DetectFeatLmdb(img_dir, conf_th, max_bb, min_bb)` does."""
+
+    def __init__(self, root: Path, conf_th: float = 0.2, max_bb: int = 100, min_bb: int = 10):
+        self.root = root
+        db_path = root / feature_db_name(conf_th, max_bb, min_bb)
+        nbb_path = root / nbb_file_name(conf_th, max_bb, min_bb)
+        self.db = LmdbReader(db_path)
+        self.name2nbb: dict[str, int] = json.loads(nbb_path.read_text()) if nbb_path.exists() else {}
+        meta_path = root / meta_file_name(conf_th, max_bb, min_bb)
+        self.meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+
+    def get_dump(self, name: str) -> dict[str, np.ndarray]:
+        """Every stored array, f16 widened to f32, cut to the image's number of boxes."""
+        dump = self.db[name]
+        nbb = self.name2nbb[name]
+        return {k: (a.astype(np.float32) if a.dtype == np.float16 else a)[:nbb] for k, a in dump.items()}
+
+    def __getitem__(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(features, norm_bb) as float32, like `DetectFeatLmdb.__getitem__`."""
+        dump = self.get_dump(name)
+        return dump["features"], dump["norm_bb"]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.name2nbb
+
+    def __len__(self) -> int:
+        return len(self.name2nbb)
+
+
+def box_features_7d(norm_bb: np.ndarray) -> np.ndarray:
+    """UNITER's 7-d location feature: norm_bb plus the normalised area (w/W * h/H)."""
+    return np.concatenate([norm_bb, norm_bb[:, 4:5] * norm_bb[:, 5:6]], axis=1)

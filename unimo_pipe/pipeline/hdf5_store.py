@@ -1,0 +1,52 @@
+"""HDF5 helpers: one group per item, one dataset per array, plus scalar attributes (h5py, lazily)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _escape(name: str) -> str:
+    # '/' separates HDF5 groups; keep nested image paths as one flat group name.
+    return name.replace("%", "%25").replace("/", "%2F")
+
+
+def _unescape(name: str) -> str:
+    return name.replace("%2F", "/").replace("%25", "%")
+
+
+class Hdf5Writer:
+    def __init__(self, path: Path):
+        import h5py
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = h5py.File(path, "w")
+
+    def add(self, name: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any] | None = None) -> None:
+        group = self._file.create_group(_escape(name))
+        for key, array in arrays.items():
+            group.create_dataset(key, data=np.asarray(array))
+        for key, value in (attrs or {}).items():
+            group.attrs[key] = value
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> Hdf5Writer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def iter_hdf5_items(path: Path) -> Iterator[tuple[str, dict[str, np.ndarray], dict[str, Any]]]:
+    """(name, arrays, attributes) for every group of a file written by Hdf5Writer."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        for escaped, group in f.items():
+            arrays = {key: dataset[()] for key, dataset in group.items()}
+            yield _unescape(escaped), arrays, dict(group.attrs)

@@ -1,0 +1,147 @@
+"""LMDB with msgpack values (numpy arrays via msgpack-numpy): batched commits, a map that grows.
+
+The reader opens its environment lazily and again in each new process, so one reader object can be
+handed to DataLoader workers (fork or spawn) safely. No pickle is ever used on stored data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import msgpack
+import msgpack_numpy
+
+logger = logging.getLogger("unimo_pipe")
+
+DEFAULT_INITIAL_MAP_SIZE = 64 << 20
+
+
+def pack(obj: Any) -> bytes:
+    """msgpack bytes in the encoding UNITER reads (msgpack-numpy arrays, bin type on)."""
+    return msgpack.packb(obj, default=msgpack_numpy.encode, use_bin_type=True)
+
+
+def unpack(data: bytes | memoryview) -> Any:
+    return msgpack.unpackb(data, object_hook=msgpack_numpy.decode, raw=False)
+
+
+def _key(key: str | bytes) -> bytes:
+    return key.encode("utf-8") if isinstance(key, str) else key
+
+
+class LmdbWriter:
+    """Buffered writer: puts are committed every `commit_every` records in one transaction.
+
+    When the map is full the transaction is retried after doubling the map size, so the initial
+    size can be small and the file grows with the data.
+    """
+
+    def __init__(self, path: Path, *, initial_map_size: int = DEFAULT_INITIAL_MAP_SIZE, commit_every: int = 256):
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.commit_every = commit_every
+        self._env = lmdb.open(str(path), map_size=initial_map_size, subdir=True, meminit=False)
+        self._pending: list[tuple[bytes, bytes]] = []
+        self.written = 0
+
+    def put(self, key: str | bytes, value: Any) -> None:
+        self.put_raw(key, pack(value))
+
+    def put_raw(self, key: str | bytes, value: bytes) -> None:
+        self._pending.append((_key(key), value))
+        if len(self._pending) >= self.commit_every:
+            self.commit()
+
+    def commit(self) -> None:
+        while self._pending:
+            try:
+                with self._env.begin(write=True) as txn:
+                    for key, value in self._pending:
+                        txn.put(key, value)
+            except lmdb.MapFullError:
+                self._grow()
+                continue
+            self.written += len(self._pending)
+            self._pending.clear()
+
+    def _grow(self) -> None:
+        new_size = self._env.info()["map_size"] * 2
+        logger.debug("LMDB %s: map full, growing to %d bytes", self.path, new_size)
+        self._env.set_mapsize(new_size)
+
+    def close(self) -> None:
+        if self._env is None:
+            return
+        self.commit()
+        self._env.sync()
+        self._env.close()
+        self._env = None
+
+    def __enter__(self) -> LmdbWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._pending.clear()
+            self._env.close()
+            self._env = None
+
+
+class LmdbReader:
+    """Read-only access by key; safe to share with forked or spawned DataLoader workers."""
+
+    def __init__(self, path: Path):
+        if not (path / "data.mdb").is_file():
+            raise FileNotFoundError(f"no LMDB store at {path} (expected {path / 'data.mdb'})")
+        self.path = path
+        self._env = None
+        self._pid = None
+
+    def _txn(self) -> lmdb.Transaction:
+        if self._env is None or self._pid != os.getpid():
+            self._env = lmdb.open(str(self.path), readonly=True, lock=False, readahead=False, meminit=False)
+            self._pid = os.getpid()
+            self._txn_cache = self._env.begin(buffers=True)
+        return self._txn_cache
+
+    def get_raw(self, key: str | bytes) -> memoryview | None:
+        return self._txn().get(_key(key))
+
+    def get(self, key: str | bytes, default: Any = None) -> Any:
+        data = self.get_raw(key)
+        return default if data is None else unpack(data)
+
+    def __getitem__(self, key: str | bytes) -> Any:
+        data = self.get_raw(key)
+        if data is None:
+            raise KeyError(key)
+        return unpack(data)
+
+    def __contains__(self, key: str | bytes) -> bool:
+        return self.get_raw(key) is not None
+
+    def __len__(self) -> int:
+        return self._txn().stat()["entries"]
+
+    def keys(self) -> Iterator[str]:
+        for key in self._txn().cursor().iternext(keys=True, values=False):
+            yield bytes(key).decode("utf-8")
+
+    def items_raw(self) -> Iterator[tuple[bytes, bytes]]:
+        for key, value in self._txn().cursor():
+            yield bytes(key), bytes(value)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path = state["path"]
+        self._env = None
+        self._pid = None

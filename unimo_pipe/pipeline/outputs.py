@@ -1,0 +1,74 @@
+"""Reading a finished stage's output folder, and merging its per-shard files into one of each."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from unimo_pipe.pipeline.errors import UserError
+from unimo_pipe.pipeline.jsonl import iter_jsonl, read_json, write_json_atomic
+from unimo_pipe.pipeline.lmdb_store import LmdbReader, LmdbWriter
+from unimo_pipe.pipeline.runner import STATS_FILE, SUMMARY_FILE, committed_shard_dirs
+
+
+def complete_shard_dirs(out: Path) -> list[Path]:
+    """Committed shard folders of a stage output, refusing an output that is not finished."""
+    summary = out / SUMMARY_FILE
+    if not summary.is_file():
+        if not out.exists():
+            raise UserError(f"stage output {out} does not exist: run that stage first")
+        done = len(committed_shard_dirs(out))
+        raise UserError(f"stage output {out} is incomplete ({done} shards committed): rerun that stage to finish it")
+    return committed_shard_dirs(out)
+
+
+def iter_output_jsonl(out: Path, file_name: str) -> Iterator[dict[str, Any]]:
+    """Rows of `file_name` across all shards of a finished stage output, in shard order."""
+    for shard in complete_shard_dirs(out):
+        path = shard / file_name
+        for line_number, row, problem in iter_jsonl(path):
+            if problem:
+                raise UserError(f"{path} line {line_number} is corrupt ({problem}): rerun the stage with --overwrite")
+            yield row
+
+
+def merge_outputs(out: Path, dest: Path) -> dict[str, int]:
+    """Concatenate every per-shard JSONL file and merge every per-shard LMDB into `dest`.
+
+    Returns {file name: rows or entries merged}.
+    """
+    shards = complete_shard_dirs(out)
+    if dest.exists() and any(dest.iterdir()):
+        raise UserError(f"merge destination {dest} is not empty: choose a new folder")
+    dest.mkdir(parents=True, exist_ok=True)
+    merged: dict[str, int] = {}
+    for entry in sorted(shards[0].iterdir()) if shards else []:
+        if entry.name == STATS_FILE:
+            continue
+        if entry.suffix == ".jsonl":
+            merged[entry.name] = _concatenate(shards, entry.name, dest / entry.name)
+        elif (entry / "data.mdb").is_file():
+            merged[entry.name] = _merge_lmdb(shards, entry.name, dest / entry.name)
+    stage = read_json(out / SUMMARY_FILE)["stage"]
+    write_json_atomic(dest / "merged_from.json", {"source": str(out), "stage": stage, "shards": len(shards)})
+    return merged
+
+
+def _concatenate(shards: list[Path], name: str, target: Path) -> int:
+    lines = 0
+    with target.open("wb") as dst:
+        for shard in shards:
+            with (shard / name).open("rb") as src:
+                shutil.copyfileobj(src, dst)
+            lines += sum(1 for _ in (shard / name).open("rb"))
+    return lines
+
+
+def _merge_lmdb(shards: list[Path], name: str, target: Path) -> int:
+    with LmdbWriter(target, commit_every=1024) as writer:
+        for shard in shards:
+            for key, value in LmdbReader(shard / name).items_raw():
+                writer.put_raw(key, value)
+    return writer.written

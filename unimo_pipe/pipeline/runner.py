@@ -1,0 +1,223 @@
+"""The shard runner: cut inputs into shards, skip committed ones, commit each new one atomically.
+
+Layout of a stage's output folder:
+    OUT/stage.json        which stage and config hash made this folder
+    OUT/config.yaml       the resolved options, for people
+    OUT/shards/00000/     one committed shard: the stage's files plus stats.json
+    OUT/shards/00001.partial/   a shard being written (removed and redone on resume)
+    OUT/summary.json      totals, once every shard is committed
+
+A shard directory is renamed from `.partial` only after its stats.json is written, so a killed run
+leaves either a whole shard or none: a rerun redoes the partial one and nothing is lost or doubled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from unimo_pipe.pipeline.config import STAGE_RECORD, config_hash, options_to_dict, output_affecting_dict
+from unimo_pipe.pipeline.errors import RecordError, UserError
+from unimo_pipe.pipeline.jsonl import atomic_write, read_json, write_json_atomic
+from unimo_pipe.pipeline.progress import Progress
+from unimo_pipe.pipeline.sharding import ShardSelection, chunk, resolve_selection, shard_name
+from unimo_pipe.pipeline.stage import Record, Stage
+from unimo_pipe.pipeline.stats import ShardStats, merge_stats
+
+logger = logging.getLogger("unimo_pipe")
+
+SHARDS_DIR = "shards"
+STATS_FILE = "stats.json"
+SUMMARY_FILE = "summary.json"
+PARTIAL_SUFFIX = ".partial"
+
+
+class ShardContext:
+    """What a stage gets while processing one shard: where to write, and where to count."""
+
+    def __init__(self, *, index: int, work_dir: Path, options: Any, strict: bool, progress: Progress):
+        self.index = index
+        self.work_dir = work_dir
+        self.options = options
+        self.strict = strict
+        self.progress = progress
+        self.stats = ShardStats(shard=index)
+
+    def path(self, name: str) -> Path:
+        return self.work_dir / name
+
+    @contextlib.contextmanager
+    def record(self, key: str) -> Iterator[None]:
+        """Count the enclosed work as one record: ok, or failed with its reason (re-raised if strict)."""
+        try:
+            yield
+        except RecordError as exc:
+            if self.strict:
+                raise
+            self.stats.fail(key, exc.reason, exc.detail)
+            self.progress.update(failed=1)
+        except Exception as exc:
+            if self.strict:
+                raise
+            self.stats.fail(key, type(exc).__name__, str(exc))
+            self.progress.update(failed=1)
+        else:
+            self.stats.succeed()
+            self.progress.update(1)
+
+
+@dataclass
+class RunResult:
+    stage: str
+    out_dir: Path
+    shards_total: int
+    shards_run: int
+    shards_skipped: int
+    totals: dict[str, Any]
+    complete: bool
+    elapsed_s: float
+
+    @property
+    def records_per_s(self) -> float:
+        """Records per second of shard processing, over every committed shard."""
+        return self.totals.get("records_per_s") or 0.0
+
+
+def run_stage(stage: Stage, options: Any, *, env: dict[str, str] | None = None) -> RunResult:
+    """Run every shard this process owns that is not committed yet; return what happened."""
+    started = time.perf_counter()
+    out: Path = options.out
+    selection = resolve_selection(options.shard, env)
+    chash = config_hash(stage.name, stage.format_version, options)
+    prepare_output_dir(stage, options, chash)
+    remove_partial_shards(out, selection)
+    progress = Progress(f"{stage.name} [{selection}]")
+    total = run = skipped = 0
+    try:
+        for index, records in chunk(stage.iter_records(options), options.shard_size):
+            total += 1
+            if not selection.owns(index):
+                continue
+            if is_committed(out, index):
+                skipped += 1
+                continue
+            _run_shard(stage, options, index, records, chash, progress)
+            run += 1
+    finally:
+        progress.close()
+    committed = committed_shard_dirs(out)
+    complete = total > 0 and len(committed) == total
+    totals = merge_stats([read_json(d / STATS_FILE) for d in committed])
+    if complete:
+        stage.finalize(options, committed)
+        summary = {"stage": stage.name, "config_hash": chash, "shards": total, "complete": True, **totals}
+        write_json_atomic(out / SUMMARY_FILE, summary)
+    logger.info("%s: %d shards (%d run, %d already done) in %s", stage.name, total, run, skipped, out)
+    return RunResult(stage.name, out, total, run, skipped, totals, complete, time.perf_counter() - started)
+
+
+def _run_shard(stage: Stage, options: Any, index: int, records: list[Record], chash: str,
+               progress: Progress) -> None:
+    final_dir = shard_dir(options.out, index)
+    work_dir = final_dir.with_name(final_dir.name + PARTIAL_SUFFIX)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    work_dir.mkdir(parents=True)
+    ctx = ShardContext(index=index, work_dir=work_dir, options=options, strict=options.strict, progress=progress)
+    ctx.stats.records = len(records)
+    started = time.perf_counter()
+    good = _count_unreadable(records, ctx)
+    stage.process_shard(good, ctx)
+    elapsed = time.perf_counter() - started
+    if ctx.stats.accounted != len(records):
+        raise RuntimeError(
+            f"stage {stage.name} accounted {ctx.stats.accounted} of {len(records)} records in shard {index}"
+        )
+    write_json_atomic(work_dir / STATS_FILE, ctx.stats.to_dict(elapsed_s=elapsed, config_hash=chash))
+    shutil.rmtree(final_dir, ignore_errors=True)
+    os.replace(work_dir, final_dir)
+
+
+def _count_unreadable(records: list[Record], ctx: ShardContext) -> list[Record]:
+    """Records the reader could not make are failures of this shard; the rest go to the stage."""
+    good = []
+    for record in records:
+        if record.error is None:
+            good.append(record)
+            continue
+        if ctx.strict:
+            raise UserError(f"bad input record {record.key}: {record.error} {record.detail}".rstrip())
+        ctx.stats.fail(record.key, record.error, record.detail)
+        ctx.progress.update(failed=1)
+    return good
+
+
+def prepare_output_dir(stage: Stage, options: Any, chash: str) -> None:
+    """Refuse to mix outputs of another stage or config (unless --overwrite); record this config."""
+    out: Path = options.out
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder: choose a folder path")
+    record_path = out / STAGE_RECORD
+    affecting = output_affecting_dict(options)
+    if record_path.exists():
+        previous = read_json(record_path)
+        if previous.get("stage") != stage.name:
+            raise UserError(f"{out} holds output of stage {previous.get('stage')!r}: choose another --out")
+        if previous.get("config_hash") != chash:
+            _handle_config_change(out, previous, affecting, options.overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"stage": stage.name, "format": stage.format_version, "config_hash": chash, "options": affecting}
+    write_json_atomic(record_path, record)
+    with atomic_write(out / "config.yaml") as f:
+        yaml.safe_dump({"stage": stage.name, **options_to_dict(options)}, f, sort_keys=False)
+
+
+def _handle_config_change(out: Path, previous: dict, affecting: dict, overwrite: bool) -> None:
+    if not committed_shard_dirs(out):
+        return
+    if not overwrite:
+        old = previous.get("options", {})
+        changed = sorted(k for k in set(old) | set(affecting) if old.get(k) != affecting.get(k))
+        what = ", ".join(changed) if changed else "stage version"
+        raise UserError(
+            f"{out} holds shards made with a different config (changed: {what}): "
+            "use another --out, or --overwrite to replace them"
+        )
+    logger.warning("--overwrite: removing shards of the previous config in %s", out)
+    shutil.rmtree(out / SHARDS_DIR, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        (out / SUMMARY_FILE).unlink()
+
+
+def shard_dir(out: Path, index: int) -> Path:
+    return out / SHARDS_DIR / shard_name(index)
+
+
+def is_committed(out: Path, index: int) -> bool:
+    return (shard_dir(out, index) / STATS_FILE).is_file()
+
+
+def committed_shard_dirs(out: Path) -> list[Path]:
+    root = out / SHARDS_DIR
+    if not root.is_dir():
+        return []
+    return sorted(d for d in root.iterdir() if d.name.isdigit() and (d / STATS_FILE).is_file())
+
+
+def remove_partial_shards(out: Path, selection: ShardSelection) -> None:
+    """Leftovers of a killed run (only this process's shards: others may be writing theirs)."""
+    root = out / SHARDS_DIR
+    if not root.is_dir():
+        return
+    for partial in root.glob("*" + PARTIAL_SUFFIX):
+        index_text = partial.name.removesuffix(PARTIAL_SUFFIX)
+        if index_text.isdigit() and selection.owns(int(index_text)):
+            shutil.rmtree(partial, ignore_errors=True)
