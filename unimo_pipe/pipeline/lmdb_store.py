@@ -106,6 +106,10 @@ class LmdbReader:
 
     def _txn(self) -> lmdb.Transaction:
         if self._env is None or self._pid != os.getpid():
+            if self._env is not None:
+                # Inherited through fork: lmdb refuses a second open of one path per process, and
+                # the parent's handle must not be used here, so drop it (read-only, no lock: safe).
+                self._env.close()
             self._env = lmdb.open(str(self.path), readonly=True, lock=False, readahead=False, meminit=False)
             self._pid = os.getpid()
             self._txn_cache = self._env.begin(buffers=True)
@@ -137,6 +141,11 @@ class LmdbReader:
     def items_raw(self) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self._txn().cursor():
             yield bytes(key), bytes(value)
+
+    def close(self) -> None:
+        if self._env is not None and self._pid == os.getpid():
+            self._env.close()
+        self._env = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path}

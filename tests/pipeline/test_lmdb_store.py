@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+
+import lmdb
+import numpy as np
+import pytest
+
+from unimo_pipe.pipeline.lmdb_store import LmdbReader, LmdbWriter, pack, unpack
+
+
+def test_values_round_trip_with_numpy_arrays(tmp_path):
+    value = {"features": np.arange(12, dtype=np.float16).reshape(3, 4), "ids": np.array([1, 2, 3]),
+             "name": "x", "n": 3}
+    with LmdbWriter(tmp_path / "db") as writer:
+        writer.put("a", value)
+    back = LmdbReader(tmp_path / "db")["a"]
+    assert back["features"].dtype == np.float16 and back["features"].shape == (3, 4)
+    np.testing.assert_array_equal(back["features"], value["features"])
+    np.testing.assert_array_equal(back["ids"], value["ids"])
+    assert back["name"] == "x" and back["n"] == 3
+
+
+def test_map_grows_past_a_tiny_initial_size(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {f"img{i}": rng.standard_normal((100, 256)).astype(np.float32) for i in range(40)}
+    writer = LmdbWriter(tmp_path / "db", initial_map_size=64 * 1024, commit_every=8)
+    for key, array in arrays.items():
+        writer.put(key, array)
+    writer.close()
+    assert writer.written == 40
+    reader = LmdbReader(tmp_path / "db")
+    assert len(reader) == 40
+    assert (tmp_path / "db" / "data.mdb").stat().st_size > 40 * 100 * 256 * 4
+    for key, array in arrays.items():
+        np.testing.assert_array_equal(reader[key], array)
+
+
+def test_without_growth_the_tiny_map_would_overflow(tmp_path):
+    env = lmdb.open(str(tmp_path / "raw"), map_size=64 * 1024)
+    with pytest.raises(lmdb.MapFullError):
+        with env.begin(write=True) as txn:
+            for i in range(40):
+                txn.put(f"{i}".encode(), pack(np.zeros((100, 256), np.float32)))
+
+
+def test_reader_missing_key_and_missing_store(tmp_path):
+    with LmdbWriter(tmp_path / "db") as writer:
+        writer.put("a", 1)
+    reader = LmdbReader(tmp_path / "db")
+    assert "a" in reader and "b" not in reader and reader.get("b", 5) == 5
+    with pytest.raises(KeyError):
+        reader["b"]
+    assert list(reader.keys()) == ["a"]
+    with pytest.raises(FileNotFoundError, match="no LMDB store"):
+        LmdbReader(tmp_path / "nothing")
+
+
+def test_aborted_writer_keeps_only_committed_batches(tmp_path):
+    with pytest.raises(RuntimeError):
+        with LmdbWriter(tmp_path / "db", commit_every=2) as writer:
+            for i in range(5):
+                writer.put(str(i), i)
+            raise RuntimeError("killed")
+    assert sorted(LmdbReader(tmp_path / "db").keys()) == ["0", "1", "2", "3"]
+
+
+def _read_in_child(reader: LmdbReader, key: str, queue) -> None:
+    queue.put(int(reader[key]))
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_reader_is_safe_in_worker_processes(tmp_path, method):
+    with LmdbWriter(tmp_path / "db") as writer:
+        writer.put("k", 42)
+    reader = LmdbReader(tmp_path / "db")
+    assert reader["k"] == 42  # opened in the parent first
+    context = multiprocessing.get_context(method)
+    queue = context.Queue()
+    child = context.Process(target=_read_in_child, args=(reader, "k", queue))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0 and queue.get(timeout=5) == 42
+    assert "_env" not in pickle.loads(pickle.dumps(reader)).__dict__ or pickle.loads(pickle.dumps(reader))._env is None
+
+
+def test_pack_is_msgpack_not_pickle():
+    data = pack({"a": np.ones(2, np.float16)})
+    assert b"numpy" not in data and data[:1] != b"\x80"
+    assert unpack(data)["a"].tolist() == [1.0, 1.0]

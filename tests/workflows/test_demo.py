@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import json
+
+from unimo_pipe.pipeline.cli import main
+from unimo_pipe.pipeline.outputs import iter_output_jsonl
+from unimo_pipe.workflows import demo_data_dir
+
+
+def test_bundled_data_is_complete():
+    data = demo_data_dir()
+    images = sorted(p.name for p in (data / "images").iterdir())
+    assert len(images) == 12
+    captions = [json.loads(line) for line in (data / "captions.jsonl").read_text().splitlines()]
+    assert len(captions) == 60 and {c["image"] for c in captions} == set(images)
+    assert (data / "CREDITS.md").is_file()
+
+
+def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "import-pairs" in printed and "Models used by this demo" in printed
+    pairs = list(iter_output_jsonl(out / "pairs", "pairs.jsonl"))
+    assert len(pairs) == 60 and all(p["caption"] for p in pairs)
+    sentences = list(iter_output_jsonl(out / "corpus", "sentences.jsonl"))
+    assert len(sentences) > 200
+    assert json.loads((out / "corpus" / "summary.json").read_text())["skip_reasons"]["duplicate"] >= 2
+    assert main(["demo", "--out", str(out)]) == 0
+    assert "0/3/3" in capsys.readouterr().out
