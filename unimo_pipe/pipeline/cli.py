@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from unimo_pipe import __version__
-from unimo_pipe.pipeline.config import OptionSpec, Source, load_yaml, option_specs, parse_overrides, resolve_options
+from unimo_pipe.pipeline.config import OptionSpec, Source, load_yaml, option_specs, parse_overrides
 from unimo_pipe.pipeline.errors import ConfigError, UserError
-from unimo_pipe.pipeline.stage import STAGES, Stage, get_stage
+from unimo_pipe.pipeline.stage import STAGES, Stage, get_stage, resolve_stage_options
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -100,7 +100,7 @@ def options_from_args(stage: Stage, args: argparse.Namespace) -> Any:
     flags = {name: getattr(args, name) for name in option_specs(stage.options_class) if hasattr(args, name)}
     sources.append(Source("flags", flags, from_strings=True))
     sources.append(parse_overrides(args.overrides))
-    return resolve_options(stage.options_class, sources)
+    return resolve_stage_options(stage, sources)
 
 
 def _run_stage_command(args: argparse.Namespace) -> int:
@@ -146,9 +146,14 @@ def _merge_command(args: argparse.Namespace) -> int:
     return 0
 
 
+_CHATTY_LIBRARIES = ("faiss", "sentence_transformers", "transformers", "urllib3", "filelock", "h5py")
+
+
 def _configure_logging(debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    for name in _CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
 def _report(exc: UserError) -> None:

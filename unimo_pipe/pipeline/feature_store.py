@@ -12,11 +12,13 @@ with `[:nbb]`, so per-image scalars must not go in the LMDB value: they go in th
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from unimo_pipe.pipeline.errors import UserError
 from unimo_pipe.pipeline.jsonl import write_json_atomic
 from unimo_pipe.pipeline.lmdb_store import LmdbReader, LmdbWriter
 
@@ -127,3 +129,18 @@ class RegionFeatureReader:
 def box_features_7d(norm_bb: np.ndarray) -> np.ndarray:
     """UNITER's 7-d location feature: norm_bb plus the normalised area (w/W * h/H)."""
     return np.concatenate([norm_bb, norm_bb[:, 4:5] * norm_bb[:, 5:6]], axis=1)
+
+
+_DB_NAME = re.compile(r"^feat_th(?P<conf>[0-9.]+)_max(?P<max>\d+)_min(?P<min>\d+)$")
+
+
+def open_feature_dir(root: Path) -> RegionFeatureReader:
+    """The reader for the one feat_th*_max*_min* store in `root` (an extract-regions output)."""
+    found = [(m, p) for p in sorted(root.glob("feat_th*")) if p.is_dir() and (m := _DB_NAME.match(p.name))]
+    if not found:
+        raise UserError(f"{root} has no feat_th*_max*_min* LMDB: pass an extract-regions output folder")
+    if len(found) > 1:
+        names = ", ".join(p.name for _, p in found)
+        raise UserError(f"{root} has several feature stores ({names}): keep one per folder")
+    match = found[0][0]
+    return RegionFeatureReader(root, float(match["conf"]), int(match["max"]), int(match["min"]))

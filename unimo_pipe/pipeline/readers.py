@@ -206,3 +206,38 @@ def iter_corpus(path: Path, unit: str = "sentence") -> Iterator[Record]:
         else:
             for k, sentence in enumerate(split_sentences(text)):
                 yield Record(f"{where}.{k}", sentence)
+
+
+def is_stage_output(path: Path) -> bool:
+    return path.is_dir() and (path / "stage.json").is_file()
+
+
+def iter_pairs_input(path: Path, fmt: str = "auto") -> Iterator[Record]:
+    """Pairs from a finished import-pairs folder, or straight from a caption file."""
+    if is_stage_output(path):
+        from unimo_pipe.pipeline.outputs import iter_output_jsonl
+
+        for row in iter_output_jsonl(path, "pairs.jsonl"):
+            yield Record(row["id"], row)
+    elif path.is_dir():
+        raise UserError(f"{path} is a folder but not a stage output: pass an import-pairs --out folder or a file")
+    else:
+        yield from iter_captions(path, fmt)
+
+
+def iter_texts_input(path: Path) -> Iterator[Record]:
+    """Sentences (value: text) from an import-corpus folder, a JSONL of {"id", "text"}, or lines."""
+    if is_stage_output(path):
+        from unimo_pipe.pipeline.outputs import iter_output_jsonl
+
+        for row in iter_output_jsonl(path, "sentences.jsonl"):
+            yield Record(row["id"], row["text"])
+    elif path.suffix.lower() == ".jsonl":
+        for line_number, obj, problem in iter_jsonl(path):
+            where = _where(path, str(line_number))
+            if problem or not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                yield Record(where, error=problem or "malformed_row", detail='expected {"id", "text"}')
+            else:
+                yield Record(str(obj.get("id", where)), obj["text"])
+    else:
+        yield from iter_corpus(path, "sentence")

@@ -115,9 +115,9 @@ def run_stage(stage: Stage, options: Any, *, env: dict[str, str] | None = None) 
     finally:
         progress.close()
     committed = committed_shard_dirs(out)
-    complete = total > 0 and len(committed) == total
+    complete = len(committed) == total
     totals = merge_stats([read_json(d / STATS_FILE) for d in committed])
-    if complete:
+    if complete and (run or not (out / SUMMARY_FILE).is_file()):
         stage.finalize(options, committed)
         summary = {"stage": stage.name, "config_hash": chash, "shards": total, "complete": True, **totals}
         write_json_atomic(out / SUMMARY_FILE, summary)

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from unimo_pipe.pipeline.config import option
+from unimo_pipe.pipeline.config import Source, option, resolve_options
+from unimo_pipe.pipeline.errors import ConfigError
 from unimo_pipe.pipeline.registry import Registry
 
 if TYPE_CHECKING:
@@ -56,6 +57,10 @@ class Stage:
         """Write one shard's outputs under `ctx.work_dir`, accounting every record in `ctx.stats`."""
         raise NotImplementedError
 
+    def check(self, options: Any) -> list[str]:
+        """Problems that involve several options together (each field is checked on its own already)."""
+        return []
+
     def models_used(self, options: Any) -> list[str]:
         """Plain words on each model this run uses and whether it is real or a tiny random one."""
         return []
@@ -67,7 +72,19 @@ class Stage:
 STAGES = Registry("stage")
 STAGES.register_lazy("import-pairs", "unimo_pipe.stages.import_pairs:ImportPairs")
 STAGES.register_lazy("import-corpus", "unimo_pipe.stages.import_corpus:ImportCorpus")
+STAGES.register_lazy("embed-text", "unimo_pipe.stages.embed_text:EmbedText")
+STAGES.register_lazy("embed-images", "unimo_pipe.stages.embed_images:EmbedImages")
+STAGES.register_lazy("retrieve", "unimo_pipe.stages.retrieve:Retrieve")
 
 
 def get_stage(name: str) -> Stage:
     return STAGES.get(name)()
+
+
+def resolve_stage_options(stage: Stage, sources: list[Source], *, produced: tuple[Path, ...] = ()) -> Any:
+    """Options of `stage` from `sources`, with per-field and whole-stage checks; ConfigError lists all."""
+    options = resolve_options(stage.options_class, sources, produced=produced)
+    problems = stage.check(options)
+    if problems:
+        raise ConfigError(problems)
+    return options

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unimo_pipe.pipeline.config import Source, load_yaml, parse_overrides, resolve_options
+from unimo_pipe.pipeline.config import Source, load_yaml, parse_overrides
 from unimo_pipe.pipeline.errors import ConfigError, UserError
 from unimo_pipe.pipeline.runner import RunResult, run_stage
-from unimo_pipe.pipeline.stage import STAGES, Stage
+from unimo_pipe.pipeline.stage import STAGES, Stage, resolve_stage_options
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _WORKFLOW_KEYS = {"name", "description", "vars", "steps"}
@@ -85,7 +85,7 @@ def _build_steps(path: Path, raw_steps: Any, variables: dict[str, str], override
         sources = [Source(f"{path.name}, step {name}", raw, base_dir=path.resolve().parent)]
         sources += [parse_overrides(override_sources.get(name, []), origin=f"override {name}.*")]
         try:
-            steps.append(Step(name, stage, resolve_options(stage.options_class, sources, produced=tuple(produced))))
+            steps.append(Step(name, stage, resolve_stage_options(stage, sources, produced=tuple(produced))))
         except ConfigError as exc:
             errors.extend(f"step {name}: {message}" for message in exc.errors)
         if "out" in raw:

@@ -1,0 +1,342 @@
+"""`retrieve`: UNIMO's single-modal augmentation sets, X_I (related images) and X_T (related sentences).
+
+For each image-text pair: the top-k images of the image collection nearest to the pair's image, and
+the top-k corpus sentences nearest to its caption. Excluded: the pair's own image and caption,
+near-duplicates of the query (score >= --dedup-threshold), repeats within a result list, and anything
+named in --exclude (e.g. the evaluation split, so test data never leaks into pretraining).
+
+Corpus and collection embeddings are computed once by the embed-text / embed-images stages into
+OUT/text_emb and OUT/image_emb (resumable, reused while inputs and model are unchanged).
+
+Per shard: retrieval.npz (pair_ids; image_ids/image_scores and text_ids/text_scores, (n, k), sorted,
+'' / NaN padded) and, unless --no-jsonl-view, retrieval.jsonl with
+{"id", "images": [{"id", "score"}], "texts": [{"text", "id", "score"}]}.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unimo_pipe.models.embedders import (
+    DEFAULT_TEXT_MODEL,
+    POOLING_MODES,
+    ImageVectors,
+    TextEncoder,
+    normalize_rows,
+    resolve_device,
+)
+from unimo_pipe.models.vector_index import INDEX_KINDS, VectorIndex, build_index, choose_kind, measure_recall
+from unimo_pipe.pipeline.config import STAGE_RECORD, config_hash, option
+from unimo_pipe.pipeline.embedding_store import EmbeddingTable, load_embedding_output
+from unimo_pipe.pipeline.errors import UserError
+from unimo_pipe.pipeline.jsonl import write_json_atomic
+from unimo_pipe.pipeline.readers import CAPTION_FORMATS, iter_pairs_input
+from unimo_pipe.pipeline.runner import ShardContext, run_stage
+from unimo_pipe.pipeline.sharding import resolve_selection
+from unimo_pipe.pipeline.stage import CommonOptions, Record, Stage
+from unimo_pipe.pipeline.text import normalize_text
+from unimo_pipe.stages.embed_images import EmbedImages, EmbedImagesOptions
+from unimo_pipe.stages.embed_text import DEVICES, EmbedText, EmbedTextOptions
+
+logger = logging.getLogger("unimo_pipe")
+
+RESULTS_FILE = "retrieval.npz"
+VIEW_FILE = "retrieval.jsonl"
+INDEX_REPORT = "indexes.json"
+
+
+@dataclass
+class RetrieveOptions(CommonOptions):
+    pairs: Path | None = option(None, help="image-caption pairs: an import-pairs folder or a caption file",
+                                required=True, must_exist=True, metavar="PATH")
+    pairs_format: str = option("auto", help="format of a pairs file", choices=CAPTION_FORMATS)
+    image_features: Path | None = option(None, help="features of the pairs' images: an extract-regions folder "
+                                         "or an embedding file", must_exist=True, metavar="PATH")
+    image_collection: list[Path] = option([], help="images to retrieve from: extract-regions folders or "
+                                          "embedding files", must_exist=True, metavar="PATH")
+    text_corpus: list[Path] = option([], help="sentences to retrieve from: text files, JSONL or "
+                                     "import-corpus folders", must_exist=True, metavar="PATH")
+    k: int = option(100, help="images and sentences kept per pair", minimum=1)
+    text_model: str = option(DEFAULT_TEXT_MODEL, help="sentence-transformers model (local folder or hub id)")
+    index: str = option("auto", help="index type; auto = exact when it fits --memory-budget-gb",
+                        choices=INDEX_KINDS)
+    memory_budget_gb: float = option(8.0, help="memory an exact index may use per modality", minimum=0.0)
+    dedup_threshold: float = option(0.95, help="results at least this similar to the query are near-duplicates",
+                                    minimum=0.0, maximum=1.0)
+    exclude: list[Path] = option([], help="pairs whose images and captions must never be retrieved "
+                                 "(e.g. the test split): caption files or import-pairs folders",
+                                 must_exist=True, metavar="PATH")
+    image_pooling: str = option("mean", help="how region features become one image vector", choices=POOLING_MODES)
+    image_pca_dim: int = option(0, help="reduce image vectors to this many dimensions with PCA (0: off)",
+                                minimum=0)
+    recall_sample: int = option(1000, help="queries used to measure an approximate index's recall",
+                                minimum=1, affects_output=False)
+    jsonl_view: bool = option(True, help="also write the readable retrieval.jsonl")
+    device: str = option("auto", help="where to encode and search", choices=DEVICES, affects_output=False)
+    batch_size: int = option(256, help="captions per encoder batch", minimum=1, affects_output=False)
+    seed: int = option(0, help="seed for index training and PCA")
+
+
+@dataclass
+class _Side:
+    """One modality's searchable collection."""
+
+    table: EmbeddingTable
+    index: VectorIndex
+    report: dict[str, Any]
+    text_keys: list[str] = field(default_factory=list)
+
+
+class Retrieve(Stage):
+    name = "retrieve"
+    summary = "FAISS retrieval sets: related images (X_I) and sentences (X_T) for every pair"
+    options_class = RetrieveOptions
+
+    def __init__(self) -> None:
+        self._ready = False
+
+    def check(self, options: RetrieveOptions) -> list[str]:
+        problems = []
+        if not options.text_corpus and not options.image_collection:
+            problems.append("nothing to retrieve from: pass --text-corpus and/or --image-collection")
+        if options.image_collection and options.image_features is None:
+            problems.append("--image-collection needs --image-features (where the pairs' own images are)")
+        return problems
+
+    def iter_records(self, options: RetrieveOptions) -> Iterator[Record]:
+        yield from iter_pairs_input(options.pairs, options.pairs_format)
+
+    def models_used(self, options: RetrieveOptions) -> list[str]:
+        if not options.text_corpus:
+            return []
+        return [f"retrieve: text encoder {options.text_model} (real pretrained sentence-transformers weights)"]
+
+    # -- set-up, once per process and only if some shard needs work --
+
+    def _prepare(self, options: RetrieveOptions) -> None:
+        self.device = resolve_device(options.device)
+        self.excluded_images, self.excluded_texts = _exclusions(options.exclude)
+        self.text_side = self._text_side(options) if options.text_corpus else None
+        self.image_side = self._image_side(options) if options.image_collection else None
+        if self.text_side is not None:
+            self.encoder = TextEncoder(model=options.text_model, device=self.device, batch_size=options.batch_size)
+        if self.image_side is not None:
+            self.query_images = ImageVectors(options.image_features, pooling=options.image_pooling)
+            self._check_image_dims(options)
+        reports = {side: s.report for side, s in (("text", self.text_side), ("image", self.image_side)) if s}
+        write_json_atomic(options.out / INDEX_REPORT, reports)
+        self._ready = True
+
+    def _text_side(self, options: RetrieveOptions) -> _Side:
+        sub = EmbedTextOptions(out=options.out / "text_emb", text_corpus=options.text_corpus,
+                               text_model=options.text_model, device=options.device,
+                               batch_size=options.batch_size, overwrite=options.overwrite)
+        table = _embedded(EmbedText(), sub, options, "text corpus")
+        side = self._side(table, options, "text")
+        side.text_keys = [_text_key(row["text"]) for row in table.rows]
+        return side
+
+    def _image_side(self, options: RetrieveOptions) -> _Side:
+        sub = EmbedImagesOptions(out=options.out / "image_emb", image_collection=options.image_collection,
+                                 pooling=options.image_pooling, overwrite=options.overwrite)
+        table = _embedded(EmbedImages(), sub, options, "image collection")
+        self.pca = None
+        if options.image_pca_dim:
+            self.pca = _fit_pca(table.vectors, options.image_pca_dim, options.seed)
+            table.vectors = _apply_pca(self.pca, table.vectors)
+        return self._side(table, options, "image")
+
+    def _side(self, table: EmbeddingTable, options: RetrieveOptions, modality: str) -> _Side:
+        size, dim = table.vectors.shape
+        kind = choose_kind(options.index, size=size, dim=dim, memory_budget_bytes=options.memory_budget_gb * 2**30,
+                           device=self.device)
+        index = build_index(kind, table.vectors, device=self.device, seed=options.seed)
+        report: dict[str, Any] = {"index": kind, "exact": index.exact, "size": size, "dim": dim}
+        if not index.exact:
+            sample = np.random.default_rng(options.seed).choice(size, min(size, options.recall_sample), replace=False)
+            report[f"recall_at_{min(options.k, size)}"] = round(
+                measure_recall(index, table.vectors, table.vectors[sample], options.k), 4)
+            report["recall_queries"] = len(sample)
+        logger.info("retrieve: %s index over %d %s vectors (%s)", kind, size, modality, report)
+        return _Side(table, index, report)
+
+    def _check_image_dims(self, options: RetrieveOptions) -> None:
+        query_dim = self.query_images.dim
+        collection_dim = self.image_side.table.vectors.shape[1] if self.pca is None else self.pca.d_in
+        if query_dim != collection_dim:
+            raise UserError(f"image features {options.image_features} have {query_dim} dimensions but the image "
+                            f"collection has {collection_dim}: use stores from the same detector or embedding model")
+
+    # -- one shard --
+
+    def process_shard(self, records: list[Record], ctx: ShardContext) -> None:
+        options: RetrieveOptions = ctx.options
+        if not self._ready:
+            self._prepare(options)
+        text_results = self._search_texts(records, options, ctx) if self.text_side else None
+        image_results = self._search_images(records, options, ctx) if self.image_side else None
+        pair_ids, per_pair = [], []
+        for i, record in enumerate(records):
+            with ctx.record(record.key):
+                texts = text_results[i] if text_results is not None else []
+                images = image_results[i] if image_results is not None else []
+                pair_ids.append(record.key)
+                per_pair.append((images, texts))
+        _write_results(ctx.work_dir, pair_ids, per_pair, options.k, options.jsonl_view)
+
+    def _search_texts(self, records: list[Record], options: RetrieveOptions, ctx: ShardContext) -> list[list[dict]]:
+        side = self.text_side
+        captions = [normalize_text(str(r.value.get("caption") or "")) for r in records]
+        vectors, usable = normalize_rows(self.encoder.encode(captions))
+        scores, rows = side.index.search(vectors, _search_depth(options.k, len(side.table)))
+        results = []
+        for i, caption in enumerate(captions):
+            if not usable[i]:
+                ctx.stats.count("caption_unusable_for_search")
+                results.append([])
+                continue
+            own = {_text_key(caption)}
+            hits = self._filter(scores[i], rows[i], options, lambda row: side.text_keys[row],
+                                blocked=own | self.excluded_texts)
+            results.append([{"text": side.table.rows[row]["text"], "id": side.table.rows[row]["id"], "score": score}
+                            for row, score in hits])
+            _count_short(ctx, "texts", len(hits), options.k)
+        return results
+
+    def _search_images(self, records: list[Record], options: RetrieveOptions, ctx: ShardContext):
+        side = self.image_side
+        queries, found = [], []
+        for record in records:
+            key = self.query_images.find(str(record.value.get("image") or ""))
+            found.append(key)
+            queries.append(self.query_images.vector(key) if key else np.zeros(self.query_images.dim, np.float32))
+        vectors = np.stack(queries) if queries else np.zeros((0, self.query_images.dim), np.float32)
+        if self.pca is not None:
+            vectors = _apply_pca(self.pca, vectors)
+        vectors, usable = normalize_rows(vectors)
+        scores, rows = side.index.search(vectors, _search_depth(options.k, len(side.table)))
+        ids = side.table.ids
+        results = []
+        for i, record in enumerate(records):
+            if found[i] is None or not usable[i]:
+                ctx.stats.count("image_missing_from_features" if found[i] is None else "image_unusable_for_search")
+                results.append([])
+                continue
+            own = {Path(found[i]).name, Path(str(record.value.get("image"))).name}
+            hits = self._filter(scores[i], rows[i], options, lambda row: Path(ids[row]).name,
+                                blocked=own | self.excluded_images)
+            results.append([{"id": ids[row], "score": score} for row, score in hits])
+            _count_short(ctx, "images", len(hits), options.k)
+        return results
+
+    @staticmethod
+    def _filter(scores: np.ndarray, rows: np.ndarray, options: RetrieveOptions, key_of, blocked: set[str]):
+        """(row, score) of the best k results that are not the query, near-duplicates, excluded or repeats."""
+        kept, seen = [], set(blocked)
+        for score, row in zip(scores.tolist(), rows.tolist(), strict=True):
+            if row < 0 or score >= options.dedup_threshold:
+                continue
+            key = key_of(row)
+            if key in seen:
+                continue
+            seen.add(key)
+            kept.append((row, round(float(score), 5)))
+            if len(kept) == options.k:
+                break
+        return kept
+
+
+def _embedded(stage: Stage, sub_options: Any, options: RetrieveOptions, what: str) -> EmbeddingTable:
+    """Run (or reuse) an embedding stage and load its table; several workers must embed beforehand.
+
+    A single worker runs the stage itself, so the runner's config check refuses embeddings made with
+    another model or other inputs; several workers only read, after checking the same thing.
+    """
+    if resolve_selection(options.shard).count > 1:
+        _require_embedded(stage, sub_options, what)
+    else:
+        run_stage(stage, sub_options, env={})
+    table = load_embedding_output(sub_options.out)
+    if len(table) == 0:
+        raise UserError(f"the {what} has no usable entries: check {sub_options.out}/shards/*/stats.json")
+    return table
+
+
+def _require_embedded(stage: Stage, sub_options: Any, what: str) -> None:
+    record = sub_options.out / STAGE_RECORD
+    expected = config_hash(stage.name, stage.format_version, sub_options)
+    made_by = json.loads(record.read_text()).get("config_hash") if record.is_file() else None
+    if made_by != expected or not (sub_options.out / "summary.json").is_file():
+        raise UserError(f"with several workers, embed the {what} first with the same inputs and model: run "
+                        f"`unimo-pipe {stage.name}` into {sub_options.out} (it shards too), then retrieve")
+
+
+def _search_depth(k: int, size: int) -> int:
+    # Room for the exclusions (own item, near-duplicates, repeats) so k usually survive.
+    return min(size, 2 * k + 16)
+
+
+def _count_short(ctx: ShardContext, what: str, found: int, k: int) -> None:
+    if found < k:
+        ctx.stats.count(f"{what}_fewer_than_k")
+
+
+def _text_key(text: str) -> str:
+    """Comparison key for captions and sentences: case, punctuation and spacing ignored."""
+    return " ".join(re.sub(r"[^\w\s]", " ", normalize_text(text).lower()).split())
+
+
+def _exclusions(paths: list[Path]) -> tuple[set[str], set[str]]:
+    images, texts = set(), set()
+    for path in paths:
+        for record in iter_pairs_input(path):
+            if record.error is None:
+                if record.value.get("image"):
+                    images.add(Path(record.value["image"]).name)
+                texts.add(_text_key(str(record.value.get("caption") or "")))
+    texts.discard("")
+    return images, texts
+
+
+def _fit_pca(vectors: np.ndarray, dim: int, seed: int):
+    import faiss
+
+    if dim >= vectors.shape[1]:
+        raise UserError(f"--image-pca-dim {dim} must be smaller than the image vectors' {vectors.shape[1]} dimensions")
+    pca = faiss.PCAMatrix(vectors.shape[1], dim)
+    sample = np.random.default_rng(seed).choice(len(vectors), min(len(vectors), 100_000), replace=False)
+    pca.train(np.ascontiguousarray(vectors[sample]))
+    return pca
+
+
+def _apply_pca(pca, vectors: np.ndarray) -> np.ndarray:
+    if len(vectors) == 0:
+        return np.zeros((0, pca.d_out), np.float32)
+    return normalize_rows(pca.apply(np.ascontiguousarray(vectors, dtype=np.float32)))[0]
+
+
+def _write_results(work_dir: Path, pair_ids: list[str], per_pair: list[tuple[list, list]], k: int,
+                   view: bool) -> None:
+    n = len(pair_ids)
+    arrays: dict[str, np.ndarray] = {"pair_ids": np.array(pair_ids, dtype=str)}
+    for position, name in ((0, "image"), (1, "text")):
+        ids = np.full((n, k), "", dtype=object)
+        scores = np.full((n, k), np.nan, dtype=np.float32)
+        for i, results in enumerate(per_pair):
+            for j, hit in enumerate(results[position]):
+                ids[i, j], scores[i, j] = hit["id"], hit["score"]
+        arrays[f"{name}_ids"] = ids.astype(str)
+        arrays[f"{name}_scores"] = scores
+    np.savez(work_dir / RESULTS_FILE, **arrays)
+    if view:
+        with (work_dir / VIEW_FILE).open("w", encoding="utf-8") as f:
+            for pair_id, (images, texts) in zip(pair_ids, per_pair, strict=True):
+                f.write(json.dumps({"id": pair_id, "images": images, "texts": texts}, ensure_ascii=False) + "\n")
