@@ -209,3 +209,28 @@ def test_embeddings_of_another_config_are_not_silently_reused(tmp_path, clusters
     assert main(args) == 2
     assert "different config (changed: pooling)" in capsys.readouterr().err
     assert main([*args, "--image-pooling", "conf_weighted"]) == 0
+
+
+def test_pca_reduced_image_vectors_still_find_the_cluster(tmp_path, clusters, capsys):
+    store = write_store(tmp_path / "feats", clusters)
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"id": "p", "image": "c3_1.jpg", "caption": "x"}])
+    out = run_retrieve(tmp_path, pairs, "--image-features", str(store), "--image-collection", str(store),
+                       "--image-pca-dim", "4", "--k", "4", "--dedup-threshold", "1.0")
+    assert {h["id"] for h in results(out)["p"]["images"]} == {f"c3_{i}.jpg" for i in (0, 2, 3, 4)}
+    assert main(["retrieve", "--pairs", str(pairs), "--out", str(tmp_path / "o2"), "--image-features", str(store),
+                 "--image-collection", str(store), "--image-pca-dim", "16"]) == 2
+    assert "must be smaller than the image vectors' 16 dimensions" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_torch_exact_search_on_gpu_matches_faiss_flat():
+    from unimo_pipe.models.vector_index import build_index
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((20000, 64)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    queries = base[:500]
+    _, expected = build_index("flat", base).search(queries, 10)
+    _, found = build_index("torch", base, device="cuda").search(queries, 10)
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(expected, found, strict=True)])
+    assert overlap > 0.98  # fp16 may swap near-ties
