@@ -86,6 +86,17 @@ def _add_tool_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     merge.add_argument("dest", type=Path, help="new folder for the merged files")
     merge.set_defaults(handler=_merge_command)
 
+    export = commands.add_parser("export-features", parents=[common], help="write a region-feature store as HDF5")
+    export.add_argument("feature_dir", type=Path, help="an extract-regions or import-features --out folder")
+    export.add_argument("--format", default="h5", help="output format (default: h5)")
+    export.add_argument("--output", type=Path, required=True, help="file to write")
+    export.set_defaults(handler=_export_command)
+
+    tiny = commands.add_parser("make-tiny-models", parents=[common],
+                               help="write small random-weight models for tests and demos")
+    tiny.add_argument("out", type=Path, help="folder to write them to")
+    tiny.set_defaults(handler=_tiny_models_command)
+
 
 def options_from_args(stage: Stage, args: argparse.Namespace) -> Any:
     """Defaults < --config YAML < flags < key=value overrides."""
@@ -147,6 +158,22 @@ def _merge_command(args: argparse.Namespace) -> int:
 
 
 _CHATTY_LIBRARIES = ("faiss", "sentence_transformers", "transformers", "urllib3", "filelock", "h5py")
+
+
+def _export_command(args: argparse.Namespace) -> int:
+    from unimo_pipe.workflows.export_features import export_features
+
+    count = export_features(args.feature_dir, args.output, args.format)
+    print(f"{args.output}: {count:,} images")
+    return 0
+
+
+def _tiny_models_command(args: argparse.Namespace) -> int:
+    from unimo_pipe.workflows.tiny_models import make_tiny_models
+
+    for path in make_tiny_models(args.out):
+        print(f"{path} (random weights: for tests and demos only)")
+    return 0
 
 
 def _configure_logging(debug: bool) -> None:

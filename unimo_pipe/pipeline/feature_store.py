@@ -5,24 +5,31 @@
     ROOT/img_meta_th{conf}_max{max}_min{min}.json   {image file name: per-image values} (ours)
 
 Values: `features` (N, D) f16, `norm_bb` (N, 6) f16 = [x1/W, y1/H, x2/W, y2/H, w/W, h/H], `conf` (N,) f16,
-`soft_labels` (N, C) f16, plus any extra per-box arrays (first dimension N). UNITER slices every value
+`soft_labels` (N, C) f16 (conf and soft_labels only where the source has them: imported BUTD TSVs do
+not), plus any extra per-box arrays (first dimension N). UNITER slices every value
 with `[:nbb]`, so per-image scalars must not go in the LMDB value: they go in the img_meta sidecar.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from unimo_pipe.pipeline.errors import UserError
-from unimo_pipe.pipeline.jsonl import write_json_atomic
+from unimo_pipe.pipeline.jsonl import read_json, write_json_atomic
 from unimo_pipe.pipeline.lmdb_store import LmdbReader, LmdbWriter
 
-REQUIRED_FIELDS = ("features", "norm_bb", "conf", "soft_labels")
+logger = logging.getLogger("unimo_pipe")
+
+UNITER_FIELDS = ("features", "norm_bb", "conf", "soft_labels")  # stored as float16
+REQUIRED_FIELDS = ("features", "norm_bb")  # what DetectFeatLmdb.__getitem__ reads
 
 
 def _suffix(conf_th: float, max_bb: int, min_bb: int) -> str:
@@ -46,7 +53,7 @@ def validate_region_arrays(arrays: dict[str, np.ndarray]) -> int:
     missing = [f for f in REQUIRED_FIELDS if f not in arrays]
     if missing:
         raise ValueError(f"region features lack {', '.join(missing)}")
-    n = len(arrays["conf"])
+    n = len(arrays["features"])
     expected_rank = {"features": 2, "norm_bb": 2, "conf": 1, "soft_labels": 2}
     for name, array in arrays.items():
         if np.ndim(array) == 0 or len(array) != n:
@@ -91,9 +98,8 @@ class RegionFeatureWriter:
 
 
 def _as_stored(name: str, array: np.ndarray) -> np.ndarray:
-    if name in REQUIRED_FIELDS or array.dtype in (np.float32, np.float64):
-        return array.astype(np.float16)
-    return array
+    """UNITER's four fields are float16; extra fields keep the dtype they were given."""
+    return array.astype(np.float16) if name in UNITER_FIELDS else array
 
 
 class RegionFeatureReader:
@@ -144,3 +150,35 @@ def open_feature_dir(root: Path) -> RegionFeatureReader:
         raise UserError(f"{root} has several feature stores ({names}): keep one per folder")
     match = found[0][0]
     return RegionFeatureReader(root, float(match["conf"]), int(match["max"]), int(match["min"]))
+
+def merge_feature_shards(out: Path, shard_dirs: list[Path], db_args: tuple[float, int, int], *, keep: bool) -> None:
+    """One UNITER store for the whole run, from the per-shard stores (sidecars merged too)."""
+    db_name = feature_db_name(*db_args)
+    staging = out / ".merging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    name2nbb: dict[str, int] = {}
+    meta: dict[str, Any] = {}
+    with LmdbWriter(staging / db_name, commit_every=512) as writer:
+        for shard in shard_dirs:
+            if not (shard / db_name / "data.mdb").is_file():
+                continue
+            for key, value in LmdbReader(shard / db_name).items_raw():
+                writer.put_raw(key, value)
+            name2nbb.update(_read_optional(shard / nbb_file_name(*db_args)))
+            meta.update(_read_optional(shard / meta_file_name(*db_args)))
+    write_json_atomic(staging / nbb_file_name(*db_args), name2nbb)
+    write_json_atomic(staging / meta_file_name(*db_args), meta)
+    for entry in staging.iterdir():
+        target = out / entry.name
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(entry, target)
+    staging.rmdir()
+    if not keep:
+        for shard in shard_dirs:
+            shutil.rmtree(shard / db_name, ignore_errors=True)
+    logger.info("extract-regions: merged %d images into %s", len(name2nbb), out / db_name)
+
+
+def _read_optional(path: Path) -> dict:
+    return read_json(path) if path.is_file() else {}

@@ -42,11 +42,20 @@ class Hdf5Writer:
         self.close()
 
 
-def iter_hdf5_items(path: Path) -> Iterator[tuple[str, dict[str, np.ndarray], dict[str, Any]]]:
-    """(name, arrays, attributes) for every group of a file written by Hdf5Writer."""
+def iter_hdf5_items(path: Path, *, arrays: bool = True) -> Iterator[tuple[str, dict[str, np.ndarray], dict[str, Any]]]:
+    """(name, arrays, attributes) for every group of a file written by Hdf5Writer (arrays={} if not wanted)."""
     import h5py
 
     with h5py.File(path, "r") as f:
         for escaped, group in f.items():
-            arrays = {key: dataset[()] for key, dataset in group.items()}
-            yield _unescape(escaped), arrays, dict(group.attrs)
+            values = {key: dataset[()] for key, dataset in group.items()} if arrays else {}
+            yield _unescape(escaped), values, dict(group.attrs)
+
+
+def read_hdf5_item(path: Path, name: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Arrays and attributes of one item."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        group = f[_escape(name)]
+        return {key: dataset[()] for key, dataset in group.items()}, dict(group.attrs)

@@ -70,6 +70,8 @@ class Stage:
 
 
 STAGES = Registry("stage")
+STAGES.register_lazy("extract-regions", "unimo_pipe.stages.extract_regions:ExtractRegions")
+STAGES.register_lazy("import-features", "unimo_pipe.stages.import_features:ImportFeatures")
 STAGES.register_lazy("import-pairs", "unimo_pipe.stages.import_pairs:ImportPairs")
 STAGES.register_lazy("import-corpus", "unimo_pipe.stages.import_corpus:ImportCorpus")
 STAGES.register_lazy("embed-text", "unimo_pipe.stages.embed_text:EmbedText")
