@@ -24,6 +24,7 @@ logger = logging.getLogger("unimo_pipe")
 
 _ALLOWED_GLOBALS = {
     ("collections", "OrderedDict"),
+    ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes; a pure function
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("numpy.core.multiarray", "_reconstruct"),

@@ -21,7 +21,6 @@ import numpy as np
 
 from unimo_pipe.pipeline.config import option
 from unimo_pipe.pipeline.errors import RecordError, UserError
-from unimo_pipe.pipeline.feature_store import RegionFeatureWriter, merge_feature_shards
 from unimo_pipe.pipeline.images import DEFAULT_MAX_PIXELS, list_images
 from unimo_pipe.pipeline.runner import ShardContext
 from unimo_pipe.pipeline.stage import CommonOptions, Record, Stage
@@ -99,6 +98,8 @@ class ExtractRegions(Stage):
 
     def process_shard(self, records: list[Record], ctx: ShardContext) -> None:
         options: ExtractRegionsOptions = ctx.options
+        from unimo_pipe.pipeline.feature_store import RegionFeatureWriter  # imports lmdb: not at CLI start-up
+
         db_args = (options.conf_threshold, options.max_boxes, options.min_boxes)
         with RegionFeatureWriter(ctx.work_dir, conf_th=db_args[0], max_bb=db_args[1], min_bb=db_args[2]) as writer:
             for key, outcome in self.detector(options).run([(r.key, Path(r.value)) for r in records]):
@@ -109,6 +110,8 @@ class ExtractRegions(Stage):
                     writer.add(key, arrays, meta=meta)
 
     def finalize(self, options: ExtractRegionsOptions, shard_dirs: list[Path]) -> None:
+        from unimo_pipe.pipeline.feature_store import merge_feature_shards
+
         merge_feature_shards(options.out, shard_dirs, (options.conf_threshold, options.max_boxes, options.min_boxes),
                              keep=options.keep_shard_stores)
 

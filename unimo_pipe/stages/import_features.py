@@ -15,7 +15,6 @@ from pathlib import Path
 from unimo_pipe.pipeline.config import option
 from unimo_pipe.pipeline.errors import RecordError, UserError
 from unimo_pipe.pipeline.feature_formats import parse_tsv_row, read_npz
-from unimo_pipe.pipeline.feature_store import RegionFeatureWriter, merge_feature_shards
 from unimo_pipe.pipeline.hdf5_store import iter_hdf5_items, read_hdf5_item
 from unimo_pipe.pipeline.runner import ShardContext
 from unimo_pipe.pipeline.stage import CommonOptions, Record, Stage
@@ -67,6 +66,8 @@ class ImportFeatures(Stage):
 
     def process_shard(self, records: list[Record], ctx: ShardContext) -> None:
         options: ImportFeaturesOptions = ctx.options
+        from unimo_pipe.pipeline.feature_store import RegionFeatureWriter  # imports lmdb: not at CLI start-up
+
         db_args = (options.conf_threshold, options.max_boxes, options.min_boxes)
         with RegionFeatureWriter(ctx.work_dir, conf_th=db_args[0], max_bb=db_args[1], min_bb=db_args[2]) as writer:
             for record in records:
@@ -78,6 +79,8 @@ class ImportFeatures(Stage):
                         raise RecordError("malformed_arrays", str(exc)) from None
 
     def finalize(self, options: ImportFeaturesOptions, shard_dirs: list[Path]) -> None:
+        from unimo_pipe.pipeline.feature_store import merge_feature_shards
+
         merge_feature_shards(options.out, shard_dirs, (options.conf_threshold, options.max_boxes, options.min_boxes),
                              keep=options.keep_shard_stores)
 
