@@ -152,3 +152,31 @@ def test_detections_are_sane():
     torch.testing.assert_close(found.class_probs.sum(dim=1), torch.ones(len(found.conf)))
     assert found.features.shape == (len(found.conf), model.spec.feature_dim)
     assert (found.attr_ids < 400).all() and (found.object_ids < 1600).all()
+
+
+def test_folded_norms_give_the_same_result_as_separate_ones():
+    model = build_detector("tiny")
+    image = torch.rand(1, 3, 120, 100, generator=torch.Generator().manual_seed(2)) * 255
+    folded = model.detect(image, [(120, 100)], [1.0])[0]
+    model.set_fold_norms(False)
+    separate = model.detect(image, [(120, 100)], [1.0])[0]
+    torch.testing.assert_close(folded.features, separate.features, atol=1e-4, rtol=1e-3)
+    assert folded.conf.shape == separate.conf.shape
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_batches_match_cpu_fp32():
+    from unimo_pipe.models.extractor import RegionExtractor
+
+    images = [(torch.randint(0, 255, (3, h, w), dtype=torch.uint8), 1.0, (w, h)) for h, w in ((600, 800), (600, 450))]
+    cpu = RegionExtractor(model=build_detector("butd-r101"), device="cpu", precision="fp32", batch_size=1,
+                          workers=0, min_size=600, max_size=1000, max_pixels=10**9)
+    gpu = RegionExtractor(model=build_detector("butd-r101"), device="cuda", precision="bf16", batch_size=2,
+                          workers=0, min_size=600, max_size=1000, max_pixels=10**9)
+    expected = [cpu.detect([image])[0] for image in images]
+    found = gpu.detect(images)
+    for a, b in zip(expected, found, strict=True):
+        common = min(len(a.conf), len(b.conf))
+        assert 10 <= len(b.conf) <= 100
+        cosine = torch.nn.functional.cosine_similarity(a.features[:1], b.features[:1].float().cpu())
+        assert common >= 10 and float(cosine) > 0.9

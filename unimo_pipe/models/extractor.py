@@ -66,7 +66,8 @@ class RegionExtractor:
             load_weights(model, options.weights)
         device = resolve_device(options.device)
         precision = options.precision if options.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
-        return cls(model=model, device=device, precision=precision, batch_size=options.batch_size,
+        batch_size = options.batch_size or (8 if device.startswith("cuda") else 1)
+        return cls(model=model, device=device, precision=precision, batch_size=batch_size,
                    workers=options.workers, min_size=options.min_size, max_size=options.max_size,
                    max_pixels=options.max_pixels)
 

@@ -53,8 +53,8 @@ class ExtractRegionsOptions(CommonOptions):
                              minimum=1)
     precision: str = option("auto", help="auto = bf16 on GPU, fp32 on CPU", choices=PRECISIONS)
     device: str = option("auto", help="where to run", choices=("auto", "cpu", "cuda"), affects_output=False)
-    batch_size: int = option(4, help="images per forward pass (results do not depend on it)", minimum=1,
-                             affects_output=False)
+    batch_size: int = option(0, help="images per forward pass; 0 = auto (8 on GPU, 1 on CPU, where batching "
+                             "only adds cache misses); results do not depend on it", minimum=0, affects_output=False)
     workers: int = option(2, help="image-decoding worker processes (0: decode in the main process)", minimum=0,
                           affects_output=False)
     keep_shard_stores: bool = option(False, help="keep per-shard stores after merging", affects_output=False)
