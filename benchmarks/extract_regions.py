@@ -2,8 +2,9 @@
 
 Naive: one image at a time, float32, decoding in the main loop (what the public BUTD ports do).
 Ours: FrozenBN folded into the convs, DataLoader decode workers, padded batches (results equal
-single-image ones), bf16 + channels_last on GPU. Default: the full-size BUTD architecture with random weights at 600x1000 on a GPU, the tiny
-architecture on CPU (the full one takes many seconds per image on 2 CPU cores). Prints one JSON line.
+single-image ones), bf16 + channels_last on GPU. Default: the full-size BUTD architecture with random
+weights at 600x1000 on a GPU, the tiny architecture on CPU (the full one takes many seconds per image
+on 2 CPU cores). Prints one JSON line.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import report, timed  # noqa: E402
+from _common import report, timed_call  # noqa: E402
 
 from unimo_pipe.models.vector_index import build_index, choose_kind, exact_search  # noqa: E402
 
@@ -38,9 +38,7 @@ def run(size: int, dim: int, queries_n: int) -> None:
     base = clustered(size, dim, 0)
     queries = clustered(queries_n, dim, 1)
     results: dict[str, object] = {"vectors": size, "dim": dim, "queries": queries_n}
-    truth = None
-    seconds = timed(lambda: results.__setitem__("_numpy", numpy_top10(base, queries)))
-    truth = results.pop("_numpy")
+    seconds, truth = timed_call(numpy_top10, base, queries)
     results["numpy_queries_per_s"] = round(queries_n / seconds)
     auto_kind = choose_kind("auto", size=size, dim=dim, memory_budget_bytes=8 * 2**30, device="cpu")
     tight_kind = choose_kind("auto", size=size, dim=dim, memory_budget_bytes=size * dim, device="cpu")
@@ -54,13 +52,11 @@ def run(size: int, dim: int, queries_n: int) -> None:
     except ImportError:
         pass
     for label, kind in kinds.items():
-        device = "cuda" if kind == "torch" else "cpu"
-        box: dict[str, object] = {}
-        build_s = timed(lambda: box.__setitem__("index", build_index(kind, base, device=device)))
-        search_s = timed(lambda: box.__setitem__("rows", box["index"].search(queries, 10)[1]))
+        build_s, index = timed_call(build_index, kind, base, device="cuda" if kind == "torch" else "cpu")
+        search_s, (_, rows) = timed_call(index.search, queries, 10)
         results[f"{label}_build_s"] = round(build_s, 2)
         results[f"{label}_queries_per_s"] = round(queries_n / search_s)
-        results[f"{label}_recall_at_10"] = round(recall(box["rows"], truth), 4)
+        results[f"{label}_recall_at_10"] = round(recall(rows, truth), 4)
     results["faiss_flat_vs_numpy"] = round(results["faiss_flat_queries_per_s"] / results["numpy_queries_per_s"], 2)
     results[f"auto_tight_budget_{tight_kind}_vs_numpy"] = round(
         results[f"auto_tight_budget_{tight_kind}_queries_per_s"] / results["numpy_queries_per_s"], 2)
