@@ -50,7 +50,8 @@ SYNONYMS = [
     {"road", "street"}, {"rock", "stone"}, {"ocean", "sea"}, {"sidewalk", "pavement"}, {"lawn", "grass"},
     {"phone", "cellphone", "smartphone", "telephone", "mobile"}, {"laptop", "notebook"}, {"doughnut", "donut"},
     {"hotdog", "sausage"}, {"gray", "grey"}, {"colorful", "colourful"}, {"big", "large"},
-    {"small", "little"}, {"wooden", "wood"}, {"metal", "metallic"}, {"golden", "gold"}, {"cab", "taxi"}, {"kitten", "kitty"}, {"puppy", "pup"}, {"photographer", "cameraman"},
+    {"small", "little"}, {"wooden", "wood"}, {"metal", "metallic"}, {"golden", "gold"}, {"cab", "taxi"},
+    {"kitten", "kitty"}, {"puppy", "pup"}, {"photographer", "cameraman"},
     {"shore", "beach", "seashore"}, {"hill", "hillside"}, {"bag", "purse", "handbag"}, {"trash", "garbage"},
     {"fridge", "refrigerator"}, {"bathroom", "restroom", "toilet"}, {"glasses", "spectacles", "eyeglasses"},
 ]
