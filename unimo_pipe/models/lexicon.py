@@ -136,6 +136,7 @@ def _ancestors(word: str) -> frozenset[str]:
     return frozenset(found)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def related(a: str, b: str) -> bool:
     """True when replacing `a` by `b` could keep the caption true: same word, synonym, hypernym or hyponym."""
     a, b = a.lower(), b.lower()
@@ -180,9 +181,9 @@ def singularize(noun: str) -> str:
     return noun
 
 
-_AN_EXCEPTIONS = {"one", "once", "user", "university", "unicorn", "uniform", "unit", "union", "european", "euro",
-                  "usual", "useful", "utensil", "ukulele", "ufo", "uniformed"}
-_AN_SILENT_H = {"hour", "honest", "honor", "honour", "heir"}
+_AN_EXCEPTIONS = tuple({"one", "once", "user", "university", "unicorn", "uniform", "unit", "union", "european", "euro",
+                  "usual", "useful", "utensil", "ukulele", "ufo", "uniformed"})
+_AN_SILENT_H = ("hour", "honest", "honor", "honour", "heir")
 
 
 def indefinite_article(next_word: str) -> str:
@@ -190,9 +191,9 @@ def indefinite_article(next_word: str) -> str:
     word = next_word.lower().strip("\"'(")
     if not word:
         return "a"
-    if any(word.startswith(w) for w in _AN_SILENT_H):
+    if word.startswith(_AN_SILENT_H):
         return "an"
-    if any(word.startswith(w) for w in _AN_EXCEPTIONS):
+    if word.startswith(_AN_EXCEPTIONS):
         return "a"
     return "an" if word[0] in "aeiou" else "a"
 

