@@ -268,9 +268,10 @@ class NegativeGenerator:
 
     def _swap_objects(self, tokens: _Tokens, graph) -> Iterator[dict]:
         objects = graph.objects
+        linked = {frozenset((r.subject, r.object)) for r in graph.relations}  # those are reverse_relation
         for i in range(len(objects)):
             for j in range(i + 1, len(objects)):
-                if not lexicon.related(objects[i].name, objects[j].name):
+                if frozenset((i, j)) not in linked and not lexicon.related(objects[i].name, objects[j].name):
                     yield {"text": _swapped_heads(tokens, objects[i], objects[j]), "kind": "swap_objects",
                            "from": objects[i].name, "to": objects[j].name}
 

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from unimo_pipe.models import lexicon
+from unimo_pipe.models.negatives import NegativeGenerator, Vocabulary, normalise_for_comparison
+from unimo_pipe.models.scene_graph import SceneGraphParser, parse_doc
+
+
+@pytest.fixture(scope="module")
+def parser():
+    return SceneGraphParser()
+
+
+def negatives(parser, caption, vocabulary, n=100, seed=0, forbidden=frozenset()):
+    doc = parser.nlp(caption)
+    return NegativeGenerator(vocabulary=vocabulary, negatives=n, seed=seed).generate(
+        doc, parse_doc(doc), key=caption, forbidden=forbidden)
+
+
+def vocab(objects=(), relations=None, attributes=None):
+    return Vocabulary(Counter({o: 5 for o in objects}), {k: Counter(v) for k, v in (attributes or {}).items()},
+                      {k: Counter(v) for k, v in (relations or {}).items()})
+
+
+def by_kind(found, kind):
+    return {n["text"]: n for n in found if n["kind"] == kind}
+
+
+def test_object_replacement_fixes_articles_and_keeps_number(parser):
+    found = by_kind(negatives(parser, "A dog sits on a bench.", vocab(["elephant", "cat"])), "replace_object")
+    assert "An elephant sits on a bench." in found and "A dog sits on an elephant." in found
+    assert found["An elephant sits on a bench."]["from"] == "dog"
+    plural = by_kind(negatives(parser, "Two dogs on a bench.", vocab(["cat", "box"])), "replace_object")
+    assert "Two cats on a bench." in plural and "Two boxes on a bench." in plural
+
+
+def test_attribute_replacement_stays_in_its_group_and_counts_agree(parser):
+    found = negatives(parser, "A red car next to one dog.", vocab(["car"], attributes={"colour": {"blue": 3}}))
+    attributes = by_kind(found, "replace_attribute")
+    colours = {n["to"] for n in attributes.values() if n["from"] == "red"}
+    assert colours and colours <= lexicon.COLOURS
+    counts = [n for n in attributes.values() if n["from"] == "one"]
+    assert counts and all(n["text"].endswith(("dogs.",)) for n in counts if n["to"] not in ("one",))
+
+
+def test_relation_replacement_uses_the_same_word_shape(parser):
+    caption = "A man sitting on a bench."
+    shape_vocab = Vocabulary()
+    for other in ("A man standing behind a car.", "A cat lying under a table.", "A dog riding a horse."):
+        doc = parser.nlp(other)
+        shape_vocab.add(doc, parse_doc(doc))
+    found = by_kind(negatives(parser, caption, shape_vocab), "replace_relation")
+    assert {n["to"] for n in found.values()} == {"standing behind", "lying under"}
+    assert "A man standing behind a bench." in found
+
+
+def test_swaps_and_reversal(parser):
+    found = negatives(parser, "A white dog chasing a black cat.", vocab())
+    assert "A white cat chasing a black dog." in by_kind(found, "reverse_relation")
+    assert "A black dog chasing a white cat." in by_kind(found, "swap_attributes")
+    mixed = negatives(parser, "Two dogs near a cat.", vocab())
+    assert "Two cats near a dog." in {n["text"] for n in mixed}
+
+
+def test_negatives_are_distinct_and_never_the_caption_or_a_positive(parser):
+    caption = "A man riding a brown horse on a beach."
+    many = vocab(["dog", "car", "table", "tree", "boat", "street", "cow", "bus", "chair", "kite"])
+    positive = "A man riding a brown dog on a beach."
+    found = negatives(parser, caption, many, n=40, forbidden={positive})
+    texts = [normalise_for_comparison(n["text"]) for n in found]
+    assert len(texts) == len(set(texts)) == 40
+    assert normalise_for_comparison(caption) not in texts and normalise_for_comparison(positive) not in texts
+    assert {"text", "kind", "from", "to"} == set(found[0])
+
+
+def test_synonyms_and_hypernyms_are_never_used(parser):
+    tempting = vocab(["person", "guy", "adult", "people", "gentleman", "animal", "puppy", "creature", "cattle",
+                      "table"])
+    found = negatives(parser, "A man walking a dog.", tempting)
+    replaced = {(n["from"], n["to"]) for n in found if n["kind"] == "replace_object"}
+    assert {to for frm, to in replaced if frm == "man"} == {"animal", "puppy", "creature", "cattle", "table"}
+    assert {to for frm, to in replaced if frm == "dog"} == {"person", "guy", "adult", "people", "gentleman",
+                                                            "cattle", "table"}
+    assert lexicon.related("man", "person") and lexicon.related("person", "man") and lexicon.related("dog", "puppy")
+    assert lexicon.related("couch", "sofa") and lexicon.related("dogs", "dog")
+    assert not lexicon.related("dog", "cat") and not lexicon.related("man", "woman")
+
+
+def test_deterministic_under_a_seed(parser):
+    many = vocab(["dog", "car", "table", "tree", "boat", "street", "cow", "bus"])
+    caption = "A man riding a horse on a beach."
+    assert negatives(parser, caption, many, n=10) == negatives(parser, caption, many, n=10)
+    assert negatives(parser, caption, many, n=10) != negatives(parser, caption, many, n=10, seed=1)
+
+
+def test_inflection_and_articles():
+    assert [lexicon.pluralize(w) for w in ("dog", "box", "bus", "city", "man", "sheep", "knife", "toy")] == [
+        "dogs", "boxes", "buses", "cities", "men", "sheep", "knives", "toys"]
+    assert [lexicon.singularize(w) for w in ("dogs", "boxes", "cities", "men", "glasses")] == [
+        "dog", "box", "city", "man", "glasses"]
+    assert [lexicon.indefinite_article(w) for w in ("apple", "hour", "unicorn", "dog", "umbrella")] == [
+        "an", "an", "a", "a", "an"]
+
+
+def test_vocabulary_round_trip_and_word_lists(tmp_path, parser):
+    vocabulary = Vocabulary()
+    doc = parser.nlp("A red car parked next to a tall tree.")
+    vocabulary.add(doc, parse_doc(doc))
+    vocabulary.save(tmp_path / "v.json")
+    loaded = Vocabulary.load(tmp_path / "v.json")
+    assert loaded.objects == Counter({"car": 1, "tree": 1}) and loaded.attributes["colour"] == Counter({"red": 1})
+    (tmp_path / "objects_vocab.txt").write_text("yolk\nwindow,windows\n")
+    assert set(Vocabulary.load(tmp_path / "objects_vocab.txt").objects) == {"yolk", "window"}

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import json
+
+from tests.conftest import read_jsonl, write_jsonl
+from unimo_pipe.models.negatives import NegativeGenerator, normalise_for_comparison
+from unimo_pipe.pipeline.cli import main
+from unimo_pipe.pipeline.outputs import iter_output_jsonl
+
+CAPTIONS = [
+    {"id": "1", "image": "a.jpg", "caption": "A man riding a brown horse on a beach."},
+    {"id": "2", "image": "b.jpg", "caption": "Two dogs playing with a red ball in a park."},
+    {"id": "3", "image": "c.jpg", "caption": "A cat sleeping on top of a wooden table."},
+    {"id": "4", "image": "d.jpg", "caption": "   "},
+    {"id": "5", "image": "e.jpg", "caption": "!!! ... ???"},
+    {"id": "6", "image": "f.jpg", "caption": "🐶 🎉 🐱"},
+    {"id": "7", "image": "g.jpg", "caption": "Ein Hund läuft schnell über die grüne Wiese."},
+    {"id": "8", "image": "h.jpg", "caption": "A bird on a branch " * 200},
+]
+
+
+def test_scene_graph_negatives_end_to_end_with_hard_captions(tmp_path):
+    captions = write_jsonl(tmp_path / "caps.jsonl", CAPTIONS)
+    positives = write_jsonl(tmp_path / "positives.jsonl",
+                            [{"id": "1", "positives": [{"text": "A man riding a brown dog on a beach."}]}])
+    out = tmp_path / "aug"
+    assert main(["augment", "--captions", str(captions), "--scene-graph", "--negatives", "20", "--out", str(out),
+                 "--positives", str(positives), "shard_size=3"]) == 0
+    rows = {row["id"]: row for row in iter_output_jsonl(out, "augment.jsonl")}
+    assert set(rows) == {"1", "2", "3", "5", "6", "7", "8"}
+    first = rows["1"]
+    assert first["graph"]["objects"][0]["name"] == "man" and len(first["negatives"]) == 20
+    texts = {normalise_for_comparison(n["text"]) for n in first["negatives"]}
+    assert len(texts) == 20 and normalise_for_comparison(first["caption"]) not in texts
+    assert normalise_for_comparison("A man riding a brown dog on a beach.") not in texts
+    assert {n["kind"] for n in first["negatives"]} >= {"replace_object", "replace_attribute", "reverse_relation"}
+    assert len(rows["8"]["caption"]) <= 1000
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failure_reasons"] == {"empty_caption": 1}
+    assert summary["counters"]["nothing_to_replace"] >= 2  # punctuation and emoji captions
+    assert summary["counters"]["captions_truncated"] == 1
+    assert "horse" in json.loads((out / "vocab.json").read_text())["objects"]
+
+
+def test_resume_after_a_crash(tmp_path, monkeypatch):
+    captions = write_jsonl(tmp_path / "caps.jsonl", CAPTIONS[:3])
+    args = ["augment", "--captions", str(captions), "--scene-graph", "--negatives", "5", "--out",
+            str(tmp_path / "aug"), "shard_size=1"]
+    original = NegativeGenerator.generate
+    calls = {"n": 0}
+
+    def crash_on_second(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(NegativeGenerator, "generate", crash_on_second)
+    assert main(args) == 130
+    monkeypatch.setattr(NegativeGenerator, "generate", original)
+    assert main(args) == 0
+    rows = list(iter_output_jsonl(tmp_path / "aug", "augment.jsonl"))
+    assert [r["id"] for r in rows] == ["1", "2", "3"]
+    again = tmp_path / "again"
+    assert main([*args[:-2], str(again), "shard_size=1"]) == 0
+    assert list(iter_output_jsonl(again, "augment.jsonl")) == rows  # resumed output equals an uninterrupted run
+
+
+def test_augment_needs_a_mode_and_a_real_spacy_model(tmp_path, capsys):
+    captions = write_jsonl(tmp_path / "caps.jsonl", CAPTIONS[:1])
+    assert main(["augment", "--captions", str(captions), "--out", str(tmp_path / "a")]) == 2
+    assert "pass --scene-graph" in capsys.readouterr().err
+    assert main(["augment", "--captions", str(captions), "--scene-graph", "--spacy-model", "no_such_model",
+                 "--out", str(tmp_path / "b")]) == 2
+    assert "cannot load spaCy model 'no_such_model'" in capsys.readouterr().err
+
+
+def test_parse_scene_graph_and_build_vocab_commands(tmp_path):
+    lines = tmp_path / "caps.txt"
+    lines.write_text("A dog on a sofa.\nTwo red cars near a tree.\n")
+    out = tmp_path / "parses.jsonl"
+    assert main(["parse-scene-graph", "--captions", str(lines), "--out", str(out)]) == 0
+    parses = read_jsonl(out)
+    assert [p["caption"] for p in parses] == ["A dog on a sofa.", "Two red cars near a tree."]
+    assert parses[1]["objects"][0] == {"name": "car", "span": [0, 3], "attributes": ["two", "red"]}
+    (tmp_path / "vg.txt").write_text("zebra\nkite\n")
+    assert main(["build-vocab", "--captions", str(lines), "--merge", str(tmp_path / "vg.txt"), "--out",
+                 str(tmp_path / "vocab.json")]) == 0
+    vocabulary = json.loads((tmp_path / "vocab.json").read_text())
+    assert {"dog", "sofa", "car", "tree", "zebra", "kite"} == set(vocabulary["objects"])
+    assert vocabulary["attributes"]["colour"] == {"red": 1}
