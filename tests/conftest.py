@@ -48,3 +48,16 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 def read_jsonl(path: Path) -> list:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def tiny_translators(tmp_path_factory):
+    """make-tiny-models output (random-weight detector and Marian en-de / de-en), plus CTranslate2 copies."""
+    from unimo_pipe.models.translator import convert_for_ctranslate2
+    from unimo_pipe.workflows.tiny_models import make_tiny_models
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    make_tiny_models(root)
+    for direction in ("en-de", "de-en"):
+        convert_for_ctranslate2(str(root / f"translator-{direction}"), root / f"ct2-{direction}")
+    return root

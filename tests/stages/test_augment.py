@@ -69,7 +69,7 @@ def test_resume_after_a_crash(tmp_path, monkeypatch):
 def test_augment_needs_a_mode_and_a_real_spacy_model(tmp_path, capsys):
     captions = write_jsonl(tmp_path / "caps.jsonl", CAPTIONS[:1])
     assert main(["augment", "--captions", str(captions), "--out", str(tmp_path / "a")]) == 2
-    assert "pass --scene-graph" in capsys.readouterr().err
+    assert "pass --backtranslate and/or --scene-graph" in capsys.readouterr().err
     assert main(["augment", "--captions", str(captions), "--scene-graph", "--spacy-model", "no_such_model",
                  "--out", str(tmp_path / "b")]) == 2
     assert "cannot load spaCy model 'no_such_model'" in capsys.readouterr().err
@@ -89,3 +89,68 @@ def test_parse_scene_graph_and_build_vocab_commands(tmp_path):
     vocabulary = json.loads((tmp_path / "vocab.json").read_text())
     assert {"dog", "sofa", "car", "tree", "zebra", "kite"} == set(vocabulary["objects"])
     assert vocabulary["attributes"]["colour"] == {"red": 1}
+
+
+def bt_args(models, prefix="translator"):
+    return ["--backtranslate", "--bt-model", f"en-de={models / f'{prefix}-en-de'}",
+            "--bt-model", f"de-en={models / f'{prefix}-de-en'}"]
+
+
+RELAXED = ["--bt-min-length-ratio", "0", "--bt-max-length-ratio", "100", "--no-bt-drop-degenerate"]
+
+
+def test_backtranslation_positives_are_distinct_recorded_and_deterministic(tmp_path, tiny_translators):
+    captions = write_jsonl(tmp_path / "caps.jsonl", CAPTIONS[:3])
+    outputs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        assert main(["augment", "--captions", str(captions), *bt_args(tiny_translators), *RELAXED, "--scene-graph",
+                     "--negatives", "10", "--out", str(out)]) == 0
+        outputs.append(list(iter_output_jsonl(out, "augment.jsonl")))
+    assert outputs[0] == outputs[1]  # same seed, same result
+    shortfalls = 0
+    for row in outputs[0]:
+        texts = [p["text"] for p in row["positives"]]
+        assert 1 <= len(texts) <= 3 and len({normalise_for_comparison(t) for t in texts}) == len(texts)
+        shortfalls += len(texts) < 3
+        assert normalise_for_comparison(row["caption"]) not in {normalise_for_comparison(t) for t in texts}
+        assert all(p["pivot"] == "de" and p["method"] == "sample" for p in row["positives"])
+        negatives = {normalise_for_comparison(n["text"]) for n in row["negatives"]}
+        assert not negatives & {normalise_for_comparison(t) for t in texts}
+    counters = json.loads((tmp_path / "a" / "summary.json").read_text())["counters"]
+    assert counters.get("captions_with_positive_shortfall", 0) == shortfalls
+
+
+def test_ctranslate2_engine_and_noised_beam_through_the_stage(tmp_path, tiny_translators):
+    captions = write_jsonl(tmp_path / "caps.jsonl", CAPTIONS[:2])
+    out = tmp_path / "ct2"
+    assert main(["augment", "--captions", str(captions), *bt_args(tiny_translators, "ct2"), *RELAXED,
+                 "--bt-engine", "ctranslate2", "--bt-method", "noised-beam", "--out", str(out)]) == 0
+    rows = list(iter_output_jsonl(out, "augment.jsonl"))
+    assert all(len(r["positives"]) >= 1 and r["positives"][0]["method"] == "noised-beam" for r in rows)
+
+
+def test_filters_leave_a_counted_shortfall_not_padding(tmp_path, tiny_translators):
+    captions = write_jsonl(tmp_path / "caps.jsonl", CAPTIONS[:2] + [CAPTIONS[3]])
+    out = tmp_path / "strict"
+    assert main(["augment", "--captions", str(captions), *bt_args(tiny_translators), "--bt-max-rounds", "1",
+                 "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counters"]["captions_with_positive_shortfall"] == 2  # random models: nothing passes
+    assert summary["counters"]["positives_rejected_degenerate"] > 0
+    assert summary["failure_reasons"] == {"empty_caption": 1}
+    assert all(len(r["positives"]) < 3 for r in iter_output_jsonl(out, "augment.jsonl"))
+
+
+def test_translation_model_mistakes_are_one_clear_error_before_work(tmp_path, tiny_translators, capsys):
+    captions = write_jsonl(tmp_path / "caps.jsonl", CAPTIONS[:1])
+    base = ["augment", "--captions", str(captions), "--out", str(tmp_path / "o")]
+    assert main([*base, "--backtranslate", "--bt-model", "en-de"]) == 2
+    assert "is not SRC-TGT=MODEL" in capsys.readouterr().err
+    assert main([*base, "--backtranslate", "--bt-model", f"en-de={tiny_translators / 'translator-en-de'}"]) == 2
+    assert "has a en-de model but no de-en model" in capsys.readouterr().err
+    assert main([*base, "--backtranslate", "--bt-model", f"en-de={tmp_path / 'nope'}",
+                 "--bt-model", f"de-en={tmp_path / 'nope'}"]) == 2
+    err = capsys.readouterr().err
+    assert "not found: pass an existing model folder or a hub id" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()

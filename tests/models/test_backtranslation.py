@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from unimo_pipe.models.backtranslation import BackTranslator, Noise, Quality, add_noise, is_degenerate, rejection
+from unimo_pipe.models.translator import Decoding, build_engine, length_batches
+from unimo_pipe.pipeline.errors import UserError
+
+
+class FakeEngine:
+    """Deterministic 'translations': records its inputs, returns variants from a fixed list."""
+
+    def __init__(self, table):
+        self.table = table
+        self.calls = []
+
+    def translate(self, texts, decoding, outputs=1):
+        self.calls.append(list(texts))
+        return [[self.table(text, i, decoding.seed) for i in range(outputs)] for text in texts]
+
+
+def test_length_batches_respect_the_token_budget_and_cover_everything():
+    lengths = [5, 50, 7, 48, 6, 51, 9]
+    batches = length_batches(lengths, max_batch_tokens=110)
+    assert sorted(i for b in batches for i in b) == list(range(7))
+    assert all(max(lengths[i] for i in b) * len(b) <= 110 or len(b) == 1 for b in batches)
+    assert [sorted(lengths[i] for i in b) for b in batches][0] == [5, 6, 7, 9]
+
+
+def test_filters_name_their_reason():
+    quality = Quality()
+    caption = "A dog runs on the beach."
+    assert rejection("", caption, quality) == "empty"
+    assert rejection("a dog runs on the beach", caption, quality) == "same_as_caption"
+    assert rejection("the the the the dog", caption, quality) == "degenerate"
+    assert rejection("A dog.", caption, quality) == "length_ratio"
+    assert rejection("A dog is running along the shore and the sea and more and more sand.", caption,
+                     quality) == "length_ratio"
+    assert rejection("A dog is running on the sand.", caption, quality) is None
+    assert is_degenerate("on a bench on a bench on a bench") and not is_degenerate("a cat on a mat")
+    assert rejection("the the the the dog x y z", caption, Quality(drop_degenerate=False)) is None
+
+
+def test_noise_drops_blanks_and_shuffles_locally():
+    words = [f"w{i}" for i in range(200)]
+    noised = add_noise(" ".join(words), Noise(), random.Random(0)).split()
+    dropped = 200 - len(noised)
+    assert 5 < dropped < 40 and 5 < noised.count("<blank>") < 40
+    kept = [w for w in noised if w != "<blank>"]
+    positions = [int(w[1:]) for w in kept]
+    assert positions != sorted(positions)  # some local swaps happened
+    assert all(abs(a - b) < 40 for a, b in zip(positions, sorted(positions), strict=True))
+    assert add_noise("a b c d", Noise(), random.Random(3)) == add_noise("a b c d", Noise(), random.Random(3))
+
+
+def round_trip(positives=3, rounds=3, variants=None, method="sample"):
+    variants = variants or (lambda text, i, seed: f"{text} pivot{(i + seed) % 4}")
+    forward = FakeEngine(variants)
+    backward = FakeEngine(lambda text, i, seed: text.replace("pivot", "variant number "))
+    translator = BackTranslator(round_trips={"de": (forward, backward)}, method=method,
+                                decoding=Decoding(seed=0), positives=positives, max_rounds=rounds)
+    return translator, forward, backward
+
+
+def test_each_distinct_caption_is_translated_once_and_positives_are_distinct():
+    translator, forward, _ = round_trip()
+    captions = ["a dog on a sofa", "a cat on a mat", "a dog on a sofa"]
+    positives, rejected = translator.run(captions)
+    assert [len(p) for p in positives] == [3, 3, 3]
+    assert positives[0] == positives[2]
+    assert forward.calls[0] == ["a dog on a sofa", "a cat on a mat"]
+    texts = [p["text"] for p in positives[0]]
+    assert len(set(texts)) == 3 and all(p["pivot"] == "de" and p["method"] == "sample" for p in positives[0])
+
+
+def test_shortfall_draws_more_rounds_then_stops_without_padding():
+    translator, forward, _ = round_trip(positives=3, variants=lambda text, i, seed: f"{text} pivot{min(i, 1)}")
+    positives, rejected = translator.run(["a dog on a sofa"])
+    assert len(positives[0]) == 2  # only two distinct candidates exist
+    assert len(forward.calls) == 3  # the budget: three rounds
+    assert rejected["duplicate"] > 0
+
+
+def test_noised_beam_noises_the_forward_beam_output():
+    translator, forward, backward = round_trip(method="noised-beam",
+                                               variants=lambda text, i, seed: "one two three four five six seven")
+    positives, _ = translator.run(["a b c d e f g"])
+    assert all(p["method"] == "noised-beam" for p in positives[0])
+    assert len({p["text"] for p in positives[0]}) == len(positives[0]) >= 1
+
+
+def test_meaning_filter_with_the_real_sentence_encoder():
+    from unimo_pipe.models.embedders import TextEncoder
+
+    candidates = {0: "A dog is running along the sandy beach.", 1: "The stock market fell sharply on Tuesday."}
+    forward = FakeEngine(lambda text, i, seed: f"p{i % 2}")
+    backward = FakeEngine(lambda text, i, seed: candidates[int(text[1])])
+    translator = BackTranslator(round_trips={"de": (forward, backward)}, decoding=Decoding(), positives=2,
+                                max_rounds=1, quality=Quality(0.1, 10.0, 0.5), encoder=TextEncoder(device="cpu"))
+    positives, rejected = translator.run(["A dog runs on the beach."])
+    assert [p["text"] for p in positives[0]] == [candidates[0]] and positives[0][0]["similarity"] > 0.5
+    assert rejected["low_similarity"] >= 1 and set(rejected) <= {"low_similarity", "duplicate"}
+
+
+def test_engines_agree_on_beam_search(tiny_translators):
+    texts = ["A dog runs on the beach.", "Two cats sleep on a red sofa near the window."]
+    decoding = Decoding(method="beam", beam_size=3, max_new_tokens=20)
+    hf = build_engine("transformers", str(tiny_translators / "translator-en-de"), device="cpu")
+    ct2 = build_engine("ctranslate2", str(tiny_translators / "ct2-en-de"), device="cpu")
+    assert hf.translate(texts, decoding) == ct2.translate(texts, decoding)
+    sampled = hf.translate(texts, Decoding(method="sample", max_new_tokens=20, seed=1), 3)
+    assert [len(s) for s in sampled] == [3, 3]
+    assert sampled == hf.translate(texts, Decoding(method="sample", max_new_tokens=20, seed=1), 3)
+    assert sampled != hf.translate(texts, Decoding(method="sample", max_new_tokens=20, seed=2), 3)
+
+
+def test_bad_models_are_clear_errors(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    with pytest.raises(UserError, match="cannot load the tokenizer of translation model"):
+        build_engine("transformers", str(tmp_path / "missing"), device="cpu")
+    bert = tmp_path / "bert"
+    BertModel(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=8)).save_pretrained(bert)
+    from tests.models.test_backtranslation_helpers import save_word_tokenizer
+
+    save_word_tokenizer(bert)
+    with pytest.raises(UserError, match="is a bert model, not a translation"):
+        build_engine("transformers", str(bert), device="cpu")
+    with pytest.raises(UserError, match="not a CTranslate2 model folder"):
+        build_engine("ctranslate2", str(bert), device="cpu")

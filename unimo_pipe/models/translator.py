@@ -1,0 +1,162 @@
+"""Translation engines behind one interface: transformers seq2seq models, or CTranslate2 conversions of them.
+
+`translate(texts, decoding, outputs)` returns `outputs` translations per text. Inputs are sorted by length
+and cut into batches by a token budget (padding stays small; no per-sentence Python in the hot path);
+on GPU the transformers engine runs in fp16/bf16 under `torch.inference_mode`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from unimo_pipe.pipeline.errors import UserError
+from unimo_pipe.pipeline.registry import Registry
+
+ENGINES = Registry("translation engine")
+DECODING_METHODS = ("sample", "noised-beam", "beam")
+
+
+@dataclass(frozen=True)
+class Decoding:
+    method: str = "beam"  # "beam" or "sample" (noised beam is beam plus noise, applied by the caller)
+    beam_size: int = 5
+    top_k: int = 10
+    top_p: float = 1.0
+    temperature: float = 1.0
+    max_new_tokens: int = 128
+    seed: int = 0
+
+
+def length_batches(lengths: list[int], max_batch_tokens: int, max_batch_size: int = 512) -> list[list[int]]:
+    """Indices grouped into batches of similar length whose padded size stays within the token budget."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches, current, longest = [], [], 0
+    for i in order:
+        longest_if_added = max(longest, lengths[i])
+        if current and (longest_if_added * (len(current) + 1) > max_batch_tokens or len(current) >= max_batch_size):
+            batches.append(current)
+            current, longest_if_added = [], lengths[i]
+        current.append(i)
+        longest = longest_if_added
+    if current:
+        batches.append(current)
+    return batches
+
+
+def load_tokenizer(model: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model)
+    except Exception as exc:  # many exception types for a bad path or unknown hub id
+        raise UserError(f"cannot load the tokenizer of translation model {model!r} ({type(exc).__name__}): pass a "
+                        "local model folder, or a hub id that is already in the local cache") from None
+
+
+@ENGINES.register("transformers")
+class TransformersEngine:
+    def __init__(self, *, model: str, device: str = "cpu", max_batch_tokens: int = 8192):
+        import torch
+        from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+        self.name = model
+        self.tokenizer = load_tokenizer(model)
+        try:
+            config = AutoConfig.from_pretrained(model)
+        except Exception as exc:
+            raise UserError(f"cannot load translation model {model!r} ({type(exc).__name__})") from None
+        if not getattr(config, "is_encoder_decoder", False):
+            raise UserError(f"{model!r} is a {config.model_type} model, not a translation (encoder-decoder) model")
+        dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else None
+        self.model = AutoModelForSeq2SeqLM.from_pretrained(model, dtype=dtype).to(device).eval()
+        self.device = device
+        self.max_batch_tokens = max_batch_tokens
+
+    def translate(self, texts: list[str], decoding: Decoding, outputs: int = 1) -> list[list[str]]:
+        import torch
+
+        encoded = [self.tokenizer(t, truncation=True, max_length=512)["input_ids"] for t in texts]
+        results: list[list[str]] = [[] for _ in texts]
+        budget = max(1, self.max_batch_tokens // max(outputs, 1))
+        for batch in length_batches([len(e) for e in encoded], budget):
+            inputs = self.tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(self.device)
+            torch.manual_seed(decoding.seed)
+            longest = max(len(encoded[i]) for i in batch)
+            with torch.inference_mode():
+                generated = self.model.generate(**inputs, **_generate_args(decoding, outputs, longest))
+            texts_out = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+            for position, i in enumerate(batch):
+                results[i] = texts_out[position * outputs : (position + 1) * outputs]
+        return results
+
+
+def output_budget(decoding: Decoding, source_tokens: int) -> int:
+    """Generated tokens allowed: longer outputs would fail the length-ratio filter anyway."""
+    return min(decoding.max_new_tokens, 2 * source_tokens + 8)
+
+
+def _generate_args(decoding: Decoding, outputs: int, source_tokens: int) -> dict:
+    args = {"max_new_tokens": output_budget(decoding, source_tokens), "num_return_sequences": outputs}
+    if decoding.method == "sample":
+        args.update(do_sample=True, top_k=decoding.top_k, top_p=decoding.top_p, temperature=decoding.temperature,
+                    num_beams=1)
+    else:
+        args.update(do_sample=False, num_beams=max(decoding.beam_size, outputs))
+    return args
+
+
+@ENGINES.register("ctranslate2")
+class CTranslate2Engine:
+    """A model converted with `unimo-pipe convert-translator`; the folder also holds the tokenizer files."""
+
+    def __init__(self, *, model: str, device: str = "cpu", max_batch_tokens: int = 8192):
+        import ctranslate2
+
+        path = Path(model)
+        if not (path / "model.bin").is_file():
+            raise UserError(f"{model} is not a CTranslate2 model folder (no model.bin): convert it with "
+                            "`unimo-pipe convert-translator MODEL OUT`")
+        self.name = model
+        self.tokenizer = load_tokenizer(model)
+        compute_type = "bfloat16" if device.startswith("cuda") else "default"
+        self.translator = ctranslate2.Translator(str(path), device=device.split(":")[0], compute_type=compute_type)
+        self.max_batch_tokens = max_batch_tokens
+
+    def translate(self, texts: list[str], decoding: Decoding, outputs: int = 1) -> list[list[str]]:
+        tokens = [self.tokenizer.convert_ids_to_tokens(self.tokenizer(t, truncation=True, max_length=512)["input_ids"])
+                  for t in texts]
+        sampling = decoding.method == "sample"
+        results = self.translator.translate_batch(
+            tokens, max_batch_size=self.max_batch_tokens, batch_type="tokens",
+            beam_size=1 if sampling else max(decoding.beam_size, outputs), num_hypotheses=outputs,
+            sampling_topk=decoding.top_k if sampling else 1, sampling_topp=decoding.top_p if sampling else 1.0,
+            sampling_temperature=decoding.temperature,
+            # transformers spends the last position on the forced end-of-sentence (Marian, FSMT): match it
+            max_decoding_length=output_budget(decoding, max((len(t) for t in tokens), default=1)) - 1,
+            return_scores=False)
+        decode = self.tokenizer.convert_tokens_to_ids
+        return [[self.tokenizer.decode(decode(h), skip_special_tokens=True) for h in r.hypotheses] for r in results]
+
+
+def build_engine(engine: str, model: str, *, device: str, max_batch_tokens: int = 8192):
+    return ENGINES.get(engine)(model=model, device=device, max_batch_tokens=max_batch_tokens)
+
+
+def convert_for_ctranslate2(model: str, out: Path, *, quantization: str | None = None) -> Path:
+    """Convert a transformers translation model for the CTranslate2 engine (tokenizer files copied along)."""
+    from ctranslate2.converters import TransformersConverter
+
+    tokenizer = load_tokenizer(model)
+    try:
+        TransformersConverter(model).convert(str(out), quantization=quantization, force=True)
+    except Exception as exc:
+        raise UserError(f"cannot convert {model!r} for CTranslate2 ({type(exc).__name__}: {exc})") from None
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
+def oversample(needed: int, pivots: int, round_index: int) -> int:
+    """Forward candidates per caption and pivot: twice what is needed, doubling each extra round."""
+    return max(1, math.ceil(2 * needed / max(pivots, 1))) * (2**round_index)
