@@ -109,6 +109,13 @@ def _add_tool_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     vocab.add_argument("--out", type=Path, required=True, help="vocabulary JSON to write")
     vocab.set_defaults(handler=_build_vocab_command)
 
+    convert = commands.add_parser("convert-translator", parents=[common],
+                                  help="convert a transformers translation model for the CTranslate2 engine")
+    convert.add_argument("model", help="local model folder or cached hub id")
+    convert.add_argument("out", type=Path, help="folder to write (model.bin + tokenizer files)")
+    convert.add_argument("--quantization", default=None, help="e.g. int8, int8_float16, bfloat16 (default: none)")
+    convert.set_defaults(handler=_convert_translator_command)
+
     tiny = commands.add_parser("make-tiny-models", parents=[common],
                                help="write small random-weight models for tests and demos")
     tiny.add_argument("out", type=Path, help="folder to write them to")
@@ -200,6 +207,13 @@ def _build_vocab_command(args: argparse.Namespace) -> int:
     sizes = build_vocab(args.captions, args.out, fmt=args.format, spacy_model=args.spacy_model, merge=args.merge)
     print(f"{args.out}: {sizes['objects']:,} objects, {sizes['attributes']:,} attributes, "
           f"{sizes['relations']:,} predicates")
+    return 0
+
+
+def _convert_translator_command(args: argparse.Namespace) -> int:
+    from unimo_pipe.models.translator import convert_for_ctranslate2
+
+    print(convert_for_ctranslate2(args.model, args.out, quantization=args.quantization))
     return 0
 
 

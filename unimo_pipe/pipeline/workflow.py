@@ -138,6 +138,9 @@ def format_summary(results: list[RunResult]) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     for r in results:
+        if r.totals.get("counters"):
+            counts = ", ".join(f"{k}: {v:,}" for k, v in sorted(r.totals["counters"].items()))
+            lines.append(f"{r.stage} counts: {counts}")
         if r.totals.get("failure_reasons"):
             reasons = ", ".join(f"{k}: {v}" for k, v in sorted(r.totals["failure_reasons"].items()))
             lines.append(f"{r.stage} failures by reason: {reasons} (examples in {r.out_dir}/shards/*/stats.json)")

@@ -94,7 +94,8 @@ class Augment(Stage):
     def models_used(self, options: AugmentOptions) -> list[str]:
         notes = []
         if options.backtranslate:
-            notes += [f"augment: translation model {m} ({_random_or_real(m)})" for m in options.bt_model]
+            notes += [f"augment: translation model {m} ({_random_or_real(m.partition('=')[2])})"
+                      for m in options.bt_model]
         if options.scene_graph:
             notes.append(f"augment: spaCy pipeline {options.spacy_model} (real pretrained parser)")
         return notes

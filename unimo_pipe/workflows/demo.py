@@ -7,12 +7,17 @@ from pathlib import Path
 
 from unimo_pipe.pipeline.workflow import format_summary, load_config_file, run_steps
 from unimo_pipe.workflows import demo_data_dir, shipped_config
+from unimo_pipe.workflows.tiny_models import TINY_DETECTOR_FILE, make_tiny_models
 
 
 def run_demo(out: Path) -> None:
     started = time.perf_counter()
     out = out.resolve()
-    steps = load_config_file(shipped_config("demo"), variables={"out": str(out), "data": str(demo_data_dir())})
+    models = out / "models"
+    if not (models / TINY_DETECTOR_FILE).is_file():
+        make_tiny_models(models)
+    variables = {"out": str(out), "data": str(demo_data_dir()), "models": str(models)}
+    steps = load_config_file(shipped_config("demo"), variables=variables)
     results = run_steps(steps)
     print(format_summary(results))
     print()
