@@ -4,8 +4,8 @@ Measured twice: on captions with repeats (as caption sets have), and on all-dist
 only batching and the engine count. Naive: fixed batches of 32 in input order, plain `generate` in
 float32, every caption translated as often as it occurs. Ours: each distinct caption once,
 length-sorted token-budget batches, inference_mode (bf16 on GPU), and the CTranslate2 engine.
-Beam-5 round trip (en -> de -> en), one output each. CPU: tiny Marian models built on the fly; GPU: full-size random Marian configs (6+6 layers,
-d 512, vocab ~58k). Prints one JSON line.
+Beam-5 round trip (en -> de -> en), one output each. CPU: tiny Marian models built on the fly;
+GPU: full-size random Marian configs (6+6 layers, d 512). Prints one JSON line.
 """
 
 from __future__ import annotations
