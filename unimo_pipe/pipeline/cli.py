@@ -116,6 +116,12 @@ def _add_tool_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     convert.add_argument("--quantization", default=None, help="e.g. int8, int8_float16, bfloat16 (default: none)")
     convert.set_defaults(handler=_convert_translator_command)
 
+    inspect = commands.add_parser("inspect", parents=[common], help="summarise training shards and show examples")
+    inspect.add_argument("shards", type=Path, help="a `unimo-pipe shard` --out folder")
+    inspect.add_argument("--examples", type=int, default=2, help="decoded examples per kind (default: 2)")
+    inspect.add_argument("--verify", action="store_true", help="also check every file's sha256")
+    inspect.set_defaults(handler=_inspect_command)
+
     tiny = commands.add_parser("make-tiny-models", parents=[common],
                                help="write small random-weight models for tests and demos")
     tiny.add_argument("out", type=Path, help="folder to write them to")
@@ -214,6 +220,13 @@ def _convert_translator_command(args: argparse.Namespace) -> int:
     from unimo_pipe.models.translator import convert_for_ctranslate2
 
     print(convert_for_ctranslate2(args.model, args.out, quantization=args.quantization))
+    return 0
+
+
+def _inspect_command(args: argparse.Namespace) -> int:
+    from unimo_pipe.workflows.inspect_shards import describe_shards
+
+    print(describe_shards(args.shards, examples=args.examples, verify=args.verify))
     return 0
 
 

@@ -77,6 +77,7 @@ STAGES.register_lazy("import-corpus", "unimo_pipe.stages.import_corpus:ImportCor
 STAGES.register_lazy("augment", "unimo_pipe.stages.augment:Augment")
 STAGES.register_lazy("embed-text", "unimo_pipe.stages.embed_text:EmbedText")
 STAGES.register_lazy("embed-images", "unimo_pipe.stages.embed_images:EmbedImages")
+STAGES.register_lazy("shard", "unimo_pipe.stages.shard:Shard")
 STAGES.register_lazy("retrieve", "unimo_pipe.stages.retrieve:Retrieve")
 
 

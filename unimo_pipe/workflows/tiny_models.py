@@ -23,4 +23,7 @@ def make_tiny_models(out: Path, *, seed: int = 0) -> list[Path]:
     texts = (demo_data_dir() / "corpus.txt").read_text(encoding="utf-8").splitlines()
     translators = [build_tiny_marian(out / f"translator-{s}-{t}", source=s, target=t, texts=texts, seed=seed + i)
                    for i, (s, t) in enumerate((("en", "de"), ("de", "en")))]
-    return [detector_path, *translators]
+    from unimo_pipe.models.tiny_tokenizer import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer(out / "tokenizer-tiny", texts)
+    return [detector_path, *translators, tokenizer]

@@ -1,0 +1,294 @@
+"""The trainer's data layer: training shards (from `unimo-pipe shard`) as PyTorch datasets and batches.
+
+- `load_manifest` checks the manifest (schema version, files present, optional sha256) with clear errors.
+- `Examples` indexes one kind of record (pair / text / image) across shards by byte offset, and reads
+  and tokenises one record on demand; region features come from the LMDB, opened per worker process.
+- `BatchPlan` decides, for a (seed, epoch, rank, world size), which examples form which batch: a
+  deterministic permutation, split across ranks (disjoint and complete), bucketed by text length +
+  number of boxes, resumable from any step (`batches(epoch, start_step)`).
+- Each example samples its k positives / negatives / retrieved images / retrieved texts with an RNG
+  seeded by (seed, epoch, index), so a resumed run sees exactly the batches it would have seen.
+- `collate_pairs`, `collate_texts` and `collate_images` pad into tensors with masks; region features
+  stay float16 until the GPU; the 7-d box feature is norm_bb plus area.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unimo_pipe.pipeline.errors import UserError
+
+SCHEMA_VERSION = 1
+
+
+def load_manifest(shards_dir: Path, *, verify: bool = False) -> dict[str, Any]:
+    """The manifest of a `shard` output, checked; `verify` also compares every file's sha256."""
+    path = shards_dir / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"no manifest at {path}: is {shards_dir} a finished `unimo-pipe shard` output?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path} is corrupt (not JSON): rerun `unimo-pipe shard` with --overwrite") from None
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise UserError(f"{path} has schema version {manifest.get('schema_version')!r}, this unimo-pipe reads "
+                        f"{SCHEMA_VERSION}: rebuild the shards with this version")
+    for entry in manifest.get("files", []):
+        file = shards_dir / entry["path"]
+        if not file.is_file():
+            raise UserError(f"{file} is listed in {path} but missing: restore it or rebuild the shards")
+        if verify:
+            from unimo_pipe.stages.shard import sha256_of
+
+            if sha256_of(file) != entry["sha256"]:
+                raise UserError(f"{file} does not match its checksum in {path}: it changed or is corrupt; "
+                                "rebuild the shards")
+    return manifest
+
+
+class Examples:
+    """Records of one kind across all shards, by index; tokenised and with region features on demand."""
+
+    def __init__(self, shards_dir: Path, kind: str, *, tokenizer, max_text_tokens: int = 512,
+                 max_regions: int = 100, feature_dir: Path | None = None, verify: bool = False):
+        manifest = load_manifest(shards_dir, verify=verify)
+        self.files = [shards_dir / e["path"] for e in manifest["files"] if e["kind"] == kind]
+        self.kind = kind
+        self.tokenizer = tokenizer
+        self.max_text_tokens, self.max_regions = max_text_tokens, max_regions
+        feature_dir = feature_dir or (Path(manifest["image_features"]) if manifest.get("image_features") else None)
+        if kind == "image" and feature_dir is None and manifest.get("image_collections"):
+            feature_dir = Path(manifest["image_collections"][0])
+        self.feature_dir = feature_dir
+        self._features = None
+        self.locations, self.text_lengths, self.keys = self._index()
+
+    def _index(self) -> tuple[list[tuple[int, int]], np.ndarray, list[str]]:
+        locations, lengths, keys = [], [], []
+        for file_index, path in enumerate(self.files):
+            offset = 0
+            with path.open("rb") as f:
+                for line_number, line in enumerate(f, start=1):
+                    try:
+                        row = json.loads(line)
+                    except (json.JSONDecodeError, UnicodeDecodeError):
+                        raise UserError(f"{path} line {line_number} is corrupt: rebuild the shards") from None
+                    locations.append((file_index, offset))
+                    text = row.get("caption") or row.get("text") or ""
+                    lengths.append(len(text.split()))
+                    keys.append(row.get("image") or row.get("id"))
+                    offset += len(line)
+        return locations, np.asarray(lengths, dtype=np.int32), keys
+
+    def __len__(self) -> int:
+        return len(self.locations)
+
+    @property
+    def features(self):
+        """The region-feature reader, opened lazily (so again in each DataLoader worker)."""
+        if self._features is None and self.feature_dir is not None:
+            from unimo_pipe.pipeline.feature_store import open_feature_dir
+
+            self._features = open_feature_dir(self.feature_dir)
+        return self._features
+
+    def box_counts(self) -> np.ndarray:
+        if self.kind == "text" or self.features is None:
+            return np.zeros(len(self), dtype=np.int32)
+        nbb = self.features.name2nbb
+        return np.asarray([min(nbb.get(k, 0), self.max_regions) for k in self.keys], dtype=np.int32)
+
+    def row(self, index: int) -> dict[str, Any]:
+        file_index, offset = self.locations[index]
+        with self.files[file_index].open("rb") as f:
+            f.seek(offset)
+            return json.loads(f.readline())
+
+    def tokens(self, text: str) -> list[int]:
+        return self.tokenizer(text, truncation=True, max_length=self.max_text_tokens)["input_ids"]
+
+    def regions(self, key: str) -> dict[str, np.ndarray]:
+        """float16 features (R, D) and float16 7-d boxes (R, 7) of one image, at most max_regions."""
+        dump = self.features.db[key]
+        nbb = min(self.features.name2nbb[key], self.max_regions)
+        norm_bb = dump["norm_bb"][:nbb].astype(np.float16)
+        area = (norm_bb[:, 4:5].astype(np.float32) * norm_bb[:, 5:6].astype(np.float32)).astype(np.float16)
+        return {"features": dump["features"][:nbb].astype(np.float16), "boxes": np.concatenate([norm_bb, area], 1)}
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How many of each kind of augmentation one pair brings to a step."""
+
+    positives: int = 1
+    negatives: int = 4
+    retrieved_images: int = 1
+    retrieved_texts: int = 1
+
+
+class PairDataset:
+    """Map-style dataset of pair examples; sampling depends only on (seed, epoch, index)."""
+
+    def __init__(self, examples: Examples, *, sampling: Sampling = Sampling(), seed: int = 0):
+        self.examples, self.sampling, self.seed = examples, sampling, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        ex, s = self.examples, self.sampling
+        row = ex.row(index)
+        rng = random.Random(hash((self.seed, self.epoch, index)))
+        pick = lambda items, k: rng.sample(items, min(k, len(items)))  # noqa: E731
+        item = {"index": index, "id": row["id"], "text": ex.tokens(row["caption"]),
+                "positives": [ex.tokens(t) for t in pick(row.get("positives", []), s.positives)],
+                "negatives": [ex.tokens(n["text"]) for n in pick(row.get("negatives", []), s.negatives)],
+                "retrieved_texts": [ex.tokens(t["text"]) for t in pick(row.get("retrieved_texts", []),
+                                                                        s.retrieved_texts)]}
+        item.update(ex.regions(row["image"]))
+        candidates = [r["id"] for r in row.get("retrieved_images", []) if r["id"] in ex.features.name2nbb]
+        item["retrieved_images"] = [ex.regions(k) for k in pick(candidates, s.retrieved_images)]
+        return item
+
+
+class TextDataset:
+    def __init__(self, examples: Examples):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.examples.row(index)
+        return {"index": index, "id": row["id"], "text": self.examples.tokens(row["text"])}
+
+
+class ImageDataset:
+    def __init__(self, examples: Examples):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.examples.row(index)
+        return {"index": index, "id": row["id"], **self.examples.regions(row["id"])}
+
+
+class BatchPlan:
+    """Deterministic, rank-partitioned, length-bucketed batches; a `torch.utils.data.Sampler` of batches."""
+
+    def __init__(self, sizes: np.ndarray, *, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 bucket_batches: int = 50):
+        if not 0 <= rank < world_size:
+            raise UserError(f"rank {rank} is not in 0..{world_size - 1}")
+        self.sizes = np.asarray(sizes)
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.seed, self.bucket_batches = seed, bucket_batches
+        self.epoch, self.start_step = 0, 0
+
+    def rank_indices(self, epoch: int) -> np.ndarray:
+        order = np.random.default_rng((self.seed, epoch)).permutation(len(self.sizes))
+        return order[self.rank :: self.world_size]
+
+    def batches(self, epoch: int, start_step: int = 0) -> list[list[int]]:
+        """This rank's batches for an epoch, from `start_step` on."""
+        indices = self.rank_indices(epoch)
+        rng = np.random.default_rng((self.seed, epoch, self.rank, 1))
+        window = self.batch_size * self.bucket_batches
+        batches = []
+        for start in range(0, len(indices), window):
+            chunk = indices[start : start + window]
+            chunk = chunk[np.argsort(self.sizes[chunk], kind="stable")]  # similar sizes share a batch
+            batches += [chunk[i : i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)]
+        order = rng.permutation(len(batches))
+        return [batches[i] for i in order][start_step:]
+
+    def set_position(self, epoch: int, step: int = 0) -> None:
+        self.epoch, self.start_step = epoch, step
+
+    def __iter__(self):
+        return iter(self.batches(self.epoch, self.start_step))
+
+    def __len__(self) -> int:
+        per_rank = len(self.rank_indices(self.epoch))
+        return max(0, -(-per_rank // self.batch_size) - self.start_step)
+
+
+def _pad_tokens(sequences: list[list[int]], pad_id: int):
+    import torch
+
+    length = max((len(s) for s in sequences), default=1) or 1
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.bool)
+    for i, seq in enumerate(sequences):
+        ids[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        mask[i, : len(seq)] = True
+    return ids, mask
+
+
+def _pad_regions(images: list[dict[str, np.ndarray]]):
+    import torch
+
+    count = max((len(im["features"]) for im in images), default=1) or 1
+    dim = images[0]["features"].shape[1] if images else 1
+    features = torch.zeros((len(images), count, dim), dtype=torch.float16)
+    boxes = torch.zeros((len(images), count, 7), dtype=torch.float16)
+    mask = torch.zeros((len(images), count), dtype=torch.bool)
+    for i, im in enumerate(images):
+        n = len(im["features"])
+        features[i, :n] = torch.from_numpy(im["features"])
+        boxes[i, :n] = torch.from_numpy(im["boxes"])
+        mask[i, :n] = True
+    return features, boxes, mask
+
+
+def _owners(groups: list[list]) -> Any:
+    import torch
+
+    return torch.tensor([i for i, group in enumerate(groups) for _ in group], dtype=torch.long)
+
+
+def collate_pairs(items: list[dict[str, Any]], *, pad_id: int) -> dict[str, Any]:
+    """Pairs plus their flattened augmentations; `*_owner` gives each augmentation's pair row."""
+    batch: dict[str, Any] = {"index": [it["index"] for it in items]}
+    batch["text_ids"], batch["text_mask"] = _pad_tokens([it["text"] for it in items], pad_id)
+    batch["region_features"], batch["region_boxes"], batch["region_mask"] = _pad_regions(items)
+    for name in ("positives", "negatives", "retrieved_texts"):
+        groups = [it[name] for it in items]
+        batch[f"{name}_ids"], batch[f"{name}_mask"] = _pad_tokens([s for g in groups for s in g], pad_id)
+        batch[f"{name}_owner"] = _owners(groups)
+    groups = [it["retrieved_images"] for it in items]
+    flat = [im for g in groups for im in g]
+    (batch["retrieved_features"], batch["retrieved_boxes"],
+     batch["retrieved_region_mask"]) = _pad_regions(flat) if flat else _pad_regions([])
+    batch["retrieved_images_owner"] = _owners(groups)
+    return batch
+
+
+def collate_texts(items: list[dict[str, Any]], *, pad_id: int) -> dict[str, Any]:
+    ids, mask = _pad_tokens([it["text"] for it in items], pad_id)
+    return {"index": [it["index"] for it in items], "text_ids": ids, "text_mask": mask}
+
+
+def collate_images(items: list[dict[str, Any]]) -> dict[str, Any]:
+    features, boxes, mask = _pad_regions(items)
+    return {"index": [it["index"] for it in items], "region_features": features, "region_boxes": boxes,
+            "region_mask": mask}
+
+
+def make_loader(dataset, plan: BatchPlan, collate, *, workers: int = 2, pin_memory: bool | None = None):
+    """A DataLoader over `plan`'s batches (call plan.set_position(epoch, step) to resume)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    pin = torch.cuda.is_available() if pin_memory is None else pin_memory
+    return DataLoader(dataset, batch_sampler=plan, collate_fn=collate, num_workers=workers, pin_memory=pin,
+                      persistent_workers=False)
