@@ -8,14 +8,12 @@ from tests.conftest import write_jsonl
 from tests.stages.test_shard import feature_store, run_shard
 from unimo_pipe.pipeline.training_data import (
     BatchPlan,
+    Collator,
     Examples,
     ImageDataset,
     PairDataset,
     Sampling,
     TextDataset,
-    collate_images,
-    collate_pairs,
-    collate_texts,
     make_loader,
 )
 
@@ -85,7 +83,7 @@ def test_pair_batches_have_padded_tensors_masks_and_owners(shards, tokenizer):
     assert len(examples) == 30 and examples.box_counts().max() == 11
     dataset = PairDataset(examples, sampling=Sampling(positives=2, negatives=4, retrieved_images=1,
                                                       retrieved_texts=1), seed=5)
-    batch = collate_pairs([dataset[i] for i in (0, 5, 9)], pad_id=tokenizer.pad_token_id)
+    batch = Collator(tokenizer).pairs([dataset[i] for i in (0, 5, 9)])
     assert batch["text_ids"].shape[0] == 3 and batch["text_mask"].dtype == torch.bool
     assert batch["region_features"].dtype == torch.float16 and batch["region_features"].shape[1:] == (11, 8)
     assert batch["region_boxes"].shape[-1] == 7
@@ -102,10 +100,10 @@ def test_pair_batches_have_padded_tensors_masks_and_owners(shards, tokenizer):
 
 def test_text_and_image_batches(shards, tokenizer):
     texts = TextDataset(Examples(shards, "text", tokenizer=tokenizer))
-    batch = collate_texts([texts[i] for i in range(4)], pad_id=tokenizer.pad_token_id)
+    batch = Collator(tokenizer).texts([texts[i] for i in range(4)])
     assert batch["text_ids"].shape[0] == 4 and batch["text_mask"].any(1).all()
     images = ImageDataset(Examples(shards, "image", tokenizer=tokenizer))
-    batch = collate_images([images[i] for i in range(3)])
+    batch = Collator.images([images[i] for i in range(3)])
     assert batch["region_features"].shape == (3, 20, 8)  # img0, img1, img10: 10, 11 and 20 boxes
     assert batch["region_mask"].sum().item() == 10 + 11 + 20
 
@@ -115,8 +113,7 @@ def test_loader_with_worker_processes_covers_each_rank_once(shards, tokenizer):
     seen = []
     for rank in range(2):
         plan = BatchPlan(examples.text_lengths + examples.box_counts(), batch_size=4, rank=rank, world_size=2)
-        loader = make_loader(PairDataset(examples), plan,
-                             lambda items: collate_pairs(items, pad_id=tokenizer.pad_token_id), workers=2)
+        loader = make_loader(PairDataset(examples), plan, Collator(tokenizer).pairs, workers=2)
         seen += [i for batch in loader for i in batch["index"]]
     assert sorted(seen) == list(range(30))
 

@@ -8,8 +8,8 @@
   number of boxes, resumable from any step (`batches(epoch, start_step)`).
 - Each example samples its k positives / negatives / retrieved images / retrieved texts with an RNG
   seeded by (seed, epoch, index), so a resumed run sees exactly the batches it would have seen.
-- `collate_pairs`, `collate_texts` and `collate_images` pad into tensors with masks; region features
-  stay float16 until the GPU; the 7-d box feature is norm_bb plus area.
+- `Collator.pairs`, `.texts` and `.images` tokenise (one batched call per field) and pad into tensors
+  with masks; region features stay float16 until the GPU; the 7-d box feature is norm_bb plus area.
 """
 
 from __future__ import annotations
@@ -110,9 +110,6 @@ class Examples:
             f.seek(offset)
             return json.loads(f.readline())
 
-    def tokens(self, text: str) -> list[int]:
-        return self.tokenizer(text, truncation=True, max_length=self.max_text_tokens)["input_ids"]
-
     def regions(self, key: str) -> dict[str, np.ndarray]:
         """float16 features (R, D) and float16 7-d boxes (R, 7) of one image, at most max_regions."""
         dump = self.features.db[key]
@@ -147,11 +144,10 @@ class PairDataset:
         row = ex.row(index)
         rng = random.Random(hash((self.seed, self.epoch, index)))
         pick = lambda items, k: rng.sample(items, min(k, len(items)))  # noqa: E731
-        item = {"index": index, "id": row["id"], "text": ex.tokens(row["caption"]),
-                "positives": [ex.tokens(t) for t in pick(row.get("positives", []), s.positives)],
-                "negatives": [ex.tokens(n["text"]) for n in pick(row.get("negatives", []), s.negatives)],
-                "retrieved_texts": [ex.tokens(t["text"]) for t in pick(row.get("retrieved_texts", []),
-                                                                        s.retrieved_texts)]}
+        item = {"index": index, "id": row["id"], "text": row["caption"],
+                "positives": pick(row.get("positives", []), s.positives),
+                "negatives": [n["text"] for n in pick(row.get("negatives", []), s.negatives)],
+                "retrieved_texts": [t["text"] for t in pick(row.get("retrieved_texts", []), s.retrieved_texts)]}
         item.update(ex.regions(row["image"]))
         candidates = [r["id"] for r in row.get("retrieved_images", []) if r["id"] in ex.features.name2nbb]
         item["retrieved_images"] = [ex.regions(k) for k in pick(candidates, s.retrieved_images)]
@@ -167,7 +163,7 @@ class TextDataset:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.examples.row(index)
-        return {"index": index, "id": row["id"], "text": self.examples.tokens(row["text"])}
+        return {"index": index, "id": row["id"], "text": row["text"]}
 
 
 class ImageDataset:
@@ -222,16 +218,14 @@ class BatchPlan:
         return max(0, -(-per_rank // self.batch_size) - self.start_step)
 
 
-def _pad_tokens(sequences: list[list[int]], pad_id: int):
+def _tokenise(texts: list[str], tokenizer, max_tokens: int):
+    """Token ids (N, T) and mask, in one batched call of the (fast) tokenizer."""
     import torch
 
-    length = max((len(s) for s in sequences), default=1) or 1
-    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), length), dtype=torch.bool)
-    for i, seq in enumerate(sequences):
-        ids[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-        mask[i, : len(seq)] = True
-    return ids, mask
+    if not texts:
+        return torch.zeros((0, 1), dtype=torch.long), torch.zeros((0, 1), dtype=torch.bool)
+    encoded = tokenizer(texts, truncation=True, max_length=max_tokens, padding=True, return_tensors="pt")
+    return encoded["input_ids"], encoded["attention_mask"].bool()
 
 
 def _pad_regions(images: list[dict[str, np.ndarray]]):
@@ -256,32 +250,40 @@ def _owners(groups: list[list]) -> Any:
     return torch.tensor([i for i, group in enumerate(groups) for _ in group], dtype=torch.long)
 
 
-def collate_pairs(items: list[dict[str, Any]], *, pad_id: int) -> dict[str, Any]:
-    """Pairs plus their flattened augmentations; `*_owner` gives each augmentation's pair row."""
-    batch: dict[str, Any] = {"index": [it["index"] for it in items]}
-    batch["text_ids"], batch["text_mask"] = _pad_tokens([it["text"] for it in items], pad_id)
-    batch["region_features"], batch["region_boxes"], batch["region_mask"] = _pad_regions(items)
-    for name in ("positives", "negatives", "retrieved_texts"):
-        groups = [it[name] for it in items]
-        batch[f"{name}_ids"], batch[f"{name}_mask"] = _pad_tokens([s for g in groups for s in g], pad_id)
-        batch[f"{name}_owner"] = _owners(groups)
-    groups = [it["retrieved_images"] for it in items]
-    flat = [im for g in groups for im in g]
-    (batch["retrieved_features"], batch["retrieved_boxes"],
-     batch["retrieved_region_mask"]) = _pad_regions(flat) if flat else _pad_regions([])
-    batch["retrieved_images_owner"] = _owners(groups)
-    return batch
+class Collator:
+    """Pads a list of examples into tensors; text is tokenised here, one batched call per field."""
 
+    def __init__(self, tokenizer, *, max_text_tokens: int = 512):
+        self.tokenizer, self.max_text_tokens = tokenizer, max_text_tokens
 
-def collate_texts(items: list[dict[str, Any]], *, pad_id: int) -> dict[str, Any]:
-    ids, mask = _pad_tokens([it["text"] for it in items], pad_id)
-    return {"index": [it["index"] for it in items], "text_ids": ids, "text_mask": mask}
+    def _text(self, batch: dict, name: str, texts: list[str]) -> None:
+        batch[f"{name}_ids"], batch[f"{name}_mask"] = _tokenise(texts, self.tokenizer, self.max_text_tokens)
 
+    def pairs(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Pairs plus their flattened augmentations; `*_owner` gives each augmentation's pair row."""
+        batch: dict[str, Any] = {"index": [it["index"] for it in items]}
+        self._text(batch, "text", [it["text"] for it in items])
+        batch["region_features"], batch["region_boxes"], batch["region_mask"] = _pad_regions(items)
+        for name in ("positives", "negatives", "retrieved_texts"):
+            groups = [it[name] for it in items]
+            self._text(batch, name, [t for g in groups for t in g])
+            batch[f"{name}_owner"] = _owners(groups)
+        groups = [it["retrieved_images"] for it in items]
+        (batch["retrieved_features"], batch["retrieved_boxes"],
+         batch["retrieved_region_mask"]) = _pad_regions([im for g in groups for im in g])
+        batch["retrieved_images_owner"] = _owners(groups)
+        return batch
 
-def collate_images(items: list[dict[str, Any]]) -> dict[str, Any]:
-    features, boxes, mask = _pad_regions(items)
-    return {"index": [it["index"] for it in items], "region_features": features, "region_boxes": boxes,
-            "region_mask": mask}
+    def texts(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        batch: dict[str, Any] = {"index": [it["index"] for it in items]}
+        self._text(batch, "text", [it["text"] for it in items])
+        return batch
+
+    @staticmethod
+    def images(items: list[dict[str, Any]]) -> dict[str, Any]:
+        features, boxes, mask = _pad_regions(items)
+        return {"index": [it["index"] for it in items], "region_features": features, "region_boxes": boxes,
+                "region_mask": mask}
 
 
 def make_loader(dataset, plan: BatchPlan, collate, *, workers: int = 2, pin_memory: bool | None = None):
