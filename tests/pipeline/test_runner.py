@@ -115,8 +115,10 @@ def test_config_change_is_refused_unless_overwrite(tmp_path):
     changed = make_options(tmp_path, count=10, shard_size=4)
     with pytest.raises(UserError, match=r"different config \(changed: shard_size\).*--overwrite"):
         run_stage(NumbersStage(), changed)
+    (tmp_path / "out" / "merged_index.json").write_text("{}")  # a merged output of the old config
     overwrite = make_options(tmp_path, count=10, shard_size=4, overwrite=True)
     result = run_stage(NumbersStage(), overwrite)
+    assert not (tmp_path / "out" / "merged_index.json").exists()
     assert result.shards_total == 3 and result.shards_run == 3
     assert [r["n"] for r in all_rows(overwrite.out)] == list(range(10))
 

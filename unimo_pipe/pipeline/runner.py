@@ -191,10 +191,14 @@ def _handle_config_change(out: Path, previous: dict, affecting: dict, overwrite:
             f"{out} holds shards made with a different config (changed: {what}): "
             "use another --out, or --overwrite to replace them"
         )
-    logger.warning("--overwrite: removing shards of the previous config in %s", out)
-    shutil.rmtree(out / SHARDS_DIR, ignore_errors=True)
-    with contextlib.suppress(FileNotFoundError):
-        (out / SUMMARY_FILE).unlink()
+    logger.warning("--overwrite: removing every output of the previous config in %s", out)
+    for entry in out.iterdir():  # shards, summary, and merged outputs (feature store, manifest, sub-stages)
+        if entry.name in (STAGE_RECORD, "config.yaml"):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink()
 
 
 def shard_dir(out: Path, index: int) -> Path:

@@ -27,4 +27,5 @@ def run_demo(out: Path) -> None:
         print(f"  - {note}")
     print()
     print(f"Outputs are under {out} (one folder per stage; see each folder's summary.json).")
+    print(f"Training shards: unimo-pipe inspect {out / 'shards'}")
     print(f"Demo finished in {time.perf_counter() - started:.1f} s; rerun it and every finished shard is skipped.")
