@@ -154,7 +154,9 @@ class PairDataset:
         return item
 
 
-class TextDataset:
+class _SingleModalDataset:
+    """Text-only or image-only examples: the row's id plus its text or its regions."""
+
     def __init__(self, examples: Examples):
         self.examples = examples
 
@@ -163,19 +165,20 @@ class TextDataset:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.examples.row(index)
-        return {"index": index, "id": row["id"], "text": row["text"]}
+        return {"index": index, "id": row["id"], **self._content(row)}
+
+    def _content(self, row: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
 
 
-class ImageDataset:
-    def __init__(self, examples: Examples):
-        self.examples = examples
+class TextDataset(_SingleModalDataset):
+    def _content(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {"text": row["text"]}
 
-    def __len__(self) -> int:
-        return len(self.examples)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        row = self.examples.row(index)
-        return {"index": index, "id": row["id"], **self.examples.regions(row["id"])}
+class ImageDataset(_SingleModalDataset):
+    def _content(self, row: dict[str, Any]) -> dict[str, Any]:
+        return self.examples.regions(row["id"])
 
 
 class BatchPlan:
