@@ -48,7 +48,8 @@ def test_cmcl_matches_the_formula_values_and_gradients():
     loss = cmcl_loss(pos, pos_mask, neg, neg_mask, temperature=tau)
     torch.testing.assert_close(loss, cmcl_by_the_formula(positives, negatives, tau), rtol=1e-5, atol=1e-6)
     loss.backward()
-    # Gradient by the formula: d/dd_pos = (softmax over all - softmax over positives) / tau / B; d/dd_neg = softmax/tau/B
+    # By the formula: dL/d(pos) = (softmax over all - softmax over positives) / tau / B,
+    # dL/d(neg) = softmax over all / tau / B.
     for i, (p, n) in enumerate(zip(positives, negatives, strict=True)):
         all_scores = torch.tensor(p + n) / tau
         over_all = torch.softmax(all_scores, 0)
