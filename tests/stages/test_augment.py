@@ -154,3 +154,27 @@ def test_translation_model_mistakes_are_one_clear_error_before_work(tmp_path, ti
     err = capsys.readouterr().err
     assert "not found: pass an existing model folder or a hub id" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_backtranslation_resumes_after_a_crash_with_the_same_result(tmp_path, tiny_translators, monkeypatch):
+    from unimo_pipe.models.backtranslation import BackTranslator
+
+    captions = write_jsonl(tmp_path / "caps.jsonl", CAPTIONS[:3])
+    args = ["augment", "--captions", str(captions), *bt_args(tiny_translators), *RELAXED, "shard_size=1"]
+    original = BackTranslator.run
+    calls = {"n": 0}
+
+    def crash_on_second(self, texts):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, texts)
+
+    monkeypatch.setattr(BackTranslator, "run", crash_on_second)
+    assert main([*args, "--out", str(tmp_path / "a")]) == 130
+    monkeypatch.setattr(BackTranslator, "run", original)
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    resumed = list(iter_output_jsonl(tmp_path / "a", "augment.jsonl"))
+    assert [r["id"] for r in resumed] == ["1", "2", "3"]
+    assert resumed == list(iter_output_jsonl(tmp_path / "b", "augment.jsonl"))
