@@ -1,0 +1,120 @@
+"""The unified single-stream transformer: one transformers encoder for text, images and pairs.
+
+Text tokens use the encoder's own embeddings; an image is an [IMG] token followed by its regions, each
+embedded as FC(feature) + FC(7-d box) summed, LayerNorm, dropout; a learned modality embedding (0 text,
+1 image) is added to every position. Sequences are [IMG] regions... text...; the attention mask is the
+padding mask (bidirectional), or any (L, L) pattern such as the seq2seq one from models/objectives.py.
+d(V, W) for CMCL uses the [IMG] output (image) and the first text token's output ([CLS] / <s>).
+Saved like transformers models: a folder with config.json and model.safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class UnifiedModel(nn.Module):
+    def __init__(self, encoder: nn.Module, *, region_dim: int = 2048):
+        super().__init__()
+        hidden = encoder.config.hidden_size
+        self.encoder = encoder
+        self.region_dim = region_dim
+        self.region_feature = nn.Linear(region_dim, hidden)
+        self.region_box = nn.Linear(7, hidden)
+        self.region_norm = nn.LayerNorm(hidden, eps=getattr(encoder.config, "layer_norm_eps", 1e-12))
+        self.dropout = nn.Dropout(getattr(encoder.config, "hidden_dropout_prob", 0.1))
+        self.modality = nn.Embedding(2, hidden)
+        self.image_token = nn.Parameter(torch.zeros(hidden).normal_(std=0.02))
+
+    @classmethod
+    def from_encoder(cls, init: str, *, region_dim: int = 2048) -> UnifiedModel:
+        """Start from a transformers encoder checkpoint (hub id or local folder), e.g. roberta-base."""
+        from transformers import AutoModel
+
+        from unimo_pipe.pipeline.errors import UserError
+
+        try:
+            encoder = AutoModel.from_pretrained(init, add_pooling_layer=False, attn_implementation="sdpa")
+        except Exception as exc:  # many types for a bad path or an id not in the local cache
+            raise UserError(f"cannot load encoder {init!r} ({type(exc).__name__}): pass a local folder or a "
+                            "cached hub id such as roberta-base") from None
+        return cls(encoder, region_dim=region_dim)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.encoder.config.hidden_size
+
+    def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.encoder.embeddings(input_ids=ids) + self.modality.weight[0]
+
+    def embed_image(self, features: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        regions = self.region_feature(features.to(self.region_feature.weight.dtype))
+        regions = self.region_norm(regions + self.region_box(boxes.to(self.region_box.weight.dtype)))
+        image = self.image_token.expand(features.shape[0], 1, -1)
+        return self.dropout(torch.cat([image, regions], dim=1)) + self.modality.weight[1]
+
+    def forward(self, *, text_ids: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
+                region_features: torch.Tensor | None = None, region_boxes: torch.Tensor | None = None,
+                region_mask: torch.Tensor | None = None, attention: torch.Tensor | None = None) -> dict:
+        """Encode text, an image, or both. `attention` (B, L, L) or (L, L) overrides the padding pattern.
+
+        Returns hidden states (B, L, H), `image` ([IMG] output) and `text` (first text token output).
+        """
+        parts, masks, image_length = [], [], 0
+        if region_features is not None:
+            parts.append(self.embed_image(region_features, region_boxes))
+            batch = region_features.shape[0]
+            ones = torch.ones(batch, 1, dtype=torch.bool, device=region_features.device)
+            masks.append(torch.cat([ones, region_mask.bool()], dim=1))
+            image_length = parts[-1].shape[1]
+        if text_ids is not None:
+            parts.append(self.embed_text(text_ids))
+            masks.append(text_mask.bool())
+        hidden = torch.cat(parts, dim=1)
+        keep = torch.cat(masks, dim=1)
+        allowed = keep[:, None, :].expand(-1, keep.shape[1], -1)
+        if attention is not None:
+            allowed = allowed & (attention if attention.dim() == 3 else attention[None]).bool()
+        additive = torch.zeros(allowed.shape, dtype=hidden.dtype, device=hidden.device)
+        additive = additive.masked_fill(~allowed, torch.finfo(hidden.dtype).min)[:, None]
+        states = self.encoder.encoder(hidden, attention_mask=additive)[0]
+        return {"hidden": states, "image": states[:, 0] if image_length else None,
+                "text": states[:, image_length] if text_ids is not None else None, "image_length": image_length}
+
+    def save_pretrained(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {"encoder": self.encoder.config.to_dict(), "region_dim": self.region_dim, "format": "unimo-pipe"}
+        (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(folder / WEIGHTS_FILE))
+
+    @classmethod
+    def from_pretrained(cls, folder: Path) -> UnifiedModel:
+        from safetensors.torch import load_file
+        from transformers import AutoConfig, AutoModel
+
+        config = json.loads((folder / CONFIG_FILE).read_text())
+        encoder_config = AutoConfig.for_model(**config["encoder"])
+        encoder = AutoModel.from_config(encoder_config, add_pooling_layer=False, attn_implementation="sdpa")
+        model = cls(encoder, region_dim=config["region_dim"])
+        model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+        return model
+
+
+def tiny_encoder(vocab_size: int, *, hidden: int = 32, layers: int = 2, heads: int = 2, kind: str = "roberta"):
+    """A randomly initialised transformers encoder for tests and demos (RoBERTa or BERT layout)."""
+    from transformers import AutoModel, BertConfig, RobertaConfig
+
+    config_class = RobertaConfig if kind == "roberta" else BertConfig
+    config = config_class(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                          num_attention_heads=heads, intermediate_size=hidden * 2, max_position_embeddings=600,
+                          pad_token_id=1 if kind == "roberta" else 0)
+    return AutoModel.from_config(config, add_pooling_layer=False, attn_implementation="sdpa")
