@@ -1,0 +1,165 @@
+"""UNIMO pretraining on a batch from pipeline/training_data.py: CMCL, language and visual learning.
+
+- CMCL: images and texts are encoded separately by the same transformer; per pair, the positive side
+  is d(V, W), d(V, positives), d(retrieved images, W) and d(V, retrieved texts); the negatives are
+  d(V, hard negatives), plus the other pairs' captions when `in_batch_negatives` is on (off: the paper's
+  formula).
+- Language: bidirectional span masking or seq2seq (fragments generated left to right), chosen uniformly
+  per step, on captions conditioned on their image.
+- Visual: 15% of regions (plus IoU > 0.3 neighbours) zeroed; their features regressed and, where the
+  store has soft labels, their class distributions matched (KL).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unimo_pipe.models.objectives import (
+    cmcl_loss,
+    masked_region_losses,
+    region_mask,
+    seq2seq_attention,
+    seq2seq_targets,
+    span_mask,
+)
+from unimo_pipe.models.unified import UnifiedModel
+
+
+@dataclass(frozen=True)
+class ObjectiveWeights:
+    cmcl: float = 1.0
+    language: float = 1.0
+    visual: float = 1.0
+
+
+class UnimoPretraining(nn.Module):
+    def __init__(self, model: UnifiedModel, *, vocab_size: int, mask_id: int, special_ids: list[int],
+                 temperature: float = 0.07, in_batch_negatives: bool = False, soft_label_classes: int = 1601):
+        super().__init__()
+        hidden = model.hidden_size
+        self.model = model
+        self.lm_head = nn.Linear(hidden, vocab_size)
+        self.feature_head = nn.Linear(hidden, model.region_dim)
+        self.class_head = nn.Linear(hidden, soft_label_classes)
+        self.vocab_size, self.mask_id = vocab_size, mask_id
+        self.register_buffer("special_ids", torch.tensor(special_ids, dtype=torch.long), persistent=False)
+        self.temperature, self.in_batch_negatives = temperature, in_batch_negatives
+
+    # -- CMCL --
+
+    def encode_texts(self, ids, mask) -> torch.Tensor:
+        return self.model(text_ids=ids, text_mask=mask)["text"]
+
+    def encode_images(self, features, boxes, mask) -> torch.Tensor:
+        return self.model(region_features=features, region_boxes=boxes, region_mask=mask)["image"]
+
+    def cmcl(self, batch: dict) -> torch.Tensor:
+        images = self.encode_images(batch["region_features"], batch["region_boxes"], batch["region_mask"])
+        texts = self.encode_texts(batch["text_ids"], batch["text_mask"])
+        size = len(images)
+        positive = [(F.cosine_similarity(images, texts), torch.arange(size, device=images.device))]
+        negative = []
+        for name, side in (("positives", "text"), ("retrieved_texts", "text"), ("negatives", "text")):
+            if batch[f"{name}_ids"].shape[0]:
+                owner = batch[f"{name}_owner"].to(images.device)
+                encoded = self.encode_texts(batch[f"{name}_ids"], batch[f"{name}_mask"])
+                scores = F.cosine_similarity(images[owner], encoded)
+                (negative if name == "negatives" else positive).append((scores, owner))
+        if batch["retrieved_features"].shape[0]:
+            owner = batch["retrieved_images_owner"].to(images.device)
+            encoded = self.encode_images(batch["retrieved_features"], batch["retrieved_boxes"],
+                                         batch["retrieved_region_mask"])
+            positive.append((F.cosine_similarity(encoded, texts[owner]), owner))
+        if self.in_batch_negatives and size > 1:
+            grid = F.cosine_similarity(images[:, None], texts[None], dim=-1)
+            rows, cols = torch.nonzero(~torch.eye(size, dtype=torch.bool, device=images.device), as_tuple=True)
+            negative.append((grid[rows, cols], rows))
+        pos, pos_mask = _group(positive, size)
+        neg, neg_mask = _group(negative, size)
+        return cmcl_loss(pos, pos_mask, neg, neg_mask, temperature=self.temperature)
+
+    # -- language --
+
+    def language(self, batch: dict, generator: torch.Generator, *, seq2seq: bool) -> torch.Tensor:
+        ids, mask = batch["text_ids"], batch["text_mask"]
+        special = torch.isin(ids, self.special_ids.to(ids.device)) | ~mask
+        kwargs = {"region_features": batch["region_features"], "region_boxes": batch["region_boxes"],
+                  "region_mask": batch["region_mask"]}
+        if not seq2seq:
+            masked, labels = span_mask(ids.cpu(), special.cpu(), mask_id=self.mask_id, vocab_size=self.vocab_size,
+                                       generator=generator)
+            out = self.model(text_ids=masked.to(ids.device), text_mask=mask, **kwargs)
+            logits = self.lm_head(out["hidden"][:, out["image_length"]:])
+            return F.cross_entropy(logits.flatten(0, 1).float(), labels.to(ids.device).flatten(), ignore_index=-100)
+        return self._seq2seq(ids, mask, kwargs, generator)
+
+    def _seq2seq(self, ids, mask, image_inputs, generator) -> torch.Tensor:
+        """Target fragments are predicted left to right: position p's token from position p-1's state."""
+        length = ids.shape[1]
+        image_length = image_inputs["region_features"].shape[1] + 1
+        target = seq2seq_targets(length, generator=generator)
+        target[0] = False  # the first text token ([CLS] / <s>) stays in the source
+        full = torch.cat([torch.zeros(image_length, dtype=torch.bool), target])
+        attention = seq2seq_attention(full).to(ids.device)
+        out = self.model(text_ids=ids, text_mask=mask, attention=attention, **image_inputs)
+        states = out["hidden"][:, image_length:]
+        labels = torch.where(target.to(ids.device)[None] & mask, ids, torch.full_like(ids, -100))
+        logits = self.lm_head(states[:, :-1])
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+
+    # -- visual --
+
+    def visual(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        features, boxes, valid = batch["region_features"], batch["region_boxes"], batch["region_mask"]
+        masked = torch.stack([region_mask(boxes[i, :, :4].float().cpu(), valid[i].cpu(), generator=generator)
+                              for i in range(len(features))]).to(features.device)
+        hidden_features = features.masked_fill(masked[..., None], 0)
+        out = self.model(text_ids=batch["text_ids"], text_mask=batch["text_mask"], region_features=hidden_features,
+                         region_boxes=boxes, region_mask=valid)
+        regions = out["hidden"][:, 1 : out["image_length"]]
+        predicted = self.feature_head(regions)
+        if "region_soft_labels" in batch:
+            regression, kl = masked_region_losses(predicted, features, self.class_head(regions),
+                                                  batch["region_soft_labels"], masked)
+            return regression + kl
+        if not bool(masked.any()):
+            return predicted.sum() * 0
+        return F.mse_loss(predicted[masked].float(), features[masked].float())
+
+    def forward(self, batch: dict, generator: torch.Generator, weights: ObjectiveWeights) -> dict[str, torch.Tensor]:
+        """Every enabled loss for one pair batch, and their weighted sum under "loss"."""
+        losses: dict[str, torch.Tensor] = {}
+        if weights.cmcl:
+            losses["loss_cmcl"] = self.cmcl(batch)
+        if weights.language:
+            seq2seq = bool(torch.rand(1, generator=generator) < 0.5)
+            losses["loss_seq2seq" if seq2seq else "loss_mlm"] = self.language(batch, generator, seq2seq=seq2seq)
+        if weights.visual:
+            losses["loss_mrm"] = self.visual(batch, generator)
+        scale = {"loss_cmcl": weights.cmcl, "loss_mlm": weights.language, "loss_seq2seq": weights.language,
+                 "loss_mrm": weights.visual}
+        losses["loss"] = sum(scale[name] * value for name, value in losses.items())
+        return losses
+
+
+def _group(parts: list[tuple[torch.Tensor, torch.Tensor]], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores with their owning pair -> padded (size, width) matrix and mask."""
+    if not parts:
+        return torch.zeros(size, 1), torch.zeros(size, 1, dtype=torch.bool)
+    scores = torch.cat([s for s, _ in parts])
+    owners = torch.cat([o for _, o in parts])
+    counts = torch.bincount(owners, minlength=size)
+    width = max(int(counts.max()), 1)
+    order = torch.argsort(owners, stable=True)
+    owners, scores = owners[order], scores[order]
+    starts = torch.cumsum(counts, 0) - counts
+    columns = torch.arange(len(owners), device=owners.device) - starts[owners]
+    padded = torch.zeros(size, width, dtype=scores.dtype, device=scores.device)
+    mask = torch.zeros(size, width, dtype=torch.bool, device=scores.device)
+    padded = padded.index_put((owners, columns), scores)
+    mask[owners, columns] = True
+    return padded, mask
