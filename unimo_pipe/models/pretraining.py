@@ -63,7 +63,7 @@ class UnimoPretraining(nn.Module):
         size = len(images)
         positive = [(F.cosine_similarity(images, texts), torch.arange(size, device=images.device))]
         negative = []
-        for name, side in (("positives", "text"), ("retrieved_texts", "text"), ("negatives", "text")):
+        for name in ("positives", "retrieved_texts", "negatives"):
             if batch[f"{name}_ids"].shape[0]:
                 owner = batch[f"{name}_owner"].to(images.device)
                 encoded = self.encode_texts(batch[f"{name}_ids"], batch[f"{name}_mask"])
