@@ -89,7 +89,7 @@ def test_config_for_another_stage_is_refused(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text("stage: import-corpus\n")
     assert main(["import-pairs", "--config", str(config)]) == 2
-    assert "config for stage 'import-corpus', not 'import-pairs'" in error_lines(capsys)[0]
+    assert "is a config for 'import-corpus', not 'import-pairs'" in error_lines(capsys)[0]
 
 
 def test_validate_names_both_unknown_keys(tmp_path, captions, capsys):

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import traceback
@@ -67,7 +68,23 @@ def _add_option_flag(parser: argparse.ArgumentParser, spec: OptionSpec) -> None:
     parser.add_argument(spec.flag, **kwargs)
 
 
+def _add_options_command(commands: Any, common: argparse.ArgumentParser, name: str, summary: str,
+                         options_class: type, handler) -> None:
+    sub = commands.add_parser(name, help=summary, description=summary, parents=[common],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="YAML",
+                     help="options from a YAML file (flags and key=value override it)")
+    for spec in option_specs(options_class).values():
+        _add_option_flag(sub, spec)
+    sub.add_argument("overrides", nargs="*", metavar="key=value", help="last-word overrides of any option")
+    sub.set_defaults(handler=handler)
+
+
 def _add_tool_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    from unimo_pipe.workflows.pretrain_options import PretrainOptions
+
+    _add_options_command(commands, common, "pretrain", "UNIMO pretraining (CMCL + language + visual) on shards; "
+                         "runs under torchrun for DDP", PretrainOptions, _pretrain_command)
     validate = commands.add_parser("validate", parents=[common], help="check a workflow or stage config")
     validate.add_argument("config", type=Path, help="workflow YAML (with steps:) or stage YAML (with stage:)")
     validate.add_argument("overrides", nargs="*", metavar="key=value")
@@ -128,20 +145,24 @@ def _add_tool_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     tiny.set_defaults(handler=_tiny_models_command)
 
 
-def options_from_args(stage: Stage, args: argparse.Namespace) -> Any:
+def option_sources(options_class: type, name: str, args: argparse.Namespace) -> list[Source]:
     """Defaults < --config YAML < flags < key=value overrides."""
     sources = []
     config_path = getattr(args, "config", None)
     if config_path is not None:
         values = load_yaml(config_path)
-        named = values.pop("stage", stage.name)
-        if named != stage.name:
-            raise UserError(f"{config_path} is a config for stage {named!r}, not {stage.name!r}")
+        named = values.pop("stage", name)
+        if named != name:
+            raise UserError(f"{config_path} is a config for {named!r}, not {name!r}")
         sources.append(Source(config_path.name, values, base_dir=config_path.resolve().parent))
-    flags = {name: getattr(args, name) for name in option_specs(stage.options_class) if hasattr(args, name)}
+    flags = {n: getattr(args, n) for n in option_specs(options_class) if hasattr(args, n)}
     sources.append(Source("flags", flags, from_strings=True))
     sources.append(parse_overrides(args.overrides))
-    return resolve_stage_options(stage, sources)
+    return sources
+
+
+def options_from_args(stage: Stage, args: argparse.Namespace) -> Any:
+    return resolve_stage_options(stage, option_sources(stage.options_class, stage.name, args))
 
 
 def _run_stage_command(args: argparse.Namespace) -> int:
@@ -188,6 +209,18 @@ def _merge_command(args: argparse.Namespace) -> int:
 
 
 _CHATTY_LIBRARIES = ("faiss", "sentence_transformers", "transformers", "urllib3", "filelock", "h5py")
+
+
+def _pretrain_command(args: argparse.Namespace) -> int:
+    from unimo_pipe.pipeline.config import resolve_options
+    from unimo_pipe.workflows.pretrain import run_pretraining
+    from unimo_pipe.workflows.pretrain_options import PretrainOptions
+
+    options = resolve_options(PretrainOptions, option_sources(PretrainOptions, "pretrain", args))
+    history = run_pretraining(options)
+    if history:
+        print(json.dumps(history[-1]))
+    return 0
 
 
 def _export_command(args: argparse.Namespace) -> int:

@@ -94,6 +94,17 @@ class LmdbWriter:
             self._env = None
 
 
+_SHARED_ENVIRONMENTS: dict[tuple[str, int], lmdb.Environment] = {}
+
+
+def _shared_environment(path: Path) -> lmdb.Environment:
+    """One read-only environment per path and process: lmdb refuses to open a path twice in a process."""
+    key = (str(path.resolve()), os.getpid())
+    if key not in _SHARED_ENVIRONMENTS:
+        _SHARED_ENVIRONMENTS[key] = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False)
+    return _SHARED_ENVIRONMENTS[key]
+
+
 class LmdbReader:
     """Read-only access by key; safe to share with forked or spawned DataLoader workers."""
 
@@ -107,10 +118,11 @@ class LmdbReader:
     def _txn(self) -> lmdb.Transaction:
         if self._env is None or self._pid != os.getpid():
             if self._env is not None:
-                # Inherited through fork: lmdb refuses a second open of one path per process, and
-                # the parent's handle must not be used here, so drop it (read-only, no lock: safe).
+                # Inherited through fork: the parent's handle must not be used here; drop it (read-only,
+                # no lock: safe) along with the parent's entry in the shared table.
                 self._env.close()
-            self._env = lmdb.open(str(self.path), readonly=True, lock=False, readahead=False, meminit=False)
+                _SHARED_ENVIRONMENTS.pop((str(self.path.resolve()), self._pid), None)
+            self._env = _shared_environment(self.path)
             self._pid = os.getpid()
             self._txn_cache = self._env.begin(buffers=True)
         return self._txn_cache
@@ -143,7 +155,9 @@ class LmdbReader:
             yield bytes(key), bytes(value)
 
     def close(self) -> None:
+        """Closes the process's shared environment for this path (other readers of it reopen on use)."""
         if self._env is not None and self._pid == os.getpid():
+            _SHARED_ENVIRONMENTS.pop((str(self.path.resolve()), self._pid), None)
             self._env.close()
         self._env = None
 

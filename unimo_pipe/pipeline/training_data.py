@@ -295,5 +295,7 @@ def make_loader(dataset, plan: BatchPlan, collate, *, workers: int = 2, pin_memo
     from torch.utils.data import DataLoader
 
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
+    # Its own generator: a DataLoader otherwise draws its seed from the global RNG, which would shift
+    # the training step's dropout whenever a loader is created (e.g. on resume), breaking exact resume.
     return DataLoader(dataset, batch_sampler=plan, collate_fn=collate, num_workers=workers, pin_memory=pin,
-                      persistent_workers=False)
+                      persistent_workers=False, generator=torch.Generator().manual_seed(plan.seed))

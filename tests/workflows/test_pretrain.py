@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import read_jsonl, write_jsonl
+from unimo_pipe.pipeline.cli import main
+from unimo_pipe.pipeline.feature_store import RegionFeatureWriter
+
+COLOURS = ["red", "blue", "green", "yellow", "black", "white"]
+THINGS = ["car", "dog", "boat", "tree", "house", "bird"]
+
+
+@pytest.fixture(scope="module")
+def training_inputs(tmp_path_factory):
+    """12 images whose features encode (colour, thing); each caption names both."""
+    root = tmp_path_factory.mktemp("pretrain")
+    rng = np.random.default_rng(0)
+    basis = rng.standard_normal((12, 16))
+    pairs = []
+    with RegionFeatureWriter(root / "feats") as writer:
+        for i in range(12):
+            colour, thing = COLOURS[i % 6], THINGS[(i + 2 * (i // 6)) % 6]  # 12 distinct captions
+            n = 10 + i % 3
+            writer.add(f"img{i}.jpg", {"features": basis[i] + 0.1 * rng.standard_normal((n, 16)),
+                                       "norm_bb": np.tile([0.1, 0.1, 0.6, 0.6, 0.5, 0.5], (n, 1)),
+                                       "conf": np.ones(n), "soft_labels": np.full((n, 4), 0.25)})
+            pairs.append({"id": f"p{i}", "image": f"img{i}.jpg", "caption": f"a {colour} {thing} in the picture"})
+    write_jsonl(root / "pairs.jsonl", pairs)
+    assert main(["shard", "--pairs", str(root / "pairs.jsonl"), "--image-features", str(root / "feats"),
+                 "--out", str(root / "shards")]) == 0
+    from unimo_pipe.models.tiny_tokenizer import build_tiny_tokenizer
+
+    build_tiny_tokenizer(root / "tok", [p["caption"] for p in pairs] * 3)
+    return root
+
+
+def pretrain(root: Path, out: Path, *extra: str) -> int:
+    return main(["pretrain", "--shards", str(root / "shards"), "--tokenizer", str(root / "tok"), "--out", str(out),
+                 "--batch-size", "6", "--workers", "0", *extra])
+
+
+def test_tiny_pretraining_learns_and_beats_chance(training_inputs, tmp_path):
+    # These pairs have no augmentations, so CMCL needs the batch's other pairs as negatives: by the
+    # paper's formula alone a pair with only its own positive has loss 0.
+    out = tmp_path / "run"
+    assert pretrain(training_inputs, out, "--steps", "150", "--lr", "3e-3", "--log-every", "1",
+                    "--checkpoint-every", "50", "--weight-language", "0.1", "--weight-visual", "0.1",
+                    "--warmup-steps", "5", "--in-batch-negatives") == 0
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 151))
+    assert {"loss", "loss_cmcl", "loss_mrm", "lr", "samples_per_s"} <= set(rows[0])
+    first = np.mean([r["loss_cmcl"] for r in rows[:10]])
+    last = np.mean([r["loss_cmcl"] for r in rows[-10:]])
+    assert last < 0.5 * first
+    zero_shot = json.loads((out / "zero_shot.json").read_text())
+    assert zero_shot["zero_shot_ir_r1"] > 2 * zero_shot["zero_shot_chance_r1"]
+    assert (out / "model" / "model.safetensors").is_file() and (out / "checkpoints" / "latest.json").is_file()
+
+
+def test_resume_reproduces_the_uninterrupted_losses(training_inputs, tmp_path, monkeypatch):
+    args = ["--steps", "6", "--checkpoint-every", "3", "--log-every", "1", "--warmup-steps", "2"]
+    assert pretrain(training_inputs, tmp_path / "whole", *args) == 0
+
+    from unimo_pipe.workflows import pretrain as recipe_module
+
+    original = recipe_module.PretrainRecipe._after_step
+
+    def kill_after_step_4(self, row):
+        original(self, row)
+        if self.step == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipe_module.PretrainRecipe, "_after_step", kill_after_step_4)
+    assert pretrain(training_inputs, tmp_path / "resumed", *args) == 130
+    monkeypatch.setattr(recipe_module.PretrainRecipe, "_after_step", original)
+    assert pretrain(training_inputs, tmp_path / "resumed", *args) == 0  # restarts from the step-3 checkpoint
+    whole = read_jsonl(tmp_path / "whole" / "metrics.jsonl")
+    resumed = read_jsonl(tmp_path / "resumed" / "metrics.jsonl")
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]  # step 4 was logged once, not twice
+    for a, b in zip(whole, resumed, strict=True):
+        for key in a:
+            if key.startswith("loss"):
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (a["step"], key)

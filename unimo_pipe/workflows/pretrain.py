@@ -1,0 +1,248 @@
+"""The UNIMO pretraining recipe: setup(), train(), cleanup(). Runs alone or under torchrun (DDP).
+
+    torchrun --nproc-per-node 8 -m unimo_pipe pretrain --shards runs/shards --tokenizer roberta-base \
+        --init roberta-base --out runs/pretrain
+
+Exact resume: every step seeds its own randomness from (seed, step, rank) and batches come from the data
+layer's BatchPlan at a saved (epoch, batch) position, so a run resumed from a checkpoint repeats the
+uninterrupted run's losses. Metrics go to OUT/metrics.jsonl (rank 0), rewritten on resume so no line is
+doubled; checkpoints to OUT/checkpoints/; the final model to OUT/model/ (config.json + model.safetensors).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unimo_pipe.pipeline.jsonl import atomic_write, iter_jsonl, write_json_atomic
+from unimo_pipe.workflows.pretrain_options import PretrainOptions
+
+logger = logging.getLogger("unimo_pipe")
+
+
+class PretrainRecipe:
+    def __init__(self, options: PretrainOptions):
+        self.options = options
+
+    # -- setup --
+
+    def setup(self) -> None:
+        self._setup_distributed()
+        self._setup_data()
+        self._setup_model()
+        self._setup_optimizer()
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self._resume()
+
+    def _setup_distributed(self) -> None:
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
+        self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available()
+                                   else "cpu")
+        if self.world_size > 1 and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+    def _setup_data(self) -> None:
+        from transformers import AutoTokenizer
+
+        from unimo_pipe.pipeline.training_data import BatchPlan, Collator, Examples, PairDataset, Sampling
+
+        o = self.options
+        self.tokenizer = AutoTokenizer.from_pretrained(o.tokenizer)
+        self.examples = Examples(o.shards, "pair", tokenizer=self.tokenizer, max_text_tokens=o.max_text_tokens,
+                                 max_regions=o.max_regions)
+        sampling = Sampling(o.positives, o.negatives, o.retrieved_images, o.retrieved_texts)
+        self.dataset = PairDataset(self.examples, sampling=sampling, seed=o.seed)
+        self.plan = BatchPlan(self.examples.text_lengths + self.examples.box_counts(), batch_size=o.batch_size,
+                              rank=self.rank, world_size=self.world_size, seed=o.seed)
+        self.collator = Collator(self.tokenizer, max_text_tokens=o.max_text_tokens)
+
+    def _setup_model(self) -> None:
+        from unimo_pipe.models.pretraining import UnimoPretraining
+        from unimo_pipe.models.unified import UnifiedModel, tiny_encoder
+
+        o = self.options
+        region_dim = self.examples.features.db[self.examples.keys[0]]["features"].shape[1]
+        torch.manual_seed(o.seed)
+        if o.init:
+            model = UnifiedModel.from_encoder(o.init, region_dim=region_dim)
+        else:
+            model = UnifiedModel(tiny_encoder(len(self.tokenizer), hidden=o.tiny_hidden), region_dim=region_dim)
+        specials = [i for i in (self.tokenizer.pad_token_id, self.tokenizer.cls_token_id,
+                                self.tokenizer.sep_token_id, self.tokenizer.bos_token_id,
+                                self.tokenizer.eos_token_id) if i is not None]
+        self.module = UnimoPretraining(model, vocab_size=len(self.tokenizer), mask_id=self.tokenizer.mask_token_id,
+                                       special_ids=specials, temperature=o.temperature,
+                                       in_batch_negatives=o.in_batch_negatives).to(self.device)
+        self.trainer = self.module
+        if self.world_size > 1:
+            self.trainer = torch.nn.parallel.DistributedDataParallel(self.module, find_unused_parameters=True)
+
+    def _setup_optimizer(self) -> None:
+        o = self.options
+        self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+
+        def schedule(step: int) -> float:
+            if step < o.warmup_steps:
+                return (step + 1) / o.warmup_steps
+            return max(0.0, (o.steps - step) / max(1, o.steps - o.warmup_steps))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+
+    # -- checkpoints --
+
+    def _checkpoint_dir(self) -> Path:
+        return self.options.out / "checkpoints"
+
+    def save_checkpoint(self) -> None:
+        if self.rank != 0:
+            return
+        state = {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "step": self.step, "epoch": self.epoch,
+                 "batch_in_epoch": self.batch_in_epoch}
+        path = self._checkpoint_dir() / f"step-{self.step:08d}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path, "wb") as f:
+            torch.save(state, f)
+        write_json_atomic(self._checkpoint_dir() / "latest.json", {"path": path.name, "step": self.step})
+
+    def _resume(self) -> None:
+        latest = self._checkpoint_dir() / "latest.json"
+        if not latest.is_file():
+            return
+        name = json.loads(latest.read_text())["path"]
+        state = torch.load(self._checkpoint_dir() / name, map_location=self.device, weights_only=True)
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self._truncate_metrics()
+        logger.info("pretrain: resumed from %s at step %d", name, self.step)
+
+    def _truncate_metrics(self) -> None:
+        path = self.options.out / "metrics.jsonl"
+        if self.rank == 0 and path.is_file():
+            rows = [row for _, row, problem in iter_jsonl(path) if not problem and row.get("step", 0) <= self.step]
+            with atomic_write(path) as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+
+    # -- train --
+
+    def _batches(self):
+        """Pair batches from the saved position on, epoch after epoch."""
+        from unimo_pipe.pipeline.training_data import make_loader
+
+        while True:
+            self.plan.set_position(self.epoch, self.batch_in_epoch)
+            self.dataset.epoch = self.epoch
+            for batch in make_loader(self.dataset, self.plan, self.collator.pairs, workers=self.options.workers):
+                self.batch_in_epoch += 1
+                yield batch
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+    def train(self) -> list[dict[str, Any]]:
+        from unimo_pipe.models.pretraining import ObjectiveWeights
+
+        o = self.options
+        weights = ObjectiveWeights(o.weight_cmcl, o.weight_language, o.weight_visual)
+        batches = self._batches()
+        history, started, samples = [], time.perf_counter(), 0
+        while self.step < o.steps:
+            torch.manual_seed(o.seed * 1_000_003 + self.step * 101 + self.rank)  # dropout: a function of the step
+            generator = torch.Generator().manual_seed(o.seed * 7_919 + self.step * 13 + self.rank)
+            totals: dict[str, float] = {}
+            for _ in range(o.grad_accum):
+                batch = _to_device(next(batches), self.device)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                    losses = self.trainer(batch, generator, weights)
+                (losses["loss"] / o.grad_accum).backward()
+                for name, value in losses.items():
+                    totals[name] = totals.get(name, 0.0) + float(value.detach()) / o.grad_accum
+                samples += len(batch["index"])
+            if o.clip:
+                torch.nn.utils.clip_grad_norm_(self.module.parameters(), o.clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            row = {"step": self.step, **{k: round(v, 6) for k, v in totals.items()},
+                   "lr": self.scheduler.get_last_lr()[0],
+                   "samples_per_s": round(samples * self.world_size / (time.perf_counter() - started), 2)}
+            history.append(row)
+            self._after_step(row)
+        return history
+
+    def _after_step(self, row: dict[str, Any]) -> None:
+        o = self.options
+        if o.eval_every and self.step % o.eval_every == 0:
+            row.update(self.evaluate())
+        if self.rank == 0 and (self.step % o.log_every == 0 or self.step == o.steps):
+            o.out.mkdir(parents=True, exist_ok=True)
+            with (o.out / "metrics.jsonl").open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        if self.step % o.checkpoint_every == 0 or self.step == o.steps:
+            self.save_checkpoint()
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Zero-shot image-text retrieval (R@1/5/10 both ways) on the first eval_pairs pairs."""
+        self.module.eval()
+        count = min(self.options.eval_pairs, len(self.dataset))
+        items = [self.dataset[i] for i in range(count)]
+        batch = _to_device(self.collator.pairs(items), self.device)
+        images = self.module.encode_images(batch["region_features"], batch["region_boxes"], batch["region_mask"])
+        texts = self.module.encode_texts(batch["text_ids"], batch["text_mask"])
+        self.module.train()
+        keys = [self.examples.keys[i] for i in range(count)]
+        return retrieval_recall(images.float(), texts.float(), keys)
+
+    def cleanup(self) -> None:
+        if self.rank == 0:
+            self.module.model.save_pretrained(self.options.out / "model")
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def retrieval_recall(images: torch.Tensor, texts: torch.Tensor, image_keys: list[str]) -> dict[str, float]:
+    """R@1/5/10 for text->image (the caption's own image) and image->text (any of its captions)."""
+    unique = list(dict.fromkeys(image_keys))
+    first = {key: image_keys.index(key) for key in unique}
+    image_vectors = torch.nn.functional.normalize(images[[first[k] for k in unique]], dim=-1)
+    text_vectors = torch.nn.functional.normalize(texts, dim=-1)
+    scores = text_vectors @ image_vectors.T  # (texts, images)
+    truth = torch.tensor([unique.index(k) for k in image_keys])
+    result = {}
+    for k in (1, 5, 10):
+        top = scores.topk(min(k, len(unique)), dim=1).indices
+        result[f"zero_shot_ir_r{k}"] = round(float((top == truth[:, None]).any(1).float().mean()), 4)
+        top_texts = scores.T.topk(min(k, len(image_keys)), dim=1).indices
+        hits = [bool((truth[top_texts[i]] == i).any()) for i in range(len(unique))]
+        result[f"zero_shot_tr_r{k}"] = round(sum(hits) / len(unique), 4)
+    result["zero_shot_chance_r1"] = round(1 / len(unique), 4)
+    return result
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def run_pretraining(options: PretrainOptions) -> list[dict[str, Any]]:
+    recipe = PretrainRecipe(options)
+    recipe.setup()
+    try:
+        history = recipe.train()
+        final = recipe.evaluate()
+        if recipe.rank == 0:
+            write_json_atomic(options.out / "zero_shot.json", final)
+        if history:
+            history[-1].update(final)
+        return history
+    finally:
+        recipe.cleanup()
+

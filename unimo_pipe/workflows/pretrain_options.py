@@ -1,0 +1,45 @@
+"""Options of the pretraining recipe (kept apart from the recipe so the CLI can list them without torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from unimo_pipe.pipeline.config import option
+
+
+@dataclass
+class PretrainOptions:
+    shards: Path | None = option(None, help="training shards (`unimo-pipe shard` --out)", required=True,
+                                 must_exist=True, metavar="DIR")
+    tokenizer: str = option("", help="transformers tokenizer: local folder or cached hub id", required=True)
+    init: str = option("", help="encoder to start from (hub id or folder, e.g. roberta-base); empty: a tiny "
+                       "random encoder (tests and demos only)")
+    out: Path | None = option(None, help="output folder", required=True, metavar="DIR")
+    steps: int = option(1000, help="optimizer steps", minimum=1)
+    batch_size: int = option(32, help="pairs per rank per micro-batch", minimum=1)
+    grad_accum: int = option(1, help="micro-batches per optimizer step", minimum=1)
+    lr: float = option(5e-5, help="peak learning rate (UNIMO: 5e-5)", minimum=0.0)
+    warmup_steps: int = option(100, help="linear warmup, then linear decay to 0", minimum=0)
+    weight_decay: float = option(0.01, help="AdamW weight decay", minimum=0.0)
+    clip: float = option(1.0, help="gradient norm clipping (0: off)", minimum=0.0)
+    temperature: float = option(0.07, help="CMCL temperature tau", minimum=1e-4)
+    in_batch_negatives: bool = option(False, help="also use the other pairs of the batch as CMCL negatives "
+                                      "(off reproduces the paper's formula)")
+    weight_cmcl: float = option(1.0, help="weight of CMCL (0: off)", minimum=0.0)
+    weight_language: float = option(1.0, help="weight of masked / seq2seq language modelling (0: off)", minimum=0.0)
+    weight_visual: float = option(1.0, help="weight of masked region modelling (0: off)", minimum=0.0)
+    positives: int = option(1, help="positives sampled per pair per step", minimum=0)
+    negatives: int = option(4, help="hard negatives sampled per pair per step", minimum=0)
+    retrieved_images: int = option(1, help="retrieved images sampled per pair per step", minimum=0)
+    retrieved_texts: int = option(1, help="retrieved texts sampled per pair per step", minimum=0)
+    max_text_tokens: int = option(64, help="text length limit (UNIMO: 512)", minimum=8)
+    max_regions: int = option(100, help="regions per image", minimum=1)
+    tiny_hidden: int = option(32, help="hidden size of the tiny random encoder (when --init is empty)", minimum=8)
+    log_every: int = option(10, help="steps between metric lines", minimum=1)
+    checkpoint_every: int = option(100, help="steps between checkpoints", minimum=1)
+    eval_every: int = option(0, help="steps between zero-shot retrieval evaluations (0: at the end only)",
+                             minimum=0)
+    eval_pairs: int = option(100, help="pairs used for zero-shot retrieval R@1/5/10", minimum=2)
+    seed: int = option(0, help="seed of everything random")
+    workers: int = option(2, help="DataLoader workers", minimum=0)
