@@ -85,3 +85,26 @@ def test_resume_reproduces_the_uninterrupted_losses(training_inputs, tmp_path, m
         for key in a:
             if key.startswith("loss"):
                 assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (a["step"], key)
+
+
+def test_two_process_gloo_run_with_torchrun(training_inputs, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:  # a free loopback port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+               "--master-port", str(port), "-m", "unimo_pipe", "pretrain", "--shards",
+               str(training_inputs / "shards"), "--tokenizer", str(training_inputs / "tok"), "--out", str(out),
+               "--steps", "4", "--batch-size", "3", "--workers", "0", "--log-every", "1", "--checkpoint-every", "2",
+               "--in-batch-negatives"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 4
+    assert result.stdout.count('"step": 4') == 1  # only rank 0 reports

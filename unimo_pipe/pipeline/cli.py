@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -218,7 +219,7 @@ def _pretrain_command(args: argparse.Namespace) -> int:
 
     options = resolve_options(PretrainOptions, option_sources(PretrainOptions, "pretrain", args))
     history = run_pretraining(options)
-    if history:
+    if history and int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps(history[-1]))
     return 0
 
