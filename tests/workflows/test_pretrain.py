@@ -59,6 +59,7 @@ def test_tiny_pretraining_learns_and_beats_chance(training_inputs, tmp_path):
     zero_shot = json.loads((out / "zero_shot.json").read_text())
     assert zero_shot["zero_shot_ir_r1"] > 2 * zero_shot["zero_shot_chance_r1"]
     assert (out / "model" / "model.safetensors").is_file() and (out / "checkpoints" / "latest.json").is_file()
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_resume_reproduces_the_uninterrupted_losses(training_inputs, tmp_path, monkeypatch):

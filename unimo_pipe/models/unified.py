@@ -109,12 +109,15 @@ class UnifiedModel(nn.Module):
         return model
 
 
-def tiny_encoder(vocab_size: int, *, hidden: int = 32, layers: int = 2, heads: int = 2, kind: str = "roberta"):
-    """A randomly initialised transformers encoder for tests and demos (RoBERTa or BERT layout)."""
+def tiny_encoder(vocab_size: int, *, hidden: int = 32, layers: int = 2, heads: int = 2, kind: str = "roberta",
+                 intermediate: int | None = None):
+    """A randomly initialised transformers encoder (RoBERTa or BERT layout): tiny for tests and demos, or
+    any size for benchmarks (e.g. hidden 768, 12 layers, intermediate 3072 is the base size)."""
     from transformers import AutoModel, BertConfig, RobertaConfig
 
     config_class = RobertaConfig if kind == "roberta" else BertConfig
     config = config_class(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                          num_attention_heads=heads, intermediate_size=hidden * 2, max_position_embeddings=600,
+                          num_attention_heads=heads, intermediate_size=intermediate or hidden * 2,
+                          max_position_embeddings=600,
                           pad_token_id=1 if kind == "roberta" else 0)
     return AutoModel.from_config(config, add_pooling_layer=False, attn_implementation="sdpa")

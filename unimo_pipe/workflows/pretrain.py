@@ -39,6 +39,18 @@ class PretrainRecipe:
         self._setup_optimizer()
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self._resume()
+        self.board = self._tensorboard()
+
+    def _tensorboard(self):
+        """A TensorBoard writer on rank 0 (OUT/tensorboard), or None where tensorboard is not installed."""
+        if self.rank != 0:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            logger.info("pretrain: tensorboard is not installed; metrics go to metrics.jsonl only")
+            return None
+        return SummaryWriter(str(self.options.out / "tensorboard"), purge_step=self.step + 1)
 
     def _setup_distributed(self) -> None:
         self.rank = int(os.environ.get("RANK", 0))
@@ -186,6 +198,10 @@ class PretrainRecipe:
             o.out.mkdir(parents=True, exist_ok=True)
             with (o.out / "metrics.jsonl").open("a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
+            if self.board is not None:
+                for name, value in row.items():
+                    if name != "step":
+                        self.board.add_scalar(name, value, self.step)
         if self.step % o.checkpoint_every == 0 or self.step == o.steps:
             self.save_checkpoint()
 
@@ -203,6 +219,8 @@ class PretrainRecipe:
         return retrieval_recall(images.float(), texts.float(), keys)
 
     def cleanup(self) -> None:
+        if getattr(self, "board", None) is not None:
+            self.board.close()
         if self.rank == 0:
             self.module.model.save_pretrained(self.options.out / "model")
         if torch.distributed.is_initialized():
