@@ -30,7 +30,9 @@ def training_inputs(tmp_path_factory):
                                        "conf": np.ones(n), "soft_labels": np.full((n, 4), 0.25)})
             pairs.append({"id": f"p{i}", "image": f"img{i}.jpg", "caption": f"a {colour} {thing} in the picture"})
     write_jsonl(root / "pairs.jsonl", pairs)
+    (root / "corpus.txt").write_text("".join(f"the {c} {t} stands near the road\n" for c in COLOURS for t in THINGS))
     assert main(["shard", "--pairs", str(root / "pairs.jsonl"), "--image-features", str(root / "feats"),
+                 "--text-corpus", str(root / "corpus.txt"), "--image-collection", str(root / "feats"),
                  "--out", str(root / "shards")]) == 0
     from unimo_pipe.models.tiny_tokenizer import build_tiny_tokenizer
 
@@ -52,7 +54,8 @@ def test_tiny_pretraining_learns_and_beats_chance(training_inputs, tmp_path):
                     "--warmup-steps", "5", "--in-batch-negatives") == 0
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 151))
-    assert {"loss", "loss_cmcl", "loss_mrm", "lr", "samples_per_s"} <= set(rows[0])
+    assert {"loss", "loss_cmcl", "loss_mrm", "loss_image_mrm", "lr", "samples_per_s"} <= set(rows[0])
+    assert any("loss_text_mlm" in r for r in rows) and any("loss_text_seq2seq" in r for r in rows)
     first = np.mean([r["loss_cmcl"] for r in rows[:10]])
     last = np.mean([r["loss_cmcl"] for r in rows[-10:]])
     assert last < 0.5 * first

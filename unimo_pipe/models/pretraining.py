@@ -87,8 +87,7 @@ class UnimoPretraining(nn.Module):
     def language(self, batch: dict, generator: torch.Generator, *, seq2seq: bool) -> torch.Tensor:
         ids, mask = batch["text_ids"], batch["text_mask"]
         special = torch.isin(ids, self.special_ids.to(ids.device)) | ~mask
-        kwargs = {"region_features": batch["region_features"], "region_boxes": batch["region_boxes"],
-                  "region_mask": batch["region_mask"]}
+        kwargs = _image_inputs(batch)  # none for text-only (corpus) batches
         if not seq2seq:
             masked, labels = span_mask(ids.cpu(), special.cpu(), mask_id=self.mask_id, vocab_size=self.vocab_size,
                                        generator=generator)
@@ -100,7 +99,7 @@ class UnimoPretraining(nn.Module):
     def _seq2seq(self, ids, mask, image_inputs, generator) -> torch.Tensor:
         """Target fragments are predicted left to right: position p's token from position p-1's state."""
         length = ids.shape[1]
-        image_length = image_inputs["region_features"].shape[1] + 1
+        image_length = image_inputs["region_features"].shape[1] + 1 if image_inputs else 0
         target = seq2seq_targets(length, generator=generator)
         target[0] = False  # the first text token ([CLS] / <s>) stays in the source
         full = torch.cat([torch.zeros(image_length, dtype=torch.bool), target])
@@ -118,8 +117,8 @@ class UnimoPretraining(nn.Module):
         masked = torch.stack([region_mask(boxes[i, :, :4].float().cpu(), valid[i].cpu(), generator=generator)
                               for i in range(len(features))]).to(features.device)
         hidden_features = features.masked_fill(masked[..., None], 0)
-        out = self.model(text_ids=batch["text_ids"], text_mask=batch["text_mask"], region_features=hidden_features,
-                         region_boxes=boxes, region_mask=valid)
+        text = {"text_ids": batch["text_ids"], "text_mask": batch["text_mask"]} if "text_ids" in batch else {}
+        out = self.model(region_features=hidden_features, region_boxes=boxes, region_mask=valid, **text)
         regions = out["hidden"][:, 1 : out["image_length"]]
         predicted = self.feature_head(regions)
         if "region_soft_labels" in batch:
@@ -130,9 +129,17 @@ class UnimoPretraining(nn.Module):
             return predicted.sum() * 0
         return F.mse_loss(predicted[masked].float(), features[masked].float())
 
-    def forward(self, batch: dict, generator: torch.Generator, weights: ObjectiveWeights) -> dict[str, torch.Tensor]:
-        """Every enabled loss for one pair batch, and their weighted sum under "loss"."""
+    def forward(self, batch: dict, generator: torch.Generator, weights: ObjectiveWeights,
+                text_batch: dict | None = None, image_batch: dict | None = None) -> dict[str, torch.Tensor]:
+        """Every enabled loss for one pair batch (plus optional text-only and image-only batches: UNIMO's
+        single-modal learning), and their weighted sum under "loss"."""
         losses: dict[str, torch.Tensor] = {}
+        if text_batch is not None and weights.language:
+            seq2seq = bool(torch.rand(1, generator=generator) < 0.5)
+            losses["loss_text_seq2seq" if seq2seq else "loss_text_mlm"] = self.language(text_batch, generator,
+                                                                                          seq2seq=seq2seq)
+        if image_batch is not None and weights.visual:
+            losses["loss_image_mrm"] = self.visual(image_batch, generator)
         if weights.cmcl:
             losses["loss_cmcl"] = self.cmcl(batch)
         if weights.language:
@@ -141,9 +148,17 @@ class UnimoPretraining(nn.Module):
         if weights.visual:
             losses["loss_mrm"] = self.visual(batch, generator)
         scale = {"loss_cmcl": weights.cmcl, "loss_mlm": weights.language, "loss_seq2seq": weights.language,
-                 "loss_mrm": weights.visual}
+                 "loss_mrm": weights.visual, "loss_text_mlm": weights.language,
+                 "loss_text_seq2seq": weights.language, "loss_image_mrm": weights.visual}
         losses["loss"] = sum(scale[name] * value for name, value in losses.items())
         return losses
+
+
+def _image_inputs(batch: dict) -> dict:
+    if "region_features" not in batch:
+        return {}
+    return {"region_features": batch["region_features"], "region_boxes": batch["region_boxes"],
+            "region_mask": batch["region_mask"]}
 
 
 def _group(parts: list[tuple[torch.Tensor, torch.Tensor]], size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -37,7 +37,7 @@ class PretrainRecipe:
         self._setup_data()
         self._setup_model()
         self._setup_optimizer()
-        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.step = 0
         self._resume()
         self.board = self._tensorboard()
 
@@ -63,17 +63,44 @@ class PretrainRecipe:
     def _setup_data(self) -> None:
         from transformers import AutoTokenizer
 
-        from unimo_pipe.pipeline.training_data import BatchPlan, Collator, Examples, PairDataset, Sampling
+        from unimo_pipe.pipeline.training_data import (
+            Collator,
+            ImageDataset,
+            PairDataset,
+            Sampling,
+            TextDataset,
+            load_manifest,
+        )
 
         o = self.options
         self.tokenizer = AutoTokenizer.from_pretrained(o.tokenizer)
-        self.examples = Examples(o.shards, "pair", tokenizer=self.tokenizer, max_text_tokens=o.max_text_tokens,
-                                 max_regions=o.max_regions)
+        self.collator = Collator(self.tokenizer, max_text_tokens=o.max_text_tokens)
+        self.examples = self._examples("pair")
         sampling = Sampling(o.positives, o.negatives, o.retrieved_images, o.retrieved_texts)
         self.dataset = PairDataset(self.examples, sampling=sampling, seed=o.seed)
-        self.plan = BatchPlan(self.examples.text_lengths + self.examples.box_counts(), batch_size=o.batch_size,
-                              rank=self.rank, world_size=self.world_size, seed=o.seed)
-        self.collator = Collator(self.tokenizer, max_text_tokens=o.max_text_tokens)
+        self.streams = {"pair": self._stream(self.dataset, self.examples, self.collator.pairs)}
+        totals = load_manifest(o.shards)["totals"]
+        if o.single_modal and o.weight_language and totals.get("text"):
+            text = self._examples("text")
+            self.streams["text"] = self._stream(TextDataset(text), text, self.collator.texts)
+        if o.single_modal and o.weight_visual and totals.get("image"):
+            images = self._examples("image")
+            self.streams["image"] = self._stream(ImageDataset(images), images, self.collator.images)
+
+    def _examples(self, kind: str):
+        from unimo_pipe.pipeline.training_data import Examples
+
+        o = self.options
+        return Examples(o.shards, kind, tokenizer=self.tokenizer, max_text_tokens=o.max_text_tokens,
+                        max_regions=o.max_regions)
+
+    def _stream(self, dataset, examples, collate) -> _Stream:
+        from unimo_pipe.pipeline.training_data import BatchPlan
+
+        o = self.options
+        plan = BatchPlan(examples.text_lengths + examples.box_counts(), batch_size=o.batch_size, rank=self.rank,
+                         world_size=self.world_size, seed=o.seed)
+        return _Stream(dataset, plan, collate, o.workers)
 
     def _setup_model(self) -> None:
         from unimo_pipe.models.pretraining import UnimoPretraining
@@ -116,8 +143,8 @@ class PretrainRecipe:
         if self.rank != 0:
             return
         state = {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "step": self.step, "epoch": self.epoch,
-                 "batch_in_epoch": self.batch_in_epoch}
+                 "scheduler": self.scheduler.state_dict(), "step": self.step,
+                 "streams": {name: stream.position() for name, stream in self.streams.items()}}
         path = self._checkpoint_dir() / f"step-{self.step:08d}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path, "wb") as f:
@@ -133,7 +160,10 @@ class PretrainRecipe:
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.step = state["step"]
+        for name, position in state["streams"].items():
+            if name in self.streams:
+                self.streams[name].seek(*position)
         self._truncate_metrics()
         logger.info("pretrain: resumed from %s at step %d", name, self.step)
 
@@ -146,33 +176,21 @@ class PretrainRecipe:
 
     # -- train --
 
-    def _batches(self):
-        """Pair batches from the saved position on, epoch after epoch."""
-        from unimo_pipe.pipeline.training_data import make_loader
-
-        while True:
-            self.plan.set_position(self.epoch, self.batch_in_epoch)
-            self.dataset.epoch = self.epoch
-            for batch in make_loader(self.dataset, self.plan, self.collator.pairs, workers=self.options.workers):
-                self.batch_in_epoch += 1
-                yield batch
-            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-
     def train(self) -> list[dict[str, Any]]:
         from unimo_pipe.models.pretraining import ObjectiveWeights
 
         o = self.options
         weights = ObjectiveWeights(o.weight_cmcl, o.weight_language, o.weight_visual)
-        batches = self._batches()
         history, started, samples = [], time.perf_counter(), 0
         while self.step < o.steps:
             torch.manual_seed(o.seed * 1_000_003 + self.step * 101 + self.rank)  # dropout: a function of the step
             generator = torch.Generator().manual_seed(o.seed * 7_919 + self.step * 13 + self.rank)
             totals: dict[str, float] = {}
             for _ in range(o.grad_accum):
-                batch = _to_device(next(batches), self.device)
+                batch, text, image = (_to_device(next(self.streams[k]), self.device) if k in self.streams else None
+                                      for k in ("pair", "text", "image"))
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                    losses = self.trainer(batch, generator, weights)
+                    losses = self.trainer(batch, generator, weights, text, image)
                 (losses["loss"] / o.grad_accum).backward()
                 for name, value in losses.items():
                     totals[name] = totals.get(name, 0.0) + float(value.detach()) / o.grad_accum
@@ -225,6 +243,36 @@ class PretrainRecipe:
             self.module.model.save_pretrained(self.options.out / "model")
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+class _Stream:
+    """Batches of one kind (pairs, texts, images) from a saved (epoch, batch) position, epoch after epoch."""
+
+    def __init__(self, dataset, plan, collate, workers: int):
+        self.dataset, self.plan, self.collate, self.workers = dataset, plan, collate, workers
+        self.epoch, self.batch_in_epoch = 0, 0
+        self._iterator = None
+
+    def position(self) -> tuple[int, int]:
+        return self.epoch, self.batch_in_epoch
+
+    def seek(self, epoch: int, batch_in_epoch: int) -> None:
+        self.epoch, self.batch_in_epoch, self._iterator = epoch, batch_in_epoch, None
+
+    def __next__(self) -> dict:
+        from unimo_pipe.pipeline.training_data import make_loader
+
+        while True:
+            if self._iterator is None:
+                self.plan.set_position(self.epoch, self.batch_in_epoch)
+                if hasattr(self.dataset, "epoch"):
+                    self.dataset.epoch = self.epoch
+                self._iterator = iter(make_loader(self.dataset, self.plan, self.collate, workers=self.workers))
+            batch = next(self._iterator, None)
+            if batch is not None:
+                self.batch_in_epoch += 1
+                return batch
+            self.seek(self.epoch + 1, 0)
 
 
 def retrieval_recall(images: torch.Tensor, texts: torch.Tensor, image_keys: list[str]) -> dict[str, float]:

@@ -29,6 +29,8 @@ class PretrainOptions:
     weight_cmcl: float = option(1.0, help="weight of CMCL (0: off)", minimum=0.0)
     weight_language: float = option(1.0, help="weight of masked / seq2seq language modelling (0: off)", minimum=0.0)
     weight_visual: float = option(1.0, help="weight of masked region modelling (0: off)", minimum=0.0)
+    single_modal: bool = option(True, help="also learn from the shards' text-only (language) and image-only "
+                                "(region) data, one batch of each per step")
     positives: int = option(1, help="positives sampled per pair per step", minimum=0)
     negatives: int = option(4, help="hard negatives sampled per pair per step", minimum=0)
     retrieved_images: int = option(1, help="retrieved images sampled per pair per step", minimum=0)
