@@ -24,7 +24,8 @@ def test_every_objective_runs_and_trains_on_a_real_batch(shards, tokenizer):  # 
     model = UnifiedModel(tiny_encoder(len(tokenizer)), region_dim=8)
     specials = [tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id]
     pretraining = UnimoPretraining(model, vocab_size=len(tokenizer), mask_id=tokenizer.mask_token_id,
-                                   special_ids=specials, in_batch_negatives=True)
+                                   special_ids=specials, in_batch_negatives=True, soft_label_classes=5)
+    assert batch["region_soft_labels"].shape[-1] == 5
     generator = torch.Generator().manual_seed(0)
     losses = pretraining(batch, generator, ObjectiveWeights())
     assert {"loss", "loss_cmcl", "loss_mrm"} <= set(losses) and ("loss_mlm" in losses or "loss_seq2seq" in losses)
@@ -34,3 +35,6 @@ def test_every_objective_runs_and_trains_on_a_real_batch(shards, tokenizer):  # 
     seq2seq = pretraining.language(batch, torch.Generator().manual_seed(1), seq2seq=True)
     mlm = pretraining.language(batch, torch.Generator().manual_seed(1), seq2seq=False)
     assert torch.isfinite(seq2seq) and torch.isfinite(mlm)
+    pretraining.zero_grad()
+    pretraining.visual(batch, torch.Generator().manual_seed(2)).backward()
+    assert pretraining.class_head.weight.grad.abs().sum() > 0  # the KL to the soft labels trains the class head

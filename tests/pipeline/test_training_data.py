@@ -91,6 +91,7 @@ def test_pair_batches_have_padded_tensors_masks_and_owners(shards, tokenizer):
     assert batch["region_mask"][0].sum() == 10 and batch["region_mask"][1].sum() == 11  # 10+i boxes, capped
     assert batch["positives_ids"].shape[0] == 6 and batch["positives_owner"].tolist() == [0, 0, 1, 1, 2, 2]
     assert batch["negatives_ids"].shape[0] == 12 and batch["retrieved_features"].shape[0] == 3
+    assert batch["region_soft_labels"].shape == (3, 11, 5)  # the detector's class distributions, padded
     lengths = batch["text_mask"].sum(1)
     assert (batch["text_ids"][0, lengths[0]:] == tokenizer.pad_token_id).all()
     assert dataset[3]["negatives"] == dataset[3]["negatives"]  # sampling is a function of (seed, epoch, index)

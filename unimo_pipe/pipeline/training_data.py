@@ -116,7 +116,10 @@ class Examples:
         nbb = min(self.features.name2nbb[key], self.max_regions)
         norm_bb = dump["norm_bb"][:nbb].astype(np.float16)
         area = (norm_bb[:, 4:5].astype(np.float32) * norm_bb[:, 5:6].astype(np.float32)).astype(np.float16)
-        return {"features": dump["features"][:nbb].astype(np.float16), "boxes": np.concatenate([norm_bb, area], 1)}
+        regions = {"features": dump["features"][:nbb].astype(np.float16), "boxes": np.concatenate([norm_bb, area], 1)}
+        if "soft_labels" in dump:  # the detector's class distribution, for masked region classification (KL)
+            regions["soft_labels"] = dump["soft_labels"][:nbb].astype(np.float16)
+        return regions
 
 
 @dataclass(frozen=True)
@@ -231,6 +234,18 @@ def _tokenise(texts: list[str], tokenizer, max_tokens: int):
     return encoded["input_ids"], encoded["attention_mask"].bool()
 
 
+def _pad_soft_labels(images: list[dict[str, np.ndarray]], count: int):
+    """(B, R, C) float16 soft labels when every image has them, else None."""
+    import torch
+
+    if not images or any("soft_labels" not in im for im in images):
+        return None
+    labels = torch.zeros((len(images), count, images[0]["soft_labels"].shape[1]), dtype=torch.float16)
+    for i, im in enumerate(images):
+        labels[i, : len(im["soft_labels"])] = torch.from_numpy(im["soft_labels"])
+    return labels
+
+
 def _pad_regions(images: list[dict[str, np.ndarray]]):
     import torch
 
@@ -267,6 +282,7 @@ class Collator:
         batch: dict[str, Any] = {"index": [it["index"] for it in items]}
         self._text(batch, "text", [it["text"] for it in items])
         batch["region_features"], batch["region_boxes"], batch["region_mask"] = _pad_regions(items)
+        _add_soft_labels(batch, items)
         for name in ("positives", "negatives", "retrieved_texts"):
             groups = [it[name] for it in items]
             self._text(batch, name, [t for g in groups for t in g])
@@ -285,8 +301,16 @@ class Collator:
     @staticmethod
     def images(items: list[dict[str, Any]]) -> dict[str, Any]:
         features, boxes, mask = _pad_regions(items)
-        return {"index": [it["index"] for it in items], "region_features": features, "region_boxes": boxes,
-                "region_mask": mask}
+        batch = {"index": [it["index"] for it in items], "region_features": features, "region_boxes": boxes,
+                 "region_mask": mask}
+        _add_soft_labels(batch, items)
+        return batch
+
+
+def _add_soft_labels(batch: dict[str, Any], items: list[dict[str, Any]]) -> None:
+    labels = _pad_soft_labels(items, batch["region_features"].shape[1])
+    if labels is not None:
+        batch["region_soft_labels"] = labels
 
 
 def make_loader(dataset, plan: BatchPlan, collate, *, workers: int = 2, pin_memory: bool | None = None):

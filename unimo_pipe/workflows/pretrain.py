@@ -107,7 +107,9 @@ class PretrainRecipe:
         from unimo_pipe.models.unified import UnifiedModel, tiny_encoder
 
         o = self.options
-        region_dim = self.examples.features.db[self.examples.keys[0]]["features"].shape[1]
+        sample = self.examples.features.db[self.examples.keys[0]]
+        region_dim = sample["features"].shape[1]
+        classes = sample["soft_labels"].shape[1] if "soft_labels" in sample else 1601
         torch.manual_seed(o.seed)
         if o.init:
             model = UnifiedModel.from_encoder(o.init, region_dim=region_dim)
@@ -118,7 +120,8 @@ class PretrainRecipe:
                                 self.tokenizer.eos_token_id) if i is not None]
         self.module = UnimoPretraining(model, vocab_size=len(self.tokenizer), mask_id=self.tokenizer.mask_token_id,
                                        special_ids=specials, temperature=o.temperature,
-                                       in_batch_negatives=o.in_batch_negatives).to(self.device)
+                                       in_batch_negatives=o.in_batch_negatives,
+                                       soft_label_classes=classes).to(self.device)
         self.trainer = self.module
         if self.world_size > 1:
             self.trainer = torch.nn.parallel.DistributedDataParallel(self.module, find_unused_parameters=True)
