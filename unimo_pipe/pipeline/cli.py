@@ -44,14 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_stage_command(commands: Any, stage_class: type[Stage], common: argparse.ArgumentParser) -> None:
-    sub = commands.add_parser(stage_class.name, help=stage_class.summary, description=stage_class.summary,
-                              parents=[common], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    sub.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="YAML",
-                     help="options from a YAML file (flags and key=value override it)")
-    for spec in option_specs(stage_class.options_class).values():
-        _add_option_flag(sub, spec)
-    sub.add_argument("overrides", nargs="*", metavar="key=value", help="last-word overrides of any option")
-    sub.set_defaults(handler=_run_stage_command)
+    _add_options_command(commands, common, stage_class.name, stage_class.summary, stage_class.options_class,
+                         _run_stage_command)
 
 
 def _add_option_flag(parser: argparse.ArgumentParser, spec: OptionSpec) -> None:
