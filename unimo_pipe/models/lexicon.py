@@ -136,13 +136,29 @@ def _ancestors(word: str) -> frozenset[str]:
     return frozenset(found)
 
 
+@functools.cache
+def _descendants() -> dict[str, frozenset[str]]:
+    """Every table word's more specific words: the inverse of _ancestors."""
+    words = set(HYPERNYMS) | set(HYPERNYMS.values()) | {w for group in SYNONYMS for w in group}
+    found: dict[str, set[str]] = {}
+    for word in words:
+        for ancestor in _ancestors(word):
+            found.setdefault(ancestor, set()).add(word)
+    return {word: frozenset(more_specific) for word, more_specific in found.items()}
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def related_words(word: str) -> frozenset[str]:
+    """The word, its synonyms, and every word more general or more specific than it (lower-cased)."""
+    word = word.lower()
+    return _ancestors(word) | _descendants().get(word, frozenset()) | {word}
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def related(a: str, b: str) -> bool:
     """True when replacing `a` by `b` could keep the caption true: same word, synonym, hypernym or hyponym."""
     a, b = a.lower(), b.lower()
-    if a == b or singularize(a) == singularize(b):
-        return True
-    return b in _ancestors(a) or a in _ancestors(b)
+    return singularize(a) == singularize(b) or b in related_words(a)
 
 
 _IRREGULAR_PLURALS = {"man": "men", "woman": "women", "child": "children", "person": "people", "foot": "feet",

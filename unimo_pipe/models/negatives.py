@@ -10,8 +10,10 @@ deterministically per caption and seed, and never related to the replaced word (
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import json
+import math
 import random
 import zlib
 from collections import Counter
@@ -28,8 +30,8 @@ _PREDICATE_SYNONYMS = [{"next to", "beside", "by", "near", "close to", "alongsid
                        {"in", "inside", "within", "into"}, {"behind", "in back of"}, {"with", "having"}]
 
 
-def _predicates_related(a: str, b: str) -> bool:
-    return a == b or any(a in group and b in group for group in _PREDICATE_SYNONYMS)
+def _related_predicates(predicate: str) -> frozenset[str]:
+    return frozenset({predicate}.union(*(group for group in _PREDICATE_SYNONYMS if predicate in group)))
 
 
 @dataclass
@@ -103,61 +105,300 @@ def _contiguous(tokens: list[int]) -> bool:
     return bool(tokens) and tokens == list(range(tokens[0], tokens[-1] + 1))
 
 
-_PUNCTUATION = str.maketrans({c: " " for c in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"})
+
+
+@functools.cache
+def _article_ids() -> tuple[frozenset[int], int]:
+    """spaCy's ids of the lower-cased words "a"/"an", and of the tag DT."""
+    from spacy.strings import hash_string
+
+    return frozenset({hash_string("a"), hash_string("an")}), hash_string("DT")
+
+
+_PUNCTUATION_CHARACTERS = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
+_PUNCTUATION = str.maketrans({c: " " for c in _PUNCTUATION_CHARACTERS})
+_ASCII_PUNCTUATION = bytes.maketrans(_PUNCTUATION_CHARACTERS.encode(), b" " * len(_PUNCTUATION_CHARACTERS))
+
+
+def _lowered_without_punctuation(text: str) -> str:
+    lowered = text.lower()
+    if lowered.isascii():  # bytes.translate is ~10x faster than str.translate with a dict
+        return lowered.encode("ascii").translate(_ASCII_PUNCTUATION).decode("ascii")
+    return lowered.translate(_PUNCTUATION)
 
 
 def normalise_for_comparison(text: str) -> str:
-    return " ".join(text.lower().translate(_PUNCTUATION).split())
+    return " ".join(_lowered_without_punctuation(text).split())
 
 
-class _Tokens:
-    """A caption's tokens as plain Python values, read from spaCy once per caption."""
+def _normalised_piece(text: str, mapped: str | None = None) -> str:
+    """normalise_for_comparison of a piece of a text, keeping one space where the piece starts or ends with
+    whitespace, so that a piece between two others joins them into the normalised whole.
+    `mapped`: the piece already lower-cased and with punctuation as spaces."""
+    if mapped is None:
+        mapped = _lowered_without_punctuation(text)
+    core = " ".join(mapped.split())
+    if not core:
+        return " " if mapped else ""
+    return (" " if mapped[0].isspace() else "") + core + (" " if mapped[-1].isspace() else "")
 
-    def __init__(self, doc):
-        self.words = [t.text for t in doc]
-        self.spaces = [t.whitespace_ for t in doc]
-        self.articles = {t.i for t in doc if t.lower_ in ("a", "an") and t.tag_ == "DT"}
-        pieces = [w + sp for w, sp in zip(self.words, self.spaces, strict=True)]
-        self.prefix = ["".join(pieces[:i]) for i in range(len(pieces) + 1)]
-        self.suffix = ["".join(pieces[i:]) for i in range(len(pieces) + 1)]
+
+def _capitalised(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
-class _Edit:
-    """A caption with some tokens replaced. Only the article right before a replaced word is re-chosen
-    (a/an), so the rest of the caption stays exactly as written."""
+def _with_article(word: str, article: str | None, space: str) -> str:
+    """`word` after a re-chosen indefinite article written like `article` ("a"/"An"), if there was one."""
+    if article is None:
+        return word
+    chosen = lexicon.indefinite_article(word)
+    return (_capitalised(chosen) if article[:1].isupper() else chosen) + space + word
 
-    def __init__(self, tokens: _Tokens):
-        self.tokens = tokens
-        self.changes: dict[int, str] = {}
 
-    def replace(self, index: int, text: str) -> None:
-        original = self.tokens.words[index]
-        self.changes[index] = text[:1].upper() + text[1:] if original[:1].isupper() else text
+class _Caption:
+    """A caption's text with its tokens' character spans and indefinite articles, read from spaCy in one
+    call. Edits replace tokens: the text around them is sliced from the caption, raw and normalised (the
+    normalised whole is made once), so an edit costs a few slices and joins."""
 
-    def replace_span(self, tokens: list[int], text: str) -> None:
-        self.replace(tokens[0], text)
-        for i in tokens[1:]:
-            self.changes[i] = ""
+    def __init__(self, doc, text: str):
+        from spacy.attrs import IDX, LENGTH, LOWER, TAG
 
-    def _with_articles(self) -> dict[int, str]:
-        changes = dict(self.changes)
-        for index in sorted(self.changes):
-            article = index - 1
-            if article in self.tokens.articles and article not in self.changes and changes[index]:
-                chosen = lexicon.indefinite_article(changes[index])
-                changes[article] = chosen.capitalize() if self.tokens.words[article][:1].isupper() else chosen
-        return changes
+        rows = doc.to_array([IDX, LENGTH, LOWER, TAG]).tolist() if len(doc) else []
+        if rows and text[rows[-1][0] : rows[-1][0] + rows[-1][1]] != doc[-1].text:
+            text = doc.text  # not the Doc's own text: use that rather than slice at wrong offsets
+        self.doc = doc
+        self.text = text
+        self.starts = [row[0] for row in rows]
+        self.ends = [row[0] + row[1] for row in rows]
+        articles, determiner = _article_ids()
+        self.articles = {i for i, row in enumerate(rows) if row[2] in articles and row[3] == determiner}
+        mapped = _lowered_without_punctuation(text)
+        self.mapped = mapped if len(mapped) == len(text) else None  # lower() may change lengths ("İ")
 
-    def render(self) -> str:
-        changes = self._with_articles()
-        tokens = self.tokens
-        if len(changes) == 1 or (len(changes) == 2 and max(changes) - min(changes) == 1):
-            first, last = min(changes), max(changes)
-            middle = "".join(changes[i] + tokens.spaces[i] for i in range(first, last + 1) if changes[i])
-            return (tokens.prefix[first] + middle + tokens.suffix[last + 1]).strip()
-        words = [changes.get(i, w) for i, w in enumerate(tokens.words)]
-        text = "".join(w + tokens.spaces[i] for i, w in enumerate(words) if w)
-        return " ".join(text.split())
+    def normalised_piece(self, start: int, end: int | None = None) -> str:
+        mapped = self.mapped[start:end] if self.mapped is not None else None
+        return _normalised_piece(self.text[start:end], mapped)
+
+    def article_before(self, index: int) -> tuple[str, str, int] | None:
+        """The indefinite article right before token `index`: (as written, the space after it, its start)."""
+        if index - 1 not in self.articles:
+            return None
+        start, end = self.starts[index - 1], self.ends[index - 1]
+        return self.text[start:end], self.text[end : self.starts[index]], start
+
+    def render(self, changes: dict[int, str]) -> tuple[str, str]:
+        """The caption with single tokens replaced (swaps, count agreement) and their articles re-chosen,
+        and its normalised form."""
+        text, pieces, position = self.text, [], 0
+        for index in sorted(changes):
+            start = self.starts[index]
+            middle = _capitalised(changes[index]) if text[start : start + 1].isupper() else changes[index]
+            article = self.article_before(index) if index - 1 not in changes else None
+            if article is not None:
+                middle, start = _with_article(middle, article[0], article[1]), article[2]
+            pieces += [text[position:start], middle]
+            position = self.ends[index]
+        pieces.append(text[position:])
+        rendered = "".join(pieces).strip()
+        return rendered, normalise_for_comparison(rendered)
+
+
+class _Slot:
+    """Tokens first..last of a caption, to be replaced by one word or phrase; an article right before them
+    is re-chosen (a/an), and the replacement takes the replaced word's capital and number.
+
+    Nearly all negatives (object, attribute and relation replacements) are made this way and their speed
+    sets the stage's overhead over spaCy's parse, so the text around the slot, raw and normalised, is
+    sliced once, and the replacements themselves are rendered once per vocabulary word and `variant`.
+    """
+
+    def __init__(self, caption: _Caption, first: int, last: int, *, plural: bool = False):
+        start, end = caption.starts[first], caption.ends[last]
+        self.plural = plural
+        self.capital = caption.text[start : start + 1].isupper()
+        self.article, self.article_space, article_start = caption.article_before(first) or (None, "", start)
+        self.before, self.after = caption.text[:article_start], caption.text[end:]
+        self.before_normalised = caption.normalised_piece(0, article_start)
+        self.after_normalised = caption.normalised_piece(end)
+        self.variant = (plural, self.capital, self.article, self.article_space)
+        self.stripped = (self.before.lstrip(), self.after.rstrip(), self.before_normalised.lstrip(),
+                         self.after_normalised.rstrip())
+
+    def middle(self, word: str) -> tuple[str, str, bool]:
+        """The replacement as written, normalised, and whether both have no space at either end (then
+        the negative is a plain concatenation with the slot's stripped surroundings)."""
+        text = lexicon.pluralize(word) if self.plural else word
+        text = _with_article(_capitalised(text) if self.capital else text, self.article, self.article_space)
+        normalised = _normalised_piece(text)
+        plain = bool(normalised) and text == text.strip() and normalised == normalised.strip()
+        return text, normalised, plain
+
+    def render(self, middle: str) -> tuple[str, str]:
+        text = (self.before + middle + self.after).strip()
+        return text, normalise_for_comparison(text)
+
+
+def _word_key(word: str) -> str:
+    return lexicon.singularize(word.lower())
+
+
+@dataclass
+class _Pool:
+    """Replacement words with their frequencies; their renderings per slot variant by word index; and
+    the indices to leave out for each replaced word, found through `key` (a word's inflections share it)."""
+
+    words: list[str]
+    weights: list[float]
+    cumulative: list[float]
+    key: Callable[[str], str]
+    positions: dict[str, list[int]] = field(default_factory=dict)
+    renderings: dict[tuple, dict[int, tuple[str, str, bool]]] = field(default_factory=dict)
+    exclusions: dict[str, frozenset[int]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, counts: Counter, key: Callable[[str], str]) -> _Pool:
+        words = sorted(w for w in counts if counts[w] > 0)
+        weights = [float(counts[w]) for w in words]
+        pool = cls(words, weights, list(itertools.accumulate(weights)), key)
+        for i, word in enumerate(words):
+            pool.positions.setdefault(key(word), []).append(i)
+        return pool
+
+    def excluded(self, original: str, related_words: Callable[[str], frozenset[str]]) -> frozenset[int]:
+        """Indices of the words that could keep the caption true in place of `original`."""
+        found = self.exclusions.get(original)
+        if found is None:
+            keys = {self.key(word) for word in related_words(original)} | {self.key(original)}
+            found = self.exclusions[original] = frozenset(i for k in keys for i in self.positions.get(k, ()))
+        return found
+
+
+class _WeightedDraws:
+    """Frequency-weighted draws of a pool's word indices without repeats, until the pool is used up.
+
+    Draws by bisecting the cumulative frequencies and rejecting repeats (and `excluded` indices) while the
+    words left hold at least a tenth of the frequency mass, so a draw costs at most ten tries; then the
+    rest of the pool is put in a weighted random order in one go (exponential keys, Efraimidis & Spirakis
+    2006), so nothing is left out and no word comes twice.
+    """
+
+    def __init__(self, pool: _Pool, rng: random.Random, excluded: frozenset[int] = frozenset()):
+        self.pool = pool
+        self.rng = rng
+        self.used = set(excluded)
+        self.mass_left = pool.cumulative[-1] if pool.words else 0.0
+        if excluded:
+            self.mass_left -= sum(pool.weights[i] for i in excluded)
+        self.order: list[int] | None = None if len(self.used) < len(pool.words) else []
+
+    @property
+    def left(self) -> int:
+        return len(self.order) if self.order is not None else len(self.pool.words) - len(self.used)
+
+    def take(self, n: int) -> list[int]:
+        """Up to n more indices; fewer only when the pool is used up."""
+        found: list[int] = []
+        if self.order is None:
+            cumulative, weights, used, draw = self.pool.cumulative, self.pool.weights, self.used, self.rng.random
+            total, last, bisect_right = cumulative[-1], len(cumulative) - 1, bisect.bisect_right
+            while len(found) < n:
+                for i in [bisect_right(cumulative, draw() * total, 0, last) for _ in range(n - len(found))]:
+                    if i not in used:
+                        used.add(i)
+                        found.append(i)
+                        self.mass_left -= weights[i]
+                if len(found) < n and self.mass_left < 0.1 * total:
+                    self.order = self._remaining_order()
+                    break
+        if self.order and len(found) < n:
+            rest = self.order[len(self.order) - (n - len(found)):]
+            del self.order[len(self.order) - len(rest):]
+            found += reversed(rest)
+        return found
+
+    def _remaining_order(self) -> list[int]:
+        """The unused indices in weighted random order, the next draw last: key log(u) / w, u ~ U(0, 1]."""
+        weights, used, draw, log = self.pool.weights, self.used, self.rng.random, math.log
+        keys = {i: log(1.0 - draw()) / w for i, w in enumerate(weights) if i not in used}
+        return sorted(keys, key=keys.__getitem__)
+
+
+class _Maker:
+    """Negatives of one kind at one place in the caption, taken a quota at a time; `capacity` bounds how
+    many it can still make."""
+
+    exhausted = False
+
+    @property
+    def capacity(self) -> int:
+        raise NotImplementedError
+
+    def take(self, quota: int, taken: set[str]) -> list[dict]:
+        raise NotImplementedError
+
+
+class _Candidates(_Maker):
+    """A maker over a few candidates rendered one by one: swaps, reversals and count changes."""
+
+    def __init__(self, candidates: Iterator[tuple[str, dict]], capacity: int):
+        self.candidates = candidates
+        self._capacity = capacity
+        self.exhausted = capacity == 0
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    def take(self, quota: int, taken: set[str]) -> list[dict]:
+        found: list[dict] = []
+        for normalised, negative in self.candidates:
+            self._capacity -= 1
+            if normalised not in taken:
+                taken.add(normalised)
+                found.append(negative)
+                if len(found) == quota:
+                    return found
+        self.exhausted = True
+        return found
+
+
+class _Replacements(_Maker):
+    """One slot replaced by words drawn from a pool: object, attribute and relation replacements, the
+    stage's hot loop (a negative costs a dictionary lookup and two string concatenations)."""
+
+    def __init__(self, slot: _Slot, pool: _Pool, rng: random.Random, *, kind: str, original: str,
+                 related_words: Callable[[str], frozenset[str]]):
+        self.slot, self.pool, self.kind, self.original = slot, pool, kind, original
+        self.draws = _WeightedDraws(pool, rng, pool.excluded(original, related_words))
+        self.exhausted = self.draws.order == []
+
+    @property
+    def capacity(self) -> int:
+        return self.draws.left
+
+    def take(self, quota: int, taken: set[str]) -> list[dict]:
+        slot, words, kind, original = self.slot, self.pool.words, self.kind, self.original
+        rendered = self.pool.renderings.setdefault(slot.variant, {})
+        before, after, before_normalised, after_normalised = slot.stripped
+        found: list[dict] = []
+        while len(found) < quota:
+            indices = self.draws.take(quota - len(found))
+            if not indices:
+                self.exhausted = True
+                break
+            for i in indices:
+                middle = rendered.get(i)
+                if middle is None:
+                    middle = rendered[i] = slot.middle(words[i])
+                text, normalised, plain = middle
+                if plain:
+                    text, normalised = before + text + after, before_normalised + normalised + after_normalised
+                else:
+                    text, normalised = slot.render(text)
+                if normalised not in taken:
+                    taken.add(normalised)
+                    found.append({"text": text, "kind": kind, "from": original, "to": words[i]})
+        return found
 
 
 class NegativeGenerator:
@@ -165,7 +406,7 @@ class NegativeGenerator:
         self.vocabulary = vocabulary
         self.negatives = negatives
         self.seed = seed
-        self._pools: dict[tuple, tuple[list[str], list[float]]] = {}
+        self._pools: dict[tuple, _Pool] = {}
         self._attribute_pools = {group: Counter(vocabulary.attributes.get(group, {})) for group in
                                  (*lexicon.ATTRIBUTE_GROUPS, "compound")}
         for group, words in (("colour", lexicon.COLOURS), ("size", lexicon.SIZES),
@@ -174,108 +415,97 @@ class NegativeGenerator:
                 self._attribute_pools[group][word] += 0.5
 
     def generate(self, doc, graph: SceneGraph, *, key: str, forbidden: set[str] = frozenset()) -> list[dict]:
-        """Up to `negatives` distinct negatives of one caption, none equal to it or to `forbidden` texts."""
+        """Up to `negatives` distinct negatives of one caption, none equal to it or to `forbidden` texts.
+
+        Every place and kind of change gets an equal share, except that what a place cannot make goes to
+        the others. The result interleaves the places, so any prefix of it is a fair sample.
+        """
         rng = random.Random(zlib.crc32(f"{self.seed}:{key}".encode()))
-        taken = {normalise_for_comparison(doc.text)} | {normalise_for_comparison(t) for t in forbidden}
-        makers = self._makers(doc, _Tokens(doc), graph, rng)
+        taken = {normalise_for_comparison(graph.caption)} | {normalise_for_comparison(t) for t in forbidden}
+        makers = [m for m in self._makers(doc, _Caption(doc, graph.caption), graph, rng)
+                  if not m.exhausted and m.capacity > 0]
+        rng.shuffle(makers)
         found: list[dict] = []
-        misses = 0
-        while makers and len(found) < self.negatives and misses < 20 * self.negatives:
-            maker = makers[rng.randrange(len(makers))]
-            negative = next(maker, None)
-            if negative is None:
-                makers.remove(maker)
-                continue
-            text = normalise_for_comparison(negative["text"])
-            if text in taken:
-                misses += 1
-                continue
-            taken.add(text)
-            found.append(negative)
+        while makers and len(found) < self.negatives:
+            quotas = _shares(self.negatives - len(found), [maker.capacity for maker in makers])
+            batches = [maker.take(quota, taken) for maker, quota in zip(makers, quotas, strict=True)]
+            interleaved = list(filter(None, itertools.chain.from_iterable(itertools.zip_longest(*batches))))
+            found += interleaved[: self.negatives - len(found)]
+            makers = [m for m in makers if not m.exhausted and m.capacity > 0]
         return found
 
-    def _makers(self, doc, tokens: _Tokens, graph: SceneGraph, rng: random.Random) -> list[Iterator[dict]]:
-        makers: list[Iterator[dict]] = []
+    def _makers(self, doc, caption: _Caption, graph: SceneGraph, rng: random.Random) -> list[_Maker]:
+        makers: list[_Maker] = []
         for obj in graph.objects:
-            makers.append(self._replace_object(tokens, obj, rng))
+            makers.append(self._replace_object(caption, obj, rng))
             for text, index in obj.attributes:
-                makers.append(self._replace_attribute(doc, tokens, obj, text, index, rng))
+                makers.append(self._replace_attribute(doc, caption, obj, text, index, rng))
         for relation in graph.relations:
             if _contiguous(relation.tokens):
-                makers.append(self._replace_relation(doc, tokens, relation, rng))
-            makers.append(self._reverse_relation(tokens, graph, relation))
-        makers.append(self._swap_objects(tokens, graph))
-        makers.append(self._swap_attributes(doc, tokens, graph))
+                makers.append(self._replace_relation(doc, caption, relation, rng))
+            makers.append(_Candidates(self._reverse_relation(caption, graph, relation), 1))
+        pairs = len(graph.objects) * (len(graph.objects) - 1) // 2
+        makers.append(_Candidates(self._swap_objects(caption, graph), pairs))
+        attributes = sum(len(obj.attributes) for obj in graph.objects)
+        makers.append(_Candidates(self._swap_attributes(doc, caption, graph), attributes * (attributes - 1) // 2))
         return makers
 
-    def _sampler(self, cache_key: tuple, pool: Counter, rng: random.Random,
-                 allowed: Callable[[str], bool]) -> Iterator[str]:
-        """Frequency-weighted draws without repeats from the allowed words of `pool`.
+    def _pool(self, name: tuple, counts: Counter, key: Callable[[str], str] = _word_key) -> _Pool:
+        pool = self._pools.get(name)
+        if pool is None:
+            pool = self._pools[name] = _Pool.of(counts, key)
+        return pool
 
-        The filtered pool and its cumulative weights are computed once per key and reused across captions.
-        """
-        if cache_key not in self._pools:
-            words = [w for w in sorted(pool) if allowed(w)]
-            self._pools[cache_key] = (words, list(itertools.accumulate(pool[w] for w in words)))
-        words, cumulative = self._pools[cache_key]
-        used: set[int] = set()
-        misses = 0
-        while len(used) < len(words) and misses < 50:
-            i = bisect.bisect_right(cumulative, rng.random() * cumulative[-1])
-            i = min(i, len(words) - 1)
-            if i in used:
-                misses += 1
-                continue
-            used.add(i)
-            yield words[i]
+    def _replace_object(self, caption: _Caption, obj: SceneObject, rng) -> _Maker:
+        slot = _Slot(caption, obj.head, obj.head, plural=obj.plural)
+        return _Replacements(slot, self._pool(("object",), self.vocabulary.objects), rng, kind="replace_object",
+                             original=obj.name, related_words=lexicon.related_words)
 
-    def _replace_object(self, tokens: _Tokens, obj: SceneObject, rng) -> Iterator[dict]:
-        allowed = lambda w: not lexicon.related(obj.name, w)  # noqa: E731
-        for word in self._sampler(("object", obj.name), self.vocabulary.objects, rng, allowed):
-            edit = _Edit(tokens)
-            edit.replace(obj.head, lexicon.pluralize(word) if obj.plural else word)
-            yield {"text": edit.render(), "kind": "replace_object", "from": obj.name, "to": word}
-
-    def _replace_attribute(self, doc, tokens: _Tokens, obj: SceneObject, text: str, index: int, rng
-                           ) -> Iterator[dict]:
+    def _replace_attribute(self, doc, caption: _Caption, obj: SceneObject, text: str, index: int, rng
+                           ) -> _Maker:
         group = _attribute_key(doc, text, index)
-        if group == "count" and _part_of_longer_number(doc[index]):
-            return  # "twenty four": replacing "four" alone would break the number
-        pool = self._attribute_pools.get(group, Counter())
-        allowed = lambda w: not lexicon.related(text, w)  # noqa: E731
-        for word in self._sampler(("attribute", group, text), pool, rng, allowed):
-            edit = _Edit(tokens)
-            edit.replace(index, word)
-            if group == "count":
-                _agree_with_count(edit, obj, word)
-            yield {"text": edit.render(), "kind": "replace_attribute", "from": text, "to": word}
+        pool = self._pool(("attribute", group), self._attribute_pools.get(group, Counter()))
+        if group != "count":
+            return _Replacements(_Slot(caption, index, index), pool, rng, kind="replace_attribute", original=text,
+                                 related_words=lexicon.related_words)
+        if _part_of_longer_number(doc[index]):
+            return _Candidates(iter(()), 0)  # "twenty four": replacing "four" alone would break the number
+        return _Candidates(self._replace_count(caption, obj, text, index, pool, rng), len(pool.words))
 
-    def _replace_relation(self, doc, tokens: _Tokens, relation, rng) -> Iterator[dict]:
+    @staticmethod
+    def _replace_count(caption: _Caption, obj: SceneObject, text: str, index: int, pool: _Pool, rng
+                       ) -> Iterator[tuple[str, dict]]:
+        for i in _WeightedDraws(pool, rng, pool.excluded(text, lexicon.related_words)).take(len(pool.words)):
+            word = pool.words[i]
+            rendered, normalised = caption.render({index: word, obj.head: _noun_for_count(obj, word)})
+            yield normalised, {"text": rendered, "kind": "replace_attribute", "from": text, "to": word}
+
+    def _replace_relation(self, doc, caption: _Caption, relation, rng) -> _Maker:
         shape = _shape(doc, relation.tokens)
-        pool = self.vocabulary.relations.get(shape, Counter())
-        allowed = lambda p: not _predicates_related(relation.predicate, p)  # noqa: E731
-        for predicate in self._sampler(("relation", shape, relation.predicate), pool, rng, allowed):
-            edit = _Edit(tokens)
-            edit.replace_span(relation.tokens, predicate)
-            yield {"text": edit.render(), "kind": "replace_relation", "from": relation.predicate, "to": predicate}
+        pool = self._pool(("relation", shape), self.vocabulary.relations.get(shape, Counter()), key=str.lower)
+        slot = _Slot(caption, relation.tokens[0], relation.tokens[-1])
+        return _Replacements(slot, pool, rng, kind="replace_relation", original=relation.predicate,
+                             related_words=_related_predicates)
 
-    def _reverse_relation(self, tokens: _Tokens, graph, relation) -> Iterator[dict]:
+    def _reverse_relation(self, caption: _Caption, graph, relation) -> Iterator[tuple[str, dict]]:
         subject, target = graph.objects[relation.subject], graph.objects[relation.object]
         if subject.name != target.name:
-            yield {"text": _swapped_heads(tokens, subject, target), "kind": "reverse_relation",
-                   "from": f"{subject.name} {relation.predicate} {target.name}",
-                   "to": f"{target.name} {relation.predicate} {subject.name}"}
+            text, normalised = _swapped_heads(caption, subject, target)
+            yield normalised, {"text": text, "kind": "reverse_relation",
+                               "from": f"{subject.name} {relation.predicate} {target.name}",
+                               "to": f"{target.name} {relation.predicate} {subject.name}"}
 
-    def _swap_objects(self, tokens: _Tokens, graph) -> Iterator[dict]:
+    def _swap_objects(self, caption: _Caption, graph) -> Iterator[tuple[str, dict]]:
         objects = graph.objects
         linked = {frozenset((r.subject, r.object)) for r in graph.relations}  # those are reverse_relation
         for i in range(len(objects)):
             for j in range(i + 1, len(objects)):
                 if frozenset((i, j)) not in linked and not lexicon.related(objects[i].name, objects[j].name):
-                    yield {"text": _swapped_heads(tokens, objects[i], objects[j]), "kind": "swap_objects",
-                           "from": objects[i].name, "to": objects[j].name}
+                    text, normalised = _swapped_heads(caption, objects[i], objects[j])
+                    yield normalised, {"text": text, "kind": "swap_objects", "from": objects[i].name,
+                                       "to": objects[j].name}
 
-    def _swap_attributes(self, doc, tokens: _Tokens, graph) -> Iterator[dict]:
+    def _swap_attributes(self, doc, caption: _Caption, graph) -> Iterator[tuple[str, dict]]:
         pairs = [(text, index) for obj in graph.objects for text, index in obj.attributes]
         owners = {index: obj.head for obj in graph.objects for _, index in obj.attributes}
         for a in range(len(pairs)):
@@ -283,25 +513,31 @@ class NegativeGenerator:
                 (text_a, i), (text_b, j) = pairs[a], pairs[b]
                 same_group = _attribute_key(doc, text_a, i) == _attribute_key(doc, text_b, j) != "count"
                 if owners[i] != owners[j] and same_group and text_a != text_b:
-                    edit = _Edit(tokens)
-                    edit.replace(i, text_b)
-                    edit.replace(j, text_a)
-                    yield {"text": edit.render(), "kind": "swap_attributes", "from": text_a, "to": text_b}
+                    text, normalised = caption.render({i: text_b, j: text_a})
+                    yield normalised, {"text": text, "kind": "swap_attributes", "from": text_a, "to": text_b}
 
 
-def _swapped_heads(tokens: _Tokens, first: SceneObject, second: SceneObject) -> str:
-    edit = _Edit(tokens)
-    edit.replace(first.head, lexicon.pluralize(second.name) if first.plural else second.name)
-    edit.replace(second.head, lexicon.pluralize(first.name) if second.plural else first.name)
-    return edit.render()
+def _shares(total: int, capacities: list[int]) -> list[int]:
+    """Equal shares of `total`, none above its capacity, what one cannot take going to the others."""
+    shares = [0] * len(capacities)
+    left = total
+    by_capacity = sorted(range(len(capacities)), key=capacities.__getitem__)
+    for rank, i in enumerate(by_capacity):
+        shares[i] = min(capacities[i], -(-left // (len(capacities) - rank)))
+        left -= shares[i]
+    return shares
+
+
+def _swapped_heads(caption: _Caption, first: SceneObject, second: SceneObject) -> tuple[str, str]:
+    return caption.render({first.head: lexicon.pluralize(second.name) if first.plural else second.name,
+                           second.head: lexicon.pluralize(first.name) if second.plural else first.name})
 
 
 def _part_of_longer_number(token) -> bool:
     return any(t.pos_ == "NUM" for t in token.children) or token.head.pos_ == "NUM"
 
 
-def _agree_with_count(edit: _Edit, obj: SceneObject, count: str) -> None:
+def _noun_for_count(obj: SceneObject, count: str) -> str:
     """The head noun follows the new count: "one dog" -> "three dogs", "two dogs" -> "one dog"."""
     value = lexicon.number_word_value(count)
-    plural = value is None or value != 1
-    edit.replace(obj.head, lexicon.pluralize(obj.name) if plural else obj.name)
+    return obj.name if value == 1 else lexicon.pluralize(obj.name)

@@ -60,8 +60,9 @@ class SceneGraph:
                 "relations": [r.to_dict() for r in self.relations]}
 
 
-def parse_doc(doc) -> SceneGraph:
-    """The scene graph of one spaCy Doc."""
+def parse_doc(doc, text: str | None = None) -> SceneGraph:
+    """The scene graph of one spaCy Doc; `text` is the Doc's text when the caller has it (spaCy rebuilds
+    doc.text from its tokens on every access)."""
     heads = [t for t in doc if _is_object_head(t)]
     objects = [_make_object(t) for t in heads]
     index_of = {obj.head: i for i, obj in enumerate(objects)}
@@ -77,7 +78,7 @@ def parse_doc(doc) -> SceneGraph:
                         if triple not in seen:
                             seen.add(triple)
                             relations.append(Relation(triple[0], predicate, triple[2], predicate_tokens))
-    return SceneGraph(doc.text, objects, relations)
+    return SceneGraph(doc.text if text is None else text, objects, relations)
 
 
 def _is_object_head(token) -> bool:
@@ -216,7 +217,7 @@ class SceneGraphParser:
 
     def parse_many(self, captions: list[str], *, processes: int = 1) -> list[tuple[Any, SceneGraph]]:
         docs = self.nlp.pipe(captions, batch_size=self.batch_size, n_process=processes)
-        return [(doc, parse_doc(doc)) for doc in docs]
+        return [(doc, parse_doc(doc, caption)) for doc, caption in zip(docs, captions, strict=True)]
 
     def parse(self, caption: str) -> SceneGraph:
-        return parse_doc(self.nlp(caption))
+        return parse_doc(self.nlp(caption), caption)
