@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import random
 from collections import Counter
 
 import pytest
 
 from unimo_pipe.models import lexicon
+from unimo_pipe.models import negatives as negatives_module
 from unimo_pipe.models.negatives import NegativeGenerator, Vocabulary, normalise_for_comparison
 from unimo_pipe.models.scene_graph import SceneGraphParser, parse_doc
 
@@ -97,10 +99,12 @@ def test_deterministic_under_a_seed(parser):
 
 
 def test_inflection_and_articles():
-    assert [lexicon.pluralize(w) for w in ("dog", "box", "bus", "city", "man", "sheep", "knife", "toy")] == [
-        "dogs", "boxes", "buses", "cities", "men", "sheep", "knives", "toys"]
-    assert [lexicon.singularize(w) for w in ("dogs", "boxes", "cities", "men", "glasses")] == [
-        "dog", "box", "city", "man", "glasses"]
+    assert [lexicon.pluralize(w) for w in ("dog", "box", "bus", "city", "man", "sheep", "knife", "toy", "fireman",
+                                           "human")] == [
+        "dogs", "boxes", "buses", "cities", "men", "sheep", "knives", "toys", "firemen", "humans"]
+    assert [lexicon.singularize(w) for w in ("dogs", "boxes", "cities", "men", "glasses", "policemen", "women",
+                                             "specimen")] == [
+        "dog", "box", "city", "man", "glasses", "policeman", "woman", "specimen"]
     assert [lexicon.indefinite_article(w) for w in ("apple", "hour", "unicorn", "dog", "umbrella")] == [
         "an", "an", "a", "a", "an"]
 
@@ -114,3 +118,67 @@ def test_vocabulary_round_trip_and_word_lists(tmp_path, parser):
     assert loaded.objects == Counter({"car": 1, "tree": 1}) and loaded.attributes["colour"] == Counter({"red": 1})
     (tmp_path / "objects_vocab.txt").write_text("yolk\nwindow,windows\n")
     assert set(Vocabulary.load(tmp_path / "objects_vocab.txt").objects) == {"yolk", "window"}
+
+
+def test_inflections_of_related_words_are_excluded_too(parser):
+    found = negatives(parser, "A man walking a dog.", vocab(["guys", "gentlemen", "puppies", "cats", "tables"]))
+    replaced = {(n["from"], n["to"]) for n in found if n["kind"] == "replace_object"}
+    assert {to for frm, to in replaced if frm == "man"} == {"puppies", "cats", "tables"}
+    assert {to for frm, to in replaced if frm == "dog"} == {"guys", "gentlemen", "cats", "tables"}
+
+
+ODD_WORDS = ["apple", "hour", "unicorn", "Umbrella", "(red", "t-shirt", "ice cream", "x"]
+ODD_CAPTIONS = ["  A dog's toy, on the MAN'S   bed!! ", "An umbrella - and an hour-glass; next to an apple.",
+                "A cat can't see a dog", "Two dogs near a cat.", "Dogs run.", "A man in a red shirt."]
+
+
+def test_fast_slot_rendering_equals_the_general_rendering(parser):
+    """Replacements are rendered from cached pieces; they must equal a full re-rendering of the caption,
+    and the keys used for distinctness must equal the normalised texts."""
+    checked = 0
+    for caption in ODD_CAPTIONS:
+        doc = parser.nlp(caption)
+        graph = parse_doc(doc, caption)
+        text = negatives_module._Caption(doc, caption)
+        for obj in graph.objects:
+            pool = negatives_module._Pool.of(Counter({w: 1 for w in ODD_WORDS}), str)
+            slot = negatives_module._Slot(text, obj.head, obj.head, plural=obj.plural)
+            maker = negatives_module._Replacements(slot, pool, random.Random(0), kind="k", original="none",
+                                                   related_words=lambda w: frozenset())
+            keys: set[str] = set()
+            made = maker.take(len(ODD_WORDS), keys)
+            assert len(made) == len(ODD_WORDS) and maker.capacity == 0
+            assert keys == {normalise_for_comparison(n["text"]) for n in made}
+            for negative in made:
+                word = lexicon.pluralize(negative["to"]) if obj.plural else negative["to"]
+                assert negative["text"] == text.render({obj.head: word})[0]
+                checked += 1
+    assert checked > 50
+
+
+def test_weighted_draws_use_the_pool_up_without_repeats_and_favour_frequent_words():
+    words = Counter({f"w{i}": 1000 if i == 0 else 1 for i in range(300)})
+    pool = negatives_module._Pool.of(words, str)
+    excluded = frozenset({5, 6})
+    for seed in range(5):
+        draws = negatives_module._WeightedDraws(pool, random.Random(seed), excluded)
+        taken = draws.take(7) + draws.take(1000)
+        assert sorted(taken) == [i for i in range(300) if i not in excluded] and draws.take(5) == []
+    heavy = pool.words.index("w0")
+    first = [negatives_module._WeightedDraws(pool, random.Random(s)).take(1)[0] for s in range(300)]
+    assert first.count(heavy) > 200  # w0 holds 1000 / 1299 of the mass
+
+
+def test_shares_are_equal_within_capacities():
+    shares = negatives_module._shares
+    assert shares(100, [1000] * 4) == [25] * 4
+    uneven = shares(100, [3, 1000, 0, 1000])
+    assert uneven[0] == 3 and uneven[2] == 0 and sorted(uneven[1::2]) == [48, 49]
+    assert shares(10, [2, 3]) == [2, 3]
+
+
+def test_any_prefix_mixes_places_and_kinds(parser):
+    many = vocab([f"thing{i}" for i in range(300)], attributes={"colour": {"blue": 3}})
+    found = negatives(parser, "A white dog chasing a black cat on a red bench.", many, n=100)
+    assert len(found) == 100
+    assert len({(n["kind"], n["from"]) for n in found[:12]}) >= 5

@@ -169,6 +169,9 @@ _IRREGULAR_PLURALS = {"man": "men", "woman": "women", "child": "children", "pers
 _UNCHANGING = {"sheep", "fish", "deer", "cattle", "glasses", "jeans", "pants", "shorts", "scissors", "people",
                "series", "species", "aircraft", "food", "grass", "water", "furniture", "broccoli", "cheese"}
 _IRREGULAR_SINGULARS = {v: k for k, v in _IRREGULAR_PLURALS.items()}
+# "fireman" -> "firemen", but not these
+_MAN_NOT_MEN = {"human", "german", "shaman", "talisman", "caiman", "cayman", "ottoman", "roman", "doberman"}
+_MEN_NOT_MAN = {"specimen", "abdomen", "omen", "stamen", "semen", "regimen", "amen", "hymen"}
 
 
 def pluralize(noun: str) -> str:
@@ -176,6 +179,8 @@ def pluralize(noun: str) -> str:
         return noun
     if noun in _IRREGULAR_PLURALS:
         return _IRREGULAR_PLURALS[noun]
+    if noun.endswith("man") and noun not in _MAN_NOT_MEN:
+        return noun[:-3] + "men"
     if noun.endswith(("s", "x", "z", "ch", "sh")):
         return noun + "es"
     if noun.endswith("y") and len(noun) > 1 and noun[-2] not in "aeiou":
@@ -188,6 +193,8 @@ def singularize(noun: str) -> str:
         return noun
     if noun in _IRREGULAR_SINGULARS:
         return _IRREGULAR_SINGULARS[noun]
+    if noun.endswith("men") and noun not in _MEN_NOT_MAN:
+        return noun[:-3] + "man"
     if noun.endswith("ies") and len(noun) > 4:
         return noun[:-3] + "y"
     if noun.endswith(("ches", "shes", "xes", "sses", "zes")):

@@ -17,7 +17,7 @@ import math
 import random
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,12 +131,10 @@ def normalise_for_comparison(text: str) -> str:
     return " ".join(_lowered_without_punctuation(text).split())
 
 
-def _normalised_piece(text: str, mapped: str | None = None) -> str:
+def _normalised_piece(text: str) -> str:
     """normalise_for_comparison of a piece of a text, keeping one space where the piece starts or ends with
-    whitespace, so that a piece between two others joins them into the normalised whole.
-    `mapped`: the piece already lower-cased and with punctuation as spaces."""
-    if mapped is None:
-        mapped = _lowered_without_punctuation(text)
+    whitespace, so that a piece between two others joins them into the normalised whole."""
+    mapped = _lowered_without_punctuation(text)
     core = " ".join(mapped.split())
     if not core:
         return " " if mapped else ""
@@ -175,9 +173,23 @@ class _Caption:
         mapped = _lowered_without_punctuation(text)
         self.mapped = mapped if len(mapped) == len(text) else None  # lower() may change lengths ("İ")
 
-    def normalised_piece(self, start: int, end: int | None = None) -> str:
-        mapped = self.mapped[start:end] if self.mapped is not None else None
-        return _normalised_piece(self.text[start:end], mapped)
+    def _mapped(self, start: int, end: int | None) -> str:
+        if self.mapped is not None:
+            return self.mapped[start:end]
+        return _lowered_without_punctuation(self.text[start:end])
+
+    def normalised_before(self, index: int) -> str:
+        """The normalised text before character `index`, with one space at the end if a word boundary
+        is there: the normalised caption with an edit at `index` starts with it."""
+        mapped = self._mapped(0, index)
+        core = " ".join(mapped.split())
+        return core + " " if core and mapped[-1].isspace() else core
+
+    def normalised_after(self, index: int) -> str:
+        """Likewise for the text from character `index` on, with one space at the start."""
+        mapped = self._mapped(index, None)
+        core = " ".join(mapped.split())
+        return " " + core if core and mapped[0].isspace() else core
 
     def article_before(self, index: int) -> tuple[str, str, int] | None:
         """The indefinite article right before token `index`: (as written, the space after it, its start)."""
@@ -218,11 +230,9 @@ class _Slot:
         self.capital = caption.text[start : start + 1].isupper()
         self.article, self.article_space, article_start = caption.article_before(first) or (None, "", start)
         self.before, self.after = caption.text[:article_start], caption.text[end:]
-        self.before_normalised = caption.normalised_piece(0, article_start)
-        self.after_normalised = caption.normalised_piece(end)
         self.variant = (plural, self.capital, self.article, self.article_space)
-        self.stripped = (self.before.lstrip(), self.after.rstrip(), self.before_normalised.lstrip(),
-                         self.after_normalised.rstrip())
+        self.stripped = (self.before.lstrip(), self.after.rstrip(), caption.normalised_before(article_start),
+                         caption.normalised_after(end))
 
     def middle(self, word: str) -> tuple[str, str, bool]:
         """The replacement as written, normalised, and whether both have no space at either end (then
@@ -236,6 +246,9 @@ class _Slot:
     def render(self, middle: str) -> tuple[str, str]:
         text = (self.before + middle + self.after).strip()
         return text, normalise_for_comparison(text)
+
+
+_NO_WORDS: Counter = Counter()
 
 
 def _word_key(word: str) -> str:
@@ -338,27 +351,29 @@ class _Maker:
 
 
 class _Candidates(_Maker):
-    """A maker over a few candidates rendered one by one: swaps, reversals and count changes."""
+    """A few edits that change several tokens (swaps, reversals, count changes), rendered as taken.
+    Each edit is (token index -> new word, kind, from, to)."""
 
-    def __init__(self, candidates: Iterator[tuple[str, dict]], capacity: int):
-        self.candidates = candidates
-        self._capacity = capacity
-        self.exhausted = capacity == 0
+    def __init__(self, caption: _Caption, edits: list[tuple[dict[int, str], str, str, str]]):
+        self.caption = caption
+        self.edits = edits
+        self.next = 0
+        self.exhausted = not edits
 
     @property
     def capacity(self) -> int:
-        return self._capacity
+        return len(self.edits) - self.next
 
     def take(self, quota: int, taken: set[str]) -> list[dict]:
         found: list[dict] = []
-        for normalised, negative in self.candidates:
-            self._capacity -= 1
+        while len(found) < quota and self.next < len(self.edits):
+            changes, kind, original, replacement = self.edits[self.next]
+            self.next += 1
+            text, normalised = self.caption.render(changes)
             if normalised not in taken:
                 taken.add(normalised)
-                found.append(negative)
-                if len(found) == quota:
-                    return found
-        self.exhausted = True
+                found.append({"text": text, "kind": kind, "from": original, "to": replacement})
+        self.exhausted = self.next == len(self.edits)
         return found
 
 
@@ -443,11 +458,9 @@ class NegativeGenerator:
         for relation in graph.relations:
             if _contiguous(relation.tokens):
                 makers.append(self._replace_relation(doc, caption, relation, rng))
-            makers.append(_Candidates(self._reverse_relation(caption, graph, relation), 1))
-        pairs = len(graph.objects) * (len(graph.objects) - 1) // 2
-        makers.append(_Candidates(self._swap_objects(caption, graph), pairs))
-        attributes = sum(len(obj.attributes) for obj in graph.objects)
-        makers.append(_Candidates(self._swap_attributes(doc, caption, graph), attributes * (attributes - 1) // 2))
+        makers.append(_Candidates(caption, _reversals(graph)))
+        makers.append(_Candidates(caption, _object_swaps(graph)))
+        makers.append(_Candidates(caption, _attribute_swaps(doc, graph)))
         return makers
 
     def _pool(self, name: tuple, counts: Counter, key: Callable[[str], str] = _word_key) -> _Pool:
@@ -464,57 +477,56 @@ class NegativeGenerator:
     def _replace_attribute(self, doc, caption: _Caption, obj: SceneObject, text: str, index: int, rng
                            ) -> _Maker:
         group = _attribute_key(doc, text, index)
-        pool = self._pool(("attribute", group), self._attribute_pools.get(group, Counter()))
+        pool = self._pool(("attribute", group), self._attribute_pools.get(group, _NO_WORDS))
         if group != "count":
             return _Replacements(_Slot(caption, index, index), pool, rng, kind="replace_attribute", original=text,
                                  related_words=lexicon.related_words)
         if _part_of_longer_number(doc[index]):
-            return _Candidates(iter(()), 0)  # "twenty four": replacing "four" alone would break the number
-        return _Candidates(self._replace_count(caption, obj, text, index, pool, rng), len(pool.words))
-
-    @staticmethod
-    def _replace_count(caption: _Caption, obj: SceneObject, text: str, index: int, pool: _Pool, rng
-                       ) -> Iterator[tuple[str, dict]]:
-        for i in _WeightedDraws(pool, rng, pool.excluded(text, lexicon.related_words)).take(len(pool.words)):
-            word = pool.words[i]
-            rendered, normalised = caption.render({index: word, obj.head: _noun_for_count(obj, word)})
-            yield normalised, {"text": rendered, "kind": "replace_attribute", "from": text, "to": word}
+            return _Candidates(caption, [])  # "twenty four": replacing "four" alone would break the number
+        order = _WeightedDraws(pool, rng, pool.excluded(text, lexicon.related_words)).take(len(pool.words))
+        return _Candidates(caption, [({index: pool.words[i], obj.head: _noun_for_count(obj, pool.words[i])},
+                                      "replace_attribute", text, pool.words[i]) for i in order])
 
     def _replace_relation(self, doc, caption: _Caption, relation, rng) -> _Maker:
         shape = _shape(doc, relation.tokens)
-        pool = self._pool(("relation", shape), self.vocabulary.relations.get(shape, Counter()), key=str.lower)
+        pool = self._pool(("relation", shape), self.vocabulary.relations.get(shape, _NO_WORDS),
+                          key=str.lower)
         slot = _Slot(caption, relation.tokens[0], relation.tokens[-1])
         return _Replacements(slot, pool, rng, kind="replace_relation", original=relation.predicate,
                              related_words=_related_predicates)
 
-    def _reverse_relation(self, caption: _Caption, graph, relation) -> Iterator[tuple[str, dict]]:
+
+
+Edit = tuple[dict[int, str], str, str, str]  # token index -> new word, kind, from, to
+
+
+def _reversals(graph: SceneGraph) -> list[Edit]:
+    edits = []
+    for relation in graph.relations:
         subject, target = graph.objects[relation.subject], graph.objects[relation.object]
         if subject.name != target.name:
-            text, normalised = _swapped_heads(caption, subject, target)
-            yield normalised, {"text": text, "kind": "reverse_relation",
-                               "from": f"{subject.name} {relation.predicate} {target.name}",
-                               "to": f"{target.name} {relation.predicate} {subject.name}"}
+            edits.append((_swapped_heads(subject, target), "reverse_relation",
+                          f"{subject.name} {relation.predicate} {target.name}",
+                          f"{target.name} {relation.predicate} {subject.name}"))
+    return edits
 
-    def _swap_objects(self, caption: _Caption, graph) -> Iterator[tuple[str, dict]]:
-        objects = graph.objects
-        linked = {frozenset((r.subject, r.object)) for r in graph.relations}  # those are reverse_relation
-        for i in range(len(objects)):
-            for j in range(i + 1, len(objects)):
-                if frozenset((i, j)) not in linked and not lexicon.related(objects[i].name, objects[j].name):
-                    text, normalised = _swapped_heads(caption, objects[i], objects[j])
-                    yield normalised, {"text": text, "kind": "swap_objects", "from": objects[i].name,
-                                       "to": objects[j].name}
 
-    def _swap_attributes(self, doc, caption: _Caption, graph) -> Iterator[tuple[str, dict]]:
-        pairs = [(text, index) for obj in graph.objects for text, index in obj.attributes]
-        owners = {index: obj.head for obj in graph.objects for _, index in obj.attributes}
-        for a in range(len(pairs)):
-            for b in range(a + 1, len(pairs)):
-                (text_a, i), (text_b, j) = pairs[a], pairs[b]
-                same_group = _attribute_key(doc, text_a, i) == _attribute_key(doc, text_b, j) != "count"
-                if owners[i] != owners[j] and same_group and text_a != text_b:
-                    text, normalised = caption.render({i: text_b, j: text_a})
-                    yield normalised, {"text": text, "kind": "swap_attributes", "from": text_a, "to": text_b}
+def _object_swaps(graph: SceneGraph) -> list[Edit]:
+    objects = graph.objects
+    linked = {frozenset((r.subject, r.object)) for r in graph.relations}  # those are reversals
+    return [(_swapped_heads(objects[i], objects[j]), "swap_objects", objects[i].name, objects[j].name)
+            for i in range(len(objects)) for j in range(i + 1, len(objects))
+            if frozenset((i, j)) not in linked and not lexicon.related(objects[i].name, objects[j].name)]
+
+
+def _attribute_swaps(doc, graph: SceneGraph) -> list[Edit]:
+    """Two attributes of the same group on different objects trade places ("a white dog and a black cat")."""
+    attributes = [(text, index, obj.head, _attribute_key(doc, text, index))
+                  for obj in graph.objects for text, index in obj.attributes]
+    return [({i: text_b, j: text_a}, "swap_attributes", text_a, text_b)
+            for a, (text_a, i, owner_a, group_a) in enumerate(attributes)
+            for text_b, j, owner_b, group_b in attributes[a + 1 :]
+            if owner_a != owner_b and group_a == group_b != "count" and text_a != text_b]
 
 
 def _shares(total: int, capacities: list[int]) -> list[int]:
@@ -528,9 +540,9 @@ def _shares(total: int, capacities: list[int]) -> list[int]:
     return shares
 
 
-def _swapped_heads(caption: _Caption, first: SceneObject, second: SceneObject) -> tuple[str, str]:
-    return caption.render({first.head: lexicon.pluralize(second.name) if first.plural else second.name,
-                           second.head: lexicon.pluralize(first.name) if second.plural else first.name})
+def _swapped_heads(first: SceneObject, second: SceneObject) -> dict[int, str]:
+    return {first.head: lexicon.pluralize(second.name) if first.plural else second.name,
+            second.head: lexicon.pluralize(first.name) if second.plural else first.name}
 
 
 def _part_of_longer_number(token) -> bool:

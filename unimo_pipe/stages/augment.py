@@ -15,6 +15,7 @@ vocabulary used.
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -112,6 +113,9 @@ class Augment(Stage):
         from unimo_pipe.models.scene_graph import SceneGraphParser
 
         self.parser = SceneGraphParser(model=options.spacy_model, batch_size=options.batch_size)
+        # The model's objects live as long as the process: frozen, they are no longer walked by every full
+        # garbage collection (which made building scene graphs from fresh Docs ~2x slower).
+        gc.freeze()
         vocabulary = Vocabulary()
         if options.corpus_vocab:
             captions = [_clean(r.value.get("caption"), options)[0] for r in self.iter_records(options)
