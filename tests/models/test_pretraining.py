@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.pipeline.test_training_data import shards, tokenizer  # noqa: F401  (fixtures)
@@ -38,3 +39,27 @@ def test_every_objective_runs_and_trains_on_a_real_batch(shards, tokenizer):  # 
     pretraining.zero_grad()
     pretraining.visual(batch, torch.Generator().manual_seed(2)).backward()
     assert pretraining.class_head.weight.grad.abs().sum() > 0  # the KL to the soft labels trains the class head
+
+
+@pytest.mark.gpu
+def test_compiled_bf16_step_on_gpu_matches_eager(shards, tokenizer):  # noqa: F811
+    """The GPU path of `pretrain --compile`: inductor-compiled layers under bf16 autocast give the eager
+    losses (within bf16 noise) and keep training."""
+    examples = Examples(shards, "pair", tokenizer=tokenizer)
+    dataset = PairDataset(examples, sampling=Sampling(positives=1, negatives=3, retrieved_images=1, retrieved_texts=1))
+    batch = Collator(tokenizer).pairs([dataset[i] for i in range(4)])
+    batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    losses = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = UnifiedModel(tiny_encoder(len(tokenizer), hidden=64), region_dim=8)
+        pretraining = UnimoPretraining(model, vocab_size=len(tokenizer), mask_id=tokenizer.mask_token_id,
+                                       special_ids=[tokenizer.pad_token_id], soft_label_classes=5).cuda()
+        if compiled:
+            model.compile()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = pretraining(batch, torch.Generator().manual_seed(0), ObjectiveWeights())["loss"]
+        loss.backward()
+        assert model.region_feature.weight.grad is not None
+        losses.append(loss.item())
+    assert abs(losses[0] - losses[1]) < 0.05 * abs(losses[0]) + 1e-3

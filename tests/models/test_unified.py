@@ -73,3 +73,27 @@ def test_save_and_load_round_trip(tmp_path):
                    region_mask=region_mask)
     torch.testing.assert_close(a["hidden"], b["hidden"])
     assert (tmp_path / "ckpt" / "config.json").is_file() and (tmp_path / "ckpt" / "model.safetensors").is_file()
+
+
+def test_broadcast_padding_mask_equals_the_full_mask():
+    """Padding alone uses a (B, 1, 1, L) mask; an explicit all-allowed (L, L) pattern takes the full-mask
+    path. Both must give the same states."""
+    m = model()
+    ids, mask, features, boxes, region_mask = inputs()
+    kwargs = dict(text_ids=ids, text_mask=mask, region_features=features, region_boxes=boxes, region_mask=region_mask)
+    with torch.no_grad():
+        broadcast = m(**kwargs)["hidden"]
+        full = m(**kwargs, attention=torch.ones(13, 13, dtype=torch.bool))["hidden"]
+    torch.testing.assert_close(broadcast, full)
+
+
+def test_compile_keeps_parameter_names_and_outputs():
+    m = model()
+    ids, mask, *_ = inputs()
+    names = list(m.state_dict())
+    with torch.no_grad():
+        eager = m(text_ids=ids, text_mask=mask)["hidden"]
+        m.compile(backend="eager")  # the wiring; inductor's code generation is exercised by the GPU test
+        compiled = m(text_ids=ids, text_mask=mask)["hidden"]
+    assert list(m.state_dict()) == names
+    torch.testing.assert_close(eager, compiled)

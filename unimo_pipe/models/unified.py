@@ -79,14 +79,14 @@ class UnifiedModel(nn.Module):
             masks.append(text_mask.bool())
         hidden = torch.cat(parts, dim=1)
         keep = torch.cat(masks, dim=1)
-        allowed = keep[:, None, :].expand(-1, keep.shape[1], -1)
-        if attention is not None:
-            allowed = allowed & (attention if attention.dim() == 3 else attention[None]).bool()
-        additive = torch.zeros(allowed.shape, dtype=hidden.dtype, device=hidden.device)
-        additive = additive.masked_fill(~allowed, torch.finfo(hidden.dtype).min)[:, None]
-        states = self.encoder.encoder(hidden, attention_mask=additive)[0]
+        states = self.encoder.encoder(hidden, attention_mask=_additive_mask(keep, attention, hidden.dtype))[0]
         return {"hidden": states, "image": states[:, 0] if image_length else None,
                 "text": states[:, image_length] if text_ids is not None else None, "image_length": image_length}
+
+    def compile(self, **options) -> None:
+        """torch.compile the transformer layers in place (parameter names, and so checkpoints, unchanged);
+        the embedders and objectives around them stay eager."""
+        self.encoder.encoder.compile(**options)
 
     def save_pretrained(self, folder: Path) -> None:
         from safetensors.torch import save_file
@@ -121,3 +121,13 @@ def tiny_encoder(vocab_size: int, *, hidden: int = 32, layers: int = 2, heads: i
                           max_position_embeddings=600,
                           pad_token_id=1 if kind == "roberta" else 0)
     return AutoModel.from_config(config, add_pooling_layer=False, attn_implementation="sdpa")
+
+
+def _additive_mask(keep: torch.Tensor, attention: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """The additive attention mask: (B, 1, 1, L) over keys when only padding is masked, so that SDPA
+    broadcasts it instead of reading a (B, 1, L, L) tensor in every layer; (B, 1, L, L) when `attention`
+    (B, L, L) or (L, L) adds a pattern (seq2seq)."""
+    allowed = keep[:, None, None, :]
+    if attention is not None:
+        allowed = allowed & (attention if attention.dim() == 3 else attention[None]).bool()[:, None]
+    return torch.zeros(allowed.shape, dtype=dtype, device=keep.device).masked_fill(~allowed, torch.finfo(dtype).min)

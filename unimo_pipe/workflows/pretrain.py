@@ -122,13 +122,16 @@ class PretrainRecipe:
                                        special_ids=specials, temperature=o.temperature,
                                        in_batch_negatives=o.in_batch_negatives,
                                        soft_label_classes=classes).to(self.device)
+        if o.compile:
+            model.compile()
         self.trainer = self.module
         if self.world_size > 1:
             self.trainer = torch.nn.parallel.DistributedDataParallel(self.module, find_unused_parameters=True)
 
     def _setup_optimizer(self) -> None:
         o = self.options
-        self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=o.lr, weight_decay=o.weight_decay,
+                                           fused=self.device.type == "cuda")
 
         def schedule(step: int) -> float:
             if step < o.warmup_steps:

@@ -45,3 +45,5 @@ class PretrainOptions:
     eval_pairs: int = option(100, help="pairs used for zero-shot retrieval R@1/5/10", minimum=2)
     seed: int = option(0, help="seed of everything random")
     workers: int = option(2, help="DataLoader workers", minimum=0)
+    compile: bool = option(False, help="torch.compile the transformer layers (faster steps on GPU after a "
+                           "warm-up of a minute or two; checkpoints are unchanged)")
