@@ -11,6 +11,7 @@ from unimo_pipe.models.objectives import (
     cosine_scores,
     masked_region_losses,
     region_mask,
+    region_masks,
     seq2seq_attention,
     seq2seq_targets,
     span_mask,
@@ -146,3 +147,28 @@ def test_masked_region_losses():
     assert regression > 0 and kl > 0
     none = torch.zeros_like(masked)
     assert masked_region_losses(target, target, distribution, distribution, none)[0].item() == 0
+
+
+def test_span_masking_counts_per_row_in_a_ragged_batch():
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.randint(5, 1000, (6, 30), generator=generator)
+    special = torch.zeros_like(ids, dtype=torch.bool)
+    real_counts = [30, 1, 0, 7, 20, 14]
+    for row, count in enumerate(real_counts):
+        special[row, count:] = True  # padding and specials look the same to the masker
+    _, labels = span_mask(ids, special, mask_id=4, vocab_size=1000, generator=generator)
+    chosen = labels != -100
+    assert chosen.sum(1).tolist() == [round(0.15 * 30), 1, 0, 1, 3, 2]
+    assert not (chosen & special).any()
+
+
+def test_batched_region_masks_follow_each_image():
+    generator = torch.Generator().manual_seed(0)
+    grid = torch.tensor([[x, y, x + 0.09, y + 0.09] for x in torch.arange(0, 1, 0.1) for y in torch.arange(0, 1, 0.1)])
+    boxes = grid[None].repeat(3, 1, 1)
+    valid = torch.zeros(3, 100, dtype=torch.bool)
+    valid[0] = True
+    valid[1, 20:60] = True  # not a prefix
+    masks = region_masks(boxes, valid, generator=generator)
+    assert masks.sum(1).tolist() == [15, 6, 0]  # disjoint boxes: exactly 15% of each image's regions
+    assert not (masks & ~valid).any()

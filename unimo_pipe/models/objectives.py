@@ -32,35 +32,60 @@ def cmcl_loss(positive_scores: torch.Tensor, positive_mask: torch.Tensor, negati
     return (denominator - numerator).mean()
 
 
+def host_to(device: torch.device, values: torch.Tensor) -> torch.Tensor:
+    """A CPU tensor on `device`, copied without making the host wait for the GPU's queued work."""
+    if device.type == "cuda":
+        return values.pin_memory().to(device, non_blocking=True)
+    return values.to(device)
+
+
+def random_on(device: torch.device, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
+    """U(0, 1) numbers drawn from a CPU generator (so runs are reproducible on any device) on `device`."""
+    return host_to(device, torch.rand(shape, generator=generator))
+
+
+def _counts_at_rate(counts: torch.Tensor, rate: float) -> torch.Tensor:
+    """max(1, round(rate * n)) for rows with n > 0, else 0."""
+    return torch.where(counts > 0, (rate * counts.double()).round().clamp(min=1), 0).long()
+
+
 def span_mask(input_ids: torch.Tensor, special: torch.Tensor, *, mask_id: int, vocab_size: int,
               rate: float = 0.15, max_span: int = 3, generator: torch.Generator | None = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Bidirectional masking: spans (lengths uniform in 1..max_span) until `rate` of the real tokens, then
-    80% [MASK], 10% a random token, 10% unchanged. Returns (masked ids, labels with -100 elsewhere)."""
-    masked = input_ids.clone()
-    labels = torch.full_like(input_ids, -100)
-    for row in range(input_ids.shape[0]):
-        candidates = (~special[row]).nonzero().flatten()
-        target = max(1, round(rate * len(candidates))) if len(candidates) else 0
-        chosen = _spans(candidates, target, max_span, generator)
-        labels[row, chosen] = input_ids[row, chosen]
-        roll = torch.rand(len(chosen), generator=generator)
-        masked[row, chosen[roll < 0.8]] = mask_id
-        random_positions = chosen[(roll >= 0.8) & (roll < 0.9)]
-        masked[row, random_positions] = torch.randint(vocab_size, (len(random_positions),), generator=generator)
-    return masked, labels
+    80% [MASK], 10% a random token, 10% unchanged. Returns (masked ids, labels with -100 elsewhere).
 
-
-def _spans(candidates: torch.Tensor, target: int, max_span: int, generator) -> torch.Tensor:
-    chosen: set[int] = set()
-    positions = candidates.tolist()
-    while len(chosen) < target and positions:
-        start = int(torch.randint(len(positions), (1,), generator=generator))
-        length = int(torch.randint(1, max_span + 1, (1,), generator=generator))
-        for p in positions[start : start + length]:
-            if len(chosen) < target:
-                chosen.add(p)
-    return torch.tensor(sorted(chosen), dtype=torch.long)
+    Batched tensor operations on the ids' device (no per-row Python loop, no GPU sync): each row draws
+    as many spans as its target count over its real tokens, in order; the first `target` distinct
+    tokens they cover are masked (the last span cut short), and if overlapping spans cover too few,
+    random real tokens make up the count, so every row masks exactly round(rate * real tokens).
+    """
+    device, (batch, length) = input_ids.device, input_ids.shape
+    real = ~special.bool()
+    counts = real.sum(1)
+    targets = _counts_at_rate(counts, rate)
+    spans = max(1, int(targets.max()))
+    # candidate index -> token position: the row's real tokens first, in order
+    positions = torch.argsort((~real).long() * length + torch.arange(length, device=device), dim=1)
+    starts = (random_on(device, (batch, spans), generator) * counts[:, None]).long()
+    lengths = 1 + (random_on(device, (batch, spans), generator) * max_span).long()
+    offsets = torch.arange(max_span, device=device)
+    covered = starts[:, :, None] + offsets  # (B, spans, max_span) candidate indices, in drawing order
+    usable = (offsets < lengths[:, :, None]) & (covered < counts[:, None, None])
+    order = torch.arange(spans * max_span, device=device, dtype=torch.float).expand(batch, -1)
+    first_draw = torch.full((batch, length + 1), float("inf"), device=device)
+    first_draw.scatter_reduce_(1, torch.where(usable, covered, length).flatten(1), order, reduce="amin")
+    first_draw = first_draw[:, :length]
+    fill = spans * max_span + random_on(device, (batch, length), generator)  # after every span, random order
+    rank = torch.where(first_draw.isinf(), fill, first_draw)
+    rank = rank.masked_fill(torch.arange(length, device=device) >= counts[:, None], float("inf"))
+    chosen_candidates = rank.argsort(dim=1).argsort(dim=1) < targets[:, None]
+    chosen = torch.zeros_like(real).scatter(1, positions, chosen_candidates)
+    roll = random_on(device, (batch, length), generator)
+    random_tokens = (random_on(device, (batch, length), generator) * vocab_size).long()
+    masked = torch.where(chosen & (roll < 0.8), mask_id, input_ids)
+    masked = torch.where(chosen & (roll >= 0.8) & (roll < 0.9), random_tokens, masked)
+    return masked, torch.where(chosen, input_ids, -100)
 
 
 def seq2seq_targets(length: int, *, rate: float = 0.25, max_fragment: int = 4,
@@ -86,27 +111,30 @@ def seq2seq_attention(target: torch.Tensor) -> torch.Tensor:
 
 
 def box_iou(boxes: torch.Tensor) -> torch.Tensor:
-    """Pairwise IoU of (R, 4) xyxy boxes (normalised or pixels)."""
-    area = (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
-    top_left = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
-    bottom_right = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+    """Pairwise IoU of (..., R, 4) xyxy boxes (normalised or pixels): (..., R, R)."""
+    area = (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
+    top_left = torch.maximum(boxes[..., :, None, :2], boxes[..., None, :, :2])
+    bottom_right = torch.minimum(boxes[..., :, None, 2:], boxes[..., None, :, 2:])
     inter = (bottom_right - top_left).clamp(min=0).prod(dim=-1)
-    return inter / (area[:, None] + area[None, :] - inter).clamp(min=1e-9)
+    return inter / (area[..., :, None] + area[..., None, :] - inter).clamp(min=1e-9)
+
+
+def region_masks(boxes: torch.Tensor, valid: torch.Tensor, *, rate: float = 0.15, overlap: float = 0.3,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """UNIMO's visual masking for a batch of images, (B, R, 4) boxes and (B, R) valid regions: `rate` of
+    each image's regions, plus every region overlapping a masked one with IoU > `overlap` (so the answer
+    cannot be copied from a near-identical box). Tensor operations on the boxes' device."""
+    targets = _counts_at_rate(valid.sum(1), rate)
+    scores = random_on(boxes.device, tuple(valid.shape), generator).masked_fill(~valid, 2.0)
+    chosen = scores.argsort(dim=1).argsort(dim=1) < targets[:, None]
+    overlapping = ((box_iou(boxes.float()) > overlap) & chosen[:, :, None]).any(dim=1)
+    return chosen | (overlapping & valid)
 
 
 def region_mask(boxes: torch.Tensor, valid: torch.Tensor, *, rate: float = 0.15, overlap: float = 0.3,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """UNIMO's visual masking for one image: `rate` of the regions, plus every region overlapping a masked
-    one with IoU > `overlap` (so the answer cannot be copied from a near-identical box)."""
-    count = int(valid.sum())
-    mask = torch.zeros(len(boxes), dtype=torch.bool)
-    if count == 0:
-        return mask
-    chosen = torch.randperm(count, generator=generator)[: max(1, round(rate * count))]
-    mask[chosen] = True
-    overlaps = (box_iou(boxes[:count].float()) > overlap)[mask[:count]].any(dim=0)
-    mask[:count] |= overlaps
-    return mask
+    """region_masks for one image: (R, 4) boxes, (R,) valid."""
+    return region_masks(boxes[None], valid[None].bool(), rate=rate, overlap=overlap, generator=generator)[0]
 
 
 def masked_region_losses(predicted_features: torch.Tensor, target_features: torch.Tensor,

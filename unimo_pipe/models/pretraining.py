@@ -20,8 +20,9 @@ from torch import nn
 
 from unimo_pipe.models.objectives import (
     cmcl_loss,
+    host_to,
     masked_region_losses,
-    region_mask,
+    region_masks,
     seq2seq_attention,
     seq2seq_targets,
     span_mask,
@@ -89,11 +90,11 @@ class UnimoPretraining(nn.Module):
         special = torch.isin(ids, self.special_ids.to(ids.device)) | ~mask
         kwargs = _image_inputs(batch)  # none for text-only (corpus) batches
         if not seq2seq:
-            masked, labels = span_mask(ids.cpu(), special.cpu(), mask_id=self.mask_id, vocab_size=self.vocab_size,
+            masked, labels = span_mask(ids, special, mask_id=self.mask_id, vocab_size=self.vocab_size,
                                        generator=generator)
-            out = self.model(text_ids=masked.to(ids.device), text_mask=mask, **kwargs)
+            out = self.model(text_ids=masked, text_mask=mask, **kwargs)
             logits = self.lm_head(out["hidden"][:, out["image_length"]:])
-            return F.cross_entropy(logits.flatten(0, 1).float(), labels.to(ids.device).flatten(), ignore_index=-100)
+            return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
         return self._seq2seq(ids, mask, kwargs, generator)
 
     def _seq2seq(self, ids, mask, image_inputs, generator) -> torch.Tensor:
@@ -103,10 +104,10 @@ class UnimoPretraining(nn.Module):
         target = seq2seq_targets(length, generator=generator)
         target[0] = False  # the first text token ([CLS] / <s>) stays in the source
         full = torch.cat([torch.zeros(image_length, dtype=torch.bool), target])
-        attention = seq2seq_attention(full).to(ids.device)
+        attention = host_to(ids.device, seq2seq_attention(full))
         out = self.model(text_ids=ids, text_mask=mask, attention=attention, **image_inputs)
         states = out["hidden"][:, image_length:]
-        labels = torch.where(target.to(ids.device)[None] & mask, ids, torch.full_like(ids, -100))
+        labels = torch.where(host_to(ids.device, target)[None] & mask, ids, torch.full_like(ids, -100))
         logits = self.lm_head(states[:, :-1])
         return F.cross_entropy(logits.flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
 
@@ -114,8 +115,7 @@ class UnimoPretraining(nn.Module):
 
     def visual(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         features, boxes, valid = batch["region_features"], batch["region_boxes"], batch["region_mask"]
-        masked = torch.stack([region_mask(boxes[i, :, :4].float().cpu(), valid[i].cpu(), generator=generator)
-                              for i in range(len(features))]).to(features.device)
+        masked = region_masks(boxes[..., :4], valid.bool(), generator=generator)
         hidden_features = features.masked_fill(masked[..., None], 0)
         text = {"text_ids": batch["text_ids"], "text_mask": batch["text_mask"]} if "text_ids" in batch else {}
         out = self.model(region_features=hidden_features, region_boxes=boxes, region_mask=valid, **text)
