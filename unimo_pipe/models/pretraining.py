@@ -77,7 +77,8 @@ class UnimoPretraining(nn.Module):
             positive.append((F.cosine_similarity(encoded, texts[owner]), owner))
         if self.in_batch_negatives and size > 1:
             grid = F.cosine_similarity(images[:, None], texts[None], dim=-1)
-            rows, cols = torch.nonzero(~torch.eye(size, dtype=torch.bool, device=images.device), as_tuple=True)
+            rows, cols = (host_to(images.device, i) for i in torch.nonzero(~torch.eye(size, dtype=torch.bool),
+                                                                            as_tuple=True))
             negative.append((grid[rows, cols], rows))
         pos, pos_mask = _group(positive, size)
         neg, neg_mask = _group(negative, size)
