@@ -112,3 +112,38 @@ def test_two_process_gloo_run_with_torchrun(training_inputs, tmp_path):
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4]
     assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 4
     assert result.stdout.count('"step": 4') == 1  # only rank 0 reports
+
+
+def test_evaluate_a_saved_model_matches_the_zero_shot_figures(training_inputs, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert pretrain(training_inputs, out, "--steps", "40", "--lr", "3e-3", "--warmup-steps", "5",
+                    "--in-batch-negatives", "--weight-language", "0.1", "--weight-visual", "0.1") == 0
+    zero_shot = json.loads((out / "zero_shot.json").read_text())
+    capsys.readouterr()
+
+    def evaluate(*extra: str) -> dict:
+        assert main(["evaluate", "--model", str(out / "model"), "--shards", str(training_inputs / "shards"),
+                     "--tokenizer", str(training_inputs / "tok"), *extra]) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    whole = evaluate("--out", str(tmp_path / "recall.json"))
+    assert whole["pairs"] == whole["images"] == 12
+    assert {k: whole[k] for k in ("ir_r1", "ir_r5", "tr_r1", "chance_r1")} == {
+        k: zero_shot[f"zero_shot_{k}"] for k in ("ir_r1", "ir_r5", "tr_r1", "chance_r1")}
+    assert json.loads((tmp_path / "recall.json").read_text()) == whole
+    batched = evaluate("--batch-size", "5")  # other padding, same model: the same ranks up to float noise
+    assert all(abs(batched[k] - whole[k]) <= 1 / 12 for k in ("ir_r1", "tr_r1"))
+    assert main(["evaluate", "--model", str(tmp_path / "missing"), "--shards", str(training_inputs / "shards"),
+                 "--tokenizer", str(training_inputs / "tok")]) == 2
+    assert "missing" in capsys.readouterr().err
+
+
+def test_retrieval_recall_counts_an_image_once_and_any_of_its_captions():
+    import torch
+
+    from unimo_pipe.workflows.evaluate import retrieval_recall
+
+    images = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # image a has two captions
+    texts = torch.tensor([[1.0, 0.1], [0.1, 1.0], [0.0, 1.0]])  # the second caption of a looks like b
+    recall = retrieval_recall(images, texts, ["a", "a", "b"])
+    assert recall["ir_r1"] == round(2 / 3, 4) and recall["tr_r1"] == 1.0 and recall["chance_r1"] == 0.5

@@ -76,10 +76,13 @@ def _add_options_command(commands: Any, common: argparse.ArgumentParser, name: s
 
 
 def _add_tool_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    from unimo_pipe.workflows.evaluate_options import EvaluateOptions
     from unimo_pipe.workflows.pretrain_options import PretrainOptions
 
     _add_options_command(commands, common, "pretrain", "UNIMO pretraining (CMCL + language + visual) on shards; "
                          "runs under torchrun for DDP", PretrainOptions, _pretrain_command)
+    _add_options_command(commands, common, "evaluate", "image-text retrieval R@1/5/10 of a saved model on shards' "
+                         "pairs", EvaluateOptions, _evaluate_command)
     validate = commands.add_parser("validate", parents=[common], help="check a workflow or stage config")
     validate.add_argument("config", type=Path, help="workflow YAML (with steps:) or stage YAML (with stage:)")
     validate.add_argument("overrides", nargs="*", metavar="key=value")
@@ -215,6 +218,16 @@ def _pretrain_command(args: argparse.Namespace) -> int:
     history = run_pretraining(options)
     if history and int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps(history[-1]))
+    return 0
+
+
+def _evaluate_command(args: argparse.Namespace) -> int:
+    from unimo_pipe.pipeline.config import resolve_options
+    from unimo_pipe.workflows.evaluate import evaluate_retrieval
+    from unimo_pipe.workflows.evaluate_options import EvaluateOptions
+
+    print(json.dumps(evaluate_retrieval(resolve_options(EvaluateOptions, option_sources(EvaluateOptions, "evaluate",
+                                                                                        args)))))
     return 0
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from unimo_pipe.pipeline.jsonl import atomic_write, iter_jsonl, write_json_atomic
+from unimo_pipe.workflows.evaluate import retrieval_recall
 from unimo_pipe.workflows.pretrain_options import PretrainOptions
 
 logger = logging.getLogger("unimo_pipe")
@@ -240,7 +241,7 @@ class PretrainRecipe:
         texts = self.module.encode_texts(batch["text_ids"], batch["text_mask"])
         self.module.train()
         keys = [self.examples.keys[i] for i in range(count)]
-        return retrieval_recall(images.float(), texts.float(), keys)
+        return retrieval_recall(images, texts, keys, prefix="zero_shot_")
 
     def cleanup(self) -> None:
         if getattr(self, "board", None) is not None:
@@ -279,25 +280,6 @@ class _Stream:
                 self.batch_in_epoch += 1
                 return batch
             self.seek(self.epoch + 1, 0)
-
-
-def retrieval_recall(images: torch.Tensor, texts: torch.Tensor, image_keys: list[str]) -> dict[str, float]:
-    """R@1/5/10 for text->image (the caption's own image) and image->text (any of its captions)."""
-    unique = list(dict.fromkeys(image_keys))
-    first = {key: image_keys.index(key) for key in unique}
-    image_vectors = torch.nn.functional.normalize(images[[first[k] for k in unique]], dim=-1)
-    text_vectors = torch.nn.functional.normalize(texts, dim=-1)
-    scores = text_vectors @ image_vectors.T  # (texts, images)
-    truth = torch.tensor([unique.index(k) for k in image_keys])
-    result = {}
-    for k in (1, 5, 10):
-        top = scores.topk(min(k, len(unique)), dim=1).indices
-        result[f"zero_shot_ir_r{k}"] = round(float((top == truth[:, None]).any(1).float().mean()), 4)
-        top_texts = scores.T.topk(min(k, len(image_keys)), dim=1).indices
-        hits = [bool((truth[top_texts[i]] == i).any()) for i in range(len(unique))]
-        result[f"zero_shot_tr_r{k}"] = round(sum(hits) / len(unique), 4)
-    result["zero_shot_chance_r1"] = round(1 / len(unique), 4)
-    return result
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
