@@ -147,3 +147,37 @@ def test_retrieval_recall_counts_an_image_once_and_any_of_its_captions():
     texts = torch.tensor([[1.0, 0.1], [0.1, 1.0], [0.0, 1.0]])  # the second caption of a looks like b
     recall = retrieval_recall(images, texts, ["a", "a", "b"])
     assert recall["ir_r1"] == round(2 / 3, 4) and recall["tr_r1"] == 1.0 and recall["chance_r1"] == 0.5
+
+
+def test_finetune_starts_from_the_saved_model_and_learns_retrieval(training_inputs, tmp_path, capsys):
+    pretrained = tmp_path / "pretrained"
+    assert pretrain(training_inputs, pretrained, "--steps", "5", "--warmup-steps", "1") == 0
+    common = ["--shards", str(training_inputs / "shards"), "--tokenizer", str(training_inputs / "tok"),
+              "--model", str(pretrained / "model"), "--batch-size", "6", "--workers", "0",
+              "--eval-shards", str(training_inputs / "shards")]
+    # lr 0: the fine-tuned model is the loaded one, so its figures are the `evaluate` command's
+    assert main(["finetune", *common, "--out", str(tmp_path / "still"), "--steps", "1", "--lr", "0"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(pretrained / "model"), "--shards", str(training_inputs / "shards"),
+                 "--tokenizer", str(training_inputs / "tok"), "--batch-size", "6"]) == 0
+    loaded = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    still = json.loads((tmp_path / "still" / "retrieval.json").read_text())
+    assert {k: still[k] for k in ("ir_r1", "ir_r5", "tr_r1")} == {k: loaded[k] for k in ("ir_r1", "ir_r5", "tr_r1")}
+
+    assert main(["finetune", *common, "--out", str(tmp_path / "tuned"), "--steps", "120", "--lr", "3e-3",
+                 "--warmup-steps", "5", "--log-every", "1"]) == 0
+    rows = read_jsonl(tmp_path / "tuned" / "metrics.jsonl")
+    assert "loss_mlm" not in rows[0] and "loss_mrm" not in rows[0]  # retrieval only
+    assert np.mean([r["loss_cmcl"] for r in rows[-10:]]) < 0.5 * np.mean([r["loss_cmcl"] for r in rows[:10]])
+    tuned = json.loads((tmp_path / "tuned" / "retrieval.json").read_text())
+    assert tuned["ir_r1"] > 2 * tuned["chance_r1"] and (tmp_path / "tuned" / "model" / "config.json").is_file()
+
+
+def test_finetune_needs_a_model_and_refuses_init_with_model(training_inputs, tmp_path, capsys):
+    base = ["--shards", str(training_inputs / "shards"), "--tokenizer", str(training_inputs / "tok"),
+            "--out", str(tmp_path / "o")]
+    assert main(["finetune", *base]) == 2
+    assert "model" in capsys.readouterr().err
+    (tmp_path / "m").mkdir()
+    assert main(["pretrain", *base, "--init", "roberta-base", "--model", str(tmp_path / "m")]) == 2
+    assert "not both" in capsys.readouterr().err

@@ -77,10 +77,13 @@ def _add_options_command(commands: Any, common: argparse.ArgumentParser, name: s
 
 def _add_tool_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     from unimo_pipe.workflows.evaluate_options import EvaluateOptions
-    from unimo_pipe.workflows.pretrain_options import PretrainOptions
+    from unimo_pipe.workflows.pretrain_options import FinetuneOptions, PretrainOptions
 
     _add_options_command(commands, common, "pretrain", "UNIMO pretraining (CMCL + language + visual) on shards; "
                          "runs under torchrun for DDP", PretrainOptions, _pretrain_command)
+    _add_options_command(commands, common, "finetune", "image-text retrieval fine-tuning of a pretrained model "
+                         "(CMCL with in-batch negatives); runs under torchrun for DDP", FinetuneOptions,
+                         _pretrain_command)
     _add_options_command(commands, common, "evaluate", "image-text retrieval R@1/5/10 of a saved model on shards' "
                          "pairs", EvaluateOptions, _evaluate_command)
     validate = commands.add_parser("validate", parents=[common], help="check a workflow or stage config")
@@ -211,11 +214,13 @@ _CHATTY_LIBRARIES = ("faiss", "sentence_transformers", "transformers", "urllib3"
 
 def _pretrain_command(args: argparse.Namespace) -> int:
     from unimo_pipe.pipeline.config import resolve_options
-    from unimo_pipe.workflows.pretrain import run_pretraining
-    from unimo_pipe.workflows.pretrain_options import PretrainOptions
+    from unimo_pipe.workflows.pretrain import FinetuneRecipe, PretrainRecipe, run_pretraining
+    from unimo_pipe.workflows.pretrain_options import FinetuneOptions, PretrainOptions
 
-    options = resolve_options(PretrainOptions, option_sources(PretrainOptions, "pretrain", args))
-    history = run_pretraining(options)
+    options_class, recipe = (FinetuneOptions, FinetuneRecipe) if args.command == "finetune" else \
+        (PretrainOptions, PretrainRecipe)
+    options = resolve_options(options_class, option_sources(options_class, args.command, args))
+    history = run_pretraining(options, recipe)
     if history and int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps(history[-1]))
     return 0

@@ -37,30 +37,42 @@ def retrieval_recall(images: torch.Tensor, texts: torch.Tensor, image_keys: list
 
 
 @torch.no_grad()
-def evaluate_retrieval(options: EvaluateOptions) -> dict[str, Any]:
-    from transformers import AutoTokenizer
+def encode_pairs(model, examples, collator, *, count: int, batch_size: int, device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """[IMG] and caption vectors of the first `count` pairs, encoded separately in batches, and the pairs'
+    image keys."""
+    from unimo_pipe.pipeline.training_data import PairDataset, Sampling
 
-    from unimo_pipe.models.unified import UnifiedModel
-    from unimo_pipe.pipeline.training_data import Collator, Examples, PairDataset, Sampling
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = UnifiedModel.from_pretrained(options.model).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(options.tokenizer)
-    examples = Examples(options.shards, "pair", tokenizer=tokenizer, max_text_tokens=options.max_text_tokens,
-                        max_regions=options.max_regions)
     dataset = PairDataset(examples, sampling=Sampling(0, 0, 0, 0))
-    collator = Collator(tokenizer, max_text_tokens=options.max_text_tokens)
-    count = min(options.pairs or len(dataset), len(dataset))
+    was_training = model.training
+    model.eval()
     images, texts = [], []
-    for start in range(0, count, options.batch_size):
-        batch = collator.pairs([dataset[i] for i in range(start, min(start + options.batch_size, count))])
+    for start in range(0, count, batch_size):
+        batch = collator.pairs([dataset[i] for i in range(start, min(start + batch_size, count))])
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             images.append(model(region_features=batch["region_features"], region_boxes=batch["region_boxes"],
                                 region_mask=batch["region_mask"])["image"].float())
             texts.append(model(text_ids=batch["text_ids"], text_mask=batch["text_mask"])["text"].float())
-    keys = [examples.keys[i] for i in range(count)]
-    result = retrieval_recall(torch.cat(images), torch.cat(texts), keys)
+    model.train(was_training)
+    return torch.cat(images), torch.cat(texts), [examples.keys[i] for i in range(count)]
+
+
+def evaluate_retrieval(options: EvaluateOptions) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    from unimo_pipe.models.unified import UnifiedModel
+    from unimo_pipe.pipeline.training_data import Collator, Examples
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = UnifiedModel.from_pretrained(options.model).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(options.tokenizer)
+    examples = Examples(options.shards, "pair", tokenizer=tokenizer, max_text_tokens=options.max_text_tokens,
+                        max_regions=options.max_regions)
+    count = min(options.pairs or len(examples.keys), len(examples.keys))
+    images, texts, keys = encode_pairs(model, examples, Collator(tokenizer, max_text_tokens=options.max_text_tokens),
+                                       count=count, batch_size=options.batch_size, device=device)
+    result = retrieval_recall(images, texts, keys)
     result.update(pairs=count, images=len(set(keys)))
     if options.out is not None:
         from unimo_pipe.pipeline.jsonl import write_json_atomic

@@ -3,6 +3,8 @@
     torchrun --nproc-per-node 8 -m unimo_pipe pretrain --shards runs/shards --tokenizer roberta-base \
         --init roberta-base --out runs/pretrain
 
+`finetune` (FinetuneRecipe) is the same loop started from a saved model with retrieval defaults.
+
 Exact resume: every step seeds its own randomness from (seed, step, rank) and batches come from the data
 layer's BatchPlan at a saved (epoch, batch) position, so a run resumed from a checkpoint repeats the
 uninterrupted run's losses. Metrics go to OUT/metrics.jsonl (rank 0), rewritten on resume so no line is
@@ -20,15 +22,21 @@ from typing import Any
 
 import torch
 
+from unimo_pipe.pipeline.errors import UserError
 from unimo_pipe.pipeline.jsonl import atomic_write, iter_jsonl, write_json_atomic
-from unimo_pipe.workflows.evaluate import retrieval_recall
+from unimo_pipe.workflows.evaluate import encode_pairs, retrieval_recall
 from unimo_pipe.workflows.pretrain_options import PretrainOptions
 
 logger = logging.getLogger("unimo_pipe")
 
 
 class PretrainRecipe:
+    metric_prefix = "zero_shot_"  # retrieval after pretraining alone is zero-shot
+    eval_file = "zero_shot.json"
+
     def __init__(self, options: PretrainOptions):
+        if options.init and options.model is not None:
+            raise UserError("give --init (an encoder to start from) or --model (a saved unimo-pipe model), not both")
         self.options = options
 
     # -- setup --
@@ -77,6 +85,7 @@ class PretrainRecipe:
         self.tokenizer = AutoTokenizer.from_pretrained(o.tokenizer)
         self.collator = Collator(self.tokenizer, max_text_tokens=o.max_text_tokens)
         self.examples = self._examples("pair")
+        self.eval_examples = self._examples("pair", o.eval_shards) if o.eval_shards is not None else None
         sampling = Sampling(o.positives, o.negatives, o.retrieved_images, o.retrieved_texts)
         self.dataset = PairDataset(self.examples, sampling=sampling, seed=o.seed)
         self.streams = {"pair": self._stream(self.dataset, self.examples, self.collator.pairs)}
@@ -88,11 +97,11 @@ class PretrainRecipe:
             images = self._examples("image")
             self.streams["image"] = self._stream(ImageDataset(images), images, self.collator.images)
 
-    def _examples(self, kind: str):
+    def _examples(self, kind: str, shards: Path | None = None):
         from unimo_pipe.pipeline.training_data import Examples
 
         o = self.options
-        return Examples(o.shards, kind, tokenizer=self.tokenizer, max_text_tokens=o.max_text_tokens,
+        return Examples(shards or o.shards, kind, tokenizer=self.tokenizer, max_text_tokens=o.max_text_tokens,
                         max_regions=o.max_regions)
 
     def _stream(self, dataset, examples, collate) -> _Stream:
@@ -112,7 +121,12 @@ class PretrainRecipe:
         region_dim = sample["features"].shape[1]
         classes = sample["soft_labels"].shape[1] if "soft_labels" in sample else 1601
         torch.manual_seed(o.seed)
-        if o.init:
+        if o.model is not None:
+            model = UnifiedModel.from_pretrained(o.model)
+            if model.region_dim != region_dim:
+                raise UserError(f"{o.model} takes {model.region_dim}-d region features but {o.shards} holds "
+                                f"{region_dim}-d ones: use shards made with the same detector")
+        elif o.init:
             model = UnifiedModel.from_encoder(o.init, region_dim=region_dim)
         else:
             model = UnifiedModel(tiny_encoder(len(self.tokenizer), hidden=o.tiny_hidden), region_dim=region_dim)
@@ -230,18 +244,14 @@ class PretrainRecipe:
         if self.step % o.checkpoint_every == 0 or self.step == o.steps:
             self.save_checkpoint()
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Zero-shot image-text retrieval (R@1/5/10 both ways) on the first eval_pairs pairs."""
-        self.module.eval()
-        count = min(self.options.eval_pairs, len(self.dataset))
-        items = [self.dataset[i] for i in range(count)]
-        batch = _to_device(self.collator.pairs(items), self.device)
-        images = self.module.encode_images(batch["region_features"], batch["region_boxes"], batch["region_mask"])
-        texts = self.module.encode_texts(batch["text_ids"], batch["text_mask"])
-        self.module.train()
-        keys = [self.examples.keys[i] for i in range(count)]
-        return retrieval_recall(images, texts, keys, prefix="zero_shot_")
+        """Image-text retrieval (R@1/5/10 both ways) on the first eval_pairs pairs of --eval-shards, or of
+        the training shards."""
+        examples = self.eval_examples or self.examples
+        count = min(self.options.eval_pairs, len(examples.keys))
+        images, texts, keys = encode_pairs(self.module.model, examples, self.collator, count=count,
+                                           batch_size=self.options.batch_size, device=self.device)
+        return retrieval_recall(images, texts, keys, prefix=self.metric_prefix)
 
     def cleanup(self) -> None:
         if getattr(self, "board", None) is not None:
@@ -286,14 +296,22 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def run_pretraining(options: PretrainOptions) -> list[dict[str, Any]]:
-    recipe = PretrainRecipe(options)
+class FinetuneRecipe(PretrainRecipe):
+    """Retrieval fine-tuning: the same loop from a saved model, with FinetuneOptions' defaults."""
+
+    metric_prefix = ""
+    eval_file = "retrieval.json"
+
+
+def run_pretraining(options: PretrainOptions, recipe_class: type[PretrainRecipe] = PretrainRecipe
+                    ) -> list[dict[str, Any]]:
+    recipe = recipe_class(options)
     recipe.setup()
     try:
         history = recipe.train()
         final = recipe.evaluate()
         if recipe.rank == 0:
-            write_json_atomic(options.out / "zero_shot.json", final)
+            write_json_atomic(options.out / recipe.eval_file, final)
         if history:
             history[-1].update(final)
         return history

@@ -15,6 +15,8 @@ class PretrainOptions:
     tokenizer: str = option("", help="transformers tokenizer: local folder or cached hub id", required=True)
     init: str = option("", help="encoder to start from (hub id or folder, e.g. roberta-base); empty: a tiny "
                        "random encoder (tests and demos only)")
+    model: Path | None = option(None, help="start from a saved unimo-pipe model instead (pretrain's OUT/model)",
+                                must_exist=True, metavar="DIR")
     out: Path | None = option(None, help="output folder", required=True, metavar="DIR")
     steps: int = option(1000, help="optimizer steps", minimum=1)
     batch_size: int = option(32, help="pairs per rank per micro-batch", minimum=1)
@@ -42,8 +44,26 @@ class PretrainOptions:
     checkpoint_every: int = option(100, help="steps between checkpoints", minimum=1)
     eval_every: int = option(0, help="steps between zero-shot retrieval evaluations (0: at the end only)",
                              minimum=0)
-    eval_pairs: int = option(100, help="pairs used for zero-shot retrieval R@1/5/10", minimum=2)
+    eval_pairs: int = option(100, help="pairs used for retrieval R@1/5/10", minimum=2)
+    eval_shards: Path | None = option(None, help="held-out shards to evaluate on (default: the first training "
+                                      "pairs)", must_exist=True, metavar="DIR")
     seed: int = option(0, help="seed of everything random")
     workers: int = option(2, help="DataLoader workers", minimum=0)
     compile: bool = option(False, help="torch.compile the transformer layers (faster steps on GPU after a "
                            "warm-up of a minute or two; checkpoints are unchanged)")
+
+
+@dataclass
+class FinetuneOptions(PretrainOptions):
+    """`finetune`: image-text retrieval from a pretrained model: CMCL with the batch's other pairs as
+    negatives (plus the shards' hard negatives and positives, if any), no language or region modelling."""
+
+    model: Path | None = option(None, help="the pretrained model (pretrain's OUT/model)", required=True,
+                                must_exist=True, metavar="DIR")
+    lr: float = option(2e-5, help="peak learning rate", minimum=0.0)
+    steps: int = option(500, help="optimizer steps", minimum=1)
+    warmup_steps: int = option(50, help="linear warmup, then linear decay to 0", minimum=0)
+    in_batch_negatives: bool = option(True, help="use the other pairs of the batch as negatives")
+    weight_language: float = option(0.0, help="weight of masked / seq2seq language modelling", minimum=0.0)
+    weight_visual: float = option(0.0, help="weight of masked region modelling", minimum=0.0)
+    single_modal: bool = option(False, help="also learn from text-only and image-only data")
