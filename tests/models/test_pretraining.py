@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.pipeline.test_training_data import shards, tokenizer  # noqa: F401  (fixtures)
+from unimo_pipe.models.objectives import region_classification_loss
 from unimo_pipe.models.pretraining import ObjectiveWeights, UnimoPretraining, _group
 from unimo_pipe.models.unified import UnifiedModel, tiny_encoder
 from unimo_pipe.pipeline.training_data import Collator, Examples, PairDataset, Sampling
@@ -17,15 +19,41 @@ def test_group_pads_scores_by_owner():
     assert mask.tolist() == [[True, False, False], [True, True, True], [False, False, False]]
 
 
-def test_every_objective_runs_and_trains_on_a_real_batch(shards, tokenizer):  # noqa: F811
-    examples = Examples(shards, "pair", tokenizer=tokenizer)
-    dataset = PairDataset(examples, sampling=Sampling(positives=1, negatives=3, retrieved_images=1, retrieved_texts=1))
+def tiny_setup(shards, tokenizer, sampling: Sampling, *, hidden: int = 32, **options):  # noqa: F811
+    """A batch of 4 pairs from the test shards, and a tiny model with its objectives."""
+    dataset = PairDataset(Examples(shards, "pair", tokenizer=tokenizer), sampling=sampling)
     batch = Collator(tokenizer).pairs([dataset[i] for i in range(4)])
     torch.manual_seed(0)
-    model = UnifiedModel(tiny_encoder(len(tokenizer)), region_dim=8)
-    specials = [tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id]
+    model = UnifiedModel(tiny_encoder(len(tokenizer), hidden=hidden), region_dim=8)
     pretraining = UnimoPretraining(model, vocab_size=len(tokenizer), mask_id=tokenizer.mask_token_id,
-                                   special_ids=specials, in_batch_negatives=True, soft_label_classes=5)
+                                   soft_label_classes=5, **options)
+    return batch, model, pretraining
+
+
+def test_uniter_and_unicoder_objectives_run_and_reach_their_heads(shards, tokenizer):  # noqa: F811
+    batch, model, pretraining = tiny_setup(shards, tokenizer, Sampling(1, 2, 0, 0),
+                                           special_ids=[tokenizer.pad_token_id])
+    weights = ObjectiveWeights(cmcl=0, language=0, visual=0, matching=1, classification=1)
+    losses = pretraining(batch, torch.Generator().manual_seed(0), weights)
+    assert set(losses) == {"loss", "loss_itm", "loss_mrm", "loss_moc"}
+    torch.testing.assert_close(losses["loss"], losses["loss_itm"] + losses["loss_moc"])
+    losses["loss"].backward()
+    assert pretraining.match_head.weight.grad.abs().sum() > 0 and pretraining.class_head.weight.grad.abs().sum() > 0
+    assert pretraining.lm_head.weight.grad is None
+
+
+def test_region_classification_targets_the_detectors_top_class():
+    logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 1.0]]])
+    soft = torch.tensor([[[0.1, 0.7, 0.2], [0.1, 0.8, 0.1], [0.5, 0.3, 0.2]]])
+    masked = torch.tensor([[True, True, False]])
+    expected = F.cross_entropy(logits[0, :2], torch.tensor([1, 1]))  # both masked regions' top class is 1
+    torch.testing.assert_close(region_classification_loss(logits, soft, masked), expected)
+
+
+def test_every_objective_runs_and_trains_on_a_real_batch(shards, tokenizer):  # noqa: F811
+    specials = [tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id]
+    batch, model, pretraining = tiny_setup(shards, tokenizer, Sampling(1, 3, 1, 1), special_ids=specials,
+                                           in_batch_negatives=True)
     assert batch["region_soft_labels"].shape[-1] == 5
     generator = torch.Generator().manual_seed(0)
     losses = pretraining(batch, generator, ObjectiveWeights())
@@ -45,16 +73,12 @@ def test_every_objective_runs_and_trains_on_a_real_batch(shards, tokenizer):  # 
 def test_compiled_bf16_step_on_gpu_matches_eager(shards, tokenizer):  # noqa: F811
     """The GPU path of `pretrain --compile`: inductor-compiled layers under bf16 autocast give the eager
     losses (within bf16 noise) and keep training."""
-    examples = Examples(shards, "pair", tokenizer=tokenizer)
-    dataset = PairDataset(examples, sampling=Sampling(positives=1, negatives=3, retrieved_images=1, retrieved_texts=1))
-    batch = Collator(tokenizer).pairs([dataset[i] for i in range(4)])
-    batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     losses = []
     for compiled in (False, True):
-        torch.manual_seed(0)
-        model = UnifiedModel(tiny_encoder(len(tokenizer), hidden=64), region_dim=8)
-        pretraining = UnimoPretraining(model, vocab_size=len(tokenizer), mask_id=tokenizer.mask_token_id,
-                                       special_ids=[tokenizer.pad_token_id], soft_label_classes=5).cuda()
+        batch, model, pretraining = tiny_setup(shards, tokenizer, Sampling(1, 3, 1, 1), hidden=64,
+                                               special_ids=[tokenizer.pad_token_id])
+        batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        pretraining.cuda()
         if compiled:
             model.compile()
         with torch.autocast("cuda", dtype=torch.bfloat16):

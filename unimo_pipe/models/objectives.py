@@ -148,3 +148,13 @@ def masked_region_losses(predicted_features: torch.Tensor, target_features: torc
     log_predicted = F.log_softmax(predicted_logits[masked].float(), dim=-1)
     kl = F.kl_div(log_predicted, target_distribution[masked].float(), reduction="batchmean")
     return regression, kl
+
+
+def region_classification_loss(predicted_logits: torch.Tensor, target_distribution: torch.Tensor,
+                               masked: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the masked regions against the detector's most likely class (MOC / MRC)."""
+    logits = predicted_logits.float().flatten(0, 1)
+    labels = torch.where(masked.flatten(), target_distribution.flatten(0, 1).argmax(-1), -100)
+    if not bool(masked.any()):
+        return logits.sum() * 0
+    return F.cross_entropy(logits, labels, ignore_index=-100)

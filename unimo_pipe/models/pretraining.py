@@ -8,6 +8,13 @@
   per step, on captions conditioned on their image.
 - Visual: 15% of regions (plus IoU > 0.3 neighbours) zeroed; their features regressed and, where the
   store has soft labels, their class distributions matched (KL).
+
+UNITER's and Unicoder-VL's objectives, off by default (UNIMO does not use them):
+- Matching (UNITER's ITM, Unicoder-VL's VLM): the pair encoded jointly, its first text token classified
+  as matched or not; mismatches are each image with another pair's caption and, when the shards have
+  them, with one of its scene-graph hard negatives.
+- Region classification (Unicoder-VL's MOC, UNITER's MRC): masked regions classified as the detector's
+  most likely class (cross-entropy), beside the KL to its whole distribution.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from unimo_pipe.models.objectives import (
     cmcl_loss,
     host_to,
     masked_region_losses,
+    region_classification_loss,
     region_masks,
     seq2seq_attention,
     seq2seq_targets,
@@ -35,6 +43,8 @@ class ObjectiveWeights:
     cmcl: float = 1.0
     language: float = 1.0
     visual: float = 1.0
+    matching: float = 0.0
+    classification: float = 0.0
 
 
 class UnimoPretraining(nn.Module):
@@ -46,6 +56,7 @@ class UnimoPretraining(nn.Module):
         self.lm_head = nn.Linear(hidden, vocab_size)
         self.feature_head = nn.Linear(hidden, model.region_dim)
         self.class_head = nn.Linear(hidden, soft_label_classes)
+        self.match_head = nn.Linear(hidden, 2)
         self.vocab_size, self.mask_id = vocab_size, mask_id
         self.register_buffer("special_ids", torch.tensor(special_ids, dtype=torch.long), persistent=False)
         self.temperature, self.in_batch_negatives = temperature, in_batch_negatives
@@ -115,6 +126,11 @@ class UnimoPretraining(nn.Module):
     # -- visual --
 
     def visual(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        """Masked region modelling: feature regression, plus KL to the soft labels where there are some."""
+        return self._regions(batch, generator)[0]
+
+    def _regions(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(masked region modelling loss, region classification loss or None without soft labels)."""
         features, boxes, valid = batch["region_features"], batch["region_boxes"], batch["region_mask"]
         masked = region_masks(boxes[..., :4], valid.bool(), generator=generator)
         hidden_features = features.masked_fill(masked[..., None], 0)
@@ -123,36 +139,73 @@ class UnimoPretraining(nn.Module):
         regions = out["hidden"][:, 1 : out["image_length"]]
         predicted = self.feature_head(regions)
         if "region_soft_labels" in batch:
-            regression, kl = masked_region_losses(predicted, features, self.class_head(regions),
-                                                  batch["region_soft_labels"], masked)
-            return regression + kl
+            logits, labels = self.class_head(regions), batch["region_soft_labels"]
+            regression, kl = masked_region_losses(predicted, features, logits, labels, masked)
+            return regression + kl, region_classification_loss(logits, labels, masked)
         if not bool(masked.any()):
-            return predicted.sum() * 0
-        return F.mse_loss(predicted[masked].float(), features[masked].float())
+            return predicted.sum() * 0, None
+        return F.mse_loss(predicted[masked].float(), features[masked].float()), None
+
+    # -- matching --
+
+    def matching(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        """Image-text matching on the pair batch: every pair (label 1), every image with the caption of the
+        pair `shift` places on (0), and every image with its first hard negative, if it has one (0)."""
+        size = batch["text_ids"].shape[0]
+        shift = 1 + int(torch.randint(max(size - 1, 1), (1,), generator=generator))
+        rows = torch.arange(size, device=batch["text_ids"].device)
+        texts = [(batch["text_ids"], batch["text_mask"]),
+                 (batch["text_ids"].roll(-shift, 0), batch["text_mask"].roll(-shift, 0))] if size > 1 else \
+            [(batch["text_ids"], batch["text_mask"])]
+        images = [rows] * len(texts)
+        labels = [torch.ones(size, dtype=torch.long, device=rows.device)] + \
+            [torch.zeros(size, dtype=torch.long, device=rows.device)] * (len(texts) - 1)
+        if batch.get("negatives_ids") is not None and batch["negatives_ids"].shape[0]:
+            owners = batch["negatives_owner"].to(rows.device)
+            first = torch.ones_like(owners, dtype=torch.bool)
+            first[1:] = owners[1:] != owners[:-1]  # owners come grouped: one hard negative per pair
+            texts.append((batch["negatives_ids"][first], batch["negatives_mask"][first]))
+            images.append(owners[first])
+            labels.append(torch.zeros_like(owners[first]))
+        length = max(ids.shape[1] for ids, _ in texts)
+        ids = torch.cat([F.pad(ids, (0, length - ids.shape[1])) for ids, _ in texts])
+        mask = torch.cat([F.pad(m, (0, length - m.shape[1])) for _, m in texts])
+        image = torch.cat(images)
+        out = self.model(text_ids=ids, text_mask=mask, region_features=batch["region_features"][image],
+                         region_boxes=batch["region_boxes"][image], region_mask=batch["region_mask"][image])
+        return F.cross_entropy(self.match_head(out["text"]).float(), torch.cat(labels))
 
     def forward(self, batch: dict, generator: torch.Generator, weights: ObjectiveWeights,
                 text_batch: dict | None = None, image_batch: dict | None = None) -> dict[str, torch.Tensor]:
         """Every enabled loss for one pair batch (plus optional text-only and image-only batches: UNIMO's
         single-modal learning), and their weighted sum under "loss"."""
         losses: dict[str, torch.Tensor] = {}
+        regions = weights.visual or weights.classification
         if text_batch is not None and weights.language:
             seq2seq = bool(torch.rand(1, generator=generator) < 0.5)
             losses["loss_text_seq2seq" if seq2seq else "loss_text_mlm"] = self.language(text_batch, generator,
                                                                                           seq2seq=seq2seq)
-        if image_batch is not None and weights.visual:
-            losses["loss_image_mrm"] = self.visual(image_batch, generator)
+        if image_batch is not None and regions:
+            self._add_region_losses(losses, "loss_image_", image_batch, generator)
         if weights.cmcl:
             losses["loss_cmcl"] = self.cmcl(batch)
         if weights.language:
             seq2seq = bool(torch.rand(1, generator=generator) < 0.5)
             losses["loss_seq2seq" if seq2seq else "loss_mlm"] = self.language(batch, generator, seq2seq=seq2seq)
-        if weights.visual:
-            losses["loss_mrm"] = self.visual(batch, generator)
-        scale = {"loss_cmcl": weights.cmcl, "loss_mlm": weights.language, "loss_seq2seq": weights.language,
-                 "loss_mrm": weights.visual, "loss_text_mlm": weights.language,
-                 "loss_text_seq2seq": weights.language, "loss_image_mrm": weights.visual}
-        losses["loss"] = sum(scale[name] * value for name, value in losses.items())
+        if regions:
+            self._add_region_losses(losses, "loss_", batch, generator)
+        if weights.matching:
+            losses["loss_itm"] = self.matching(batch, generator)
+        scale = {"cmcl": weights.cmcl, "mlm": weights.language, "seq2seq": weights.language, "mrm": weights.visual,
+                 "moc": weights.classification, "itm": weights.matching}
+        losses["loss"] = sum(scale[name.rsplit("_", 1)[1]] * value for name, value in losses.items())
         return losses
+
+    def _add_region_losses(self, losses: dict, prefix: str, batch: dict, generator: torch.Generator) -> None:
+        modelling, classification = self._regions(batch, generator)
+        losses[f"{prefix}mrm"] = modelling
+        if classification is not None:
+            losses[f"{prefix}moc"] = classification
 
 
 def _image_inputs(batch: dict) -> dict:

@@ -201,7 +201,8 @@ class PretrainRecipe:
         from unimo_pipe.models.pretraining import ObjectiveWeights
 
         o = self.options
-        weights = ObjectiveWeights(o.weight_cmcl, o.weight_language, o.weight_visual)
+        weights = ObjectiveWeights(o.weight_cmcl, o.weight_language, o.weight_visual, o.weight_matching,
+                                   o.weight_classification)
         history, started, samples = [], time.perf_counter(), 0
         while self.step < o.steps:
             torch.manual_seed(o.seed * 1_000_003 + self.step * 101 + self.rank)  # dropout: a function of the step

@@ -31,6 +31,11 @@ class PretrainOptions:
     weight_cmcl: float = option(1.0, help="weight of CMCL (0: off)", minimum=0.0)
     weight_language: float = option(1.0, help="weight of masked / seq2seq language modelling (0: off)", minimum=0.0)
     weight_visual: float = option(1.0, help="weight of masked region modelling (0: off)", minimum=0.0)
+    weight_matching: float = option(0.0, help="weight of image-text matching (UNITER's ITM, Unicoder-VL's VLM; "
+                                    "UNIMO: off)", minimum=0.0)
+    weight_classification: float = option(0.0, help="weight of masked region classification against the "
+                                          "detector's top class (Unicoder-VL's MOC, UNITER's MRC; UNIMO: off)",
+                                          minimum=0.0)
     single_modal: bool = option(True, help="also learn from the shards' text-only (language) and image-only "
                                 "(region) data, one batch of each per step")
     positives: int = option(1, help="positives sampled per pair per step", minimum=0)
