@@ -161,7 +161,7 @@ def test_weighted_draws_use_the_pool_up_without_repeats_and_favour_frequent_word
     pool = negatives_module._Pool.of(words, str)
     excluded = frozenset({5, 6})
     for seed in range(5):
-        draws = negatives_module._WeightedDraws(pool, random.Random(seed), excluded)
+        draws = negatives_module._WeightedDraws(pool, random.Random(seed), (excluded, 2.0))
         taken = draws.take(7) + draws.take(1000)
         assert sorted(taken) == [i for i in range(300) if i not in excluded] and draws.take(5) == []
     heavy = pool.words.index("w0")

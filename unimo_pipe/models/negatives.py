@@ -266,7 +266,7 @@ class _Pool:
     key: Callable[[str], str]
     positions: dict[str, list[int]] = field(default_factory=dict)
     renderings: dict[tuple, dict[int, tuple[str, str, bool]]] = field(default_factory=dict)
-    exclusions: dict[str, frozenset[int]] = field(default_factory=dict)
+    exclusions: dict[str, tuple[frozenset[int], float]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, counts: Counter, key: Callable[[str], str]) -> _Pool:
@@ -277,12 +277,14 @@ class _Pool:
             pool.positions.setdefault(key(word), []).append(i)
         return pool
 
-    def excluded(self, original: str, related_words: Callable[[str], frozenset[str]]) -> frozenset[int]:
-        """Indices of the words that could keep the caption true in place of `original`."""
+    def excluded(self, original: str, related_words: Callable[[str], frozenset[str]]
+                 ) -> tuple[frozenset[int], float]:
+        """Indices of the words that could keep the caption true in place of `original`, and their weight."""
         found = self.exclusions.get(original)
         if found is None:
             keys = {self.key(word) for word in related_words(original)} | {self.key(original)}
-            found = self.exclusions[original] = frozenset(i for k in keys for i in self.positions.get(k, ()))
+            indices = frozenset(i for k in keys for i in self.positions.get(k, ()))
+            found = self.exclusions[original] = (indices, sum(self.weights[i] for i in indices))
         return found
 
 
@@ -295,13 +297,13 @@ class _WeightedDraws:
     2006), so nothing is left out and no word comes twice.
     """
 
-    def __init__(self, pool: _Pool, rng: random.Random, excluded: frozenset[int] = frozenset()):
+    def __init__(self, pool: _Pool, rng: random.Random,
+                 excluded: tuple[frozenset[int], float] = (frozenset(), 0.0)):
+        """`excluded`: indices never to draw and their total weight (_Pool.excluded)."""
         self.pool = pool
         self.rng = rng
-        self.used = set(excluded)
-        self.mass_left = pool.cumulative[-1] if pool.words else 0.0
-        if excluded:
-            self.mass_left -= sum(pool.weights[i] for i in excluded)
+        self.used = set(excluded[0])
+        self.mass_left = (pool.cumulative[-1] if pool.words else 0.0) - excluded[1]
         self.order: list[int] | None = None if len(self.used) < len(pool.words) else []
 
     @property
