@@ -85,6 +85,20 @@ def test_reader_is_safe_in_worker_processes(tmp_path, method):
     assert "_env" not in pickle.loads(pickle.dumps(reader)).__dict__ or pickle.loads(pickle.dumps(reader))._env is None
 
 
+def test_a_fresh_reader_works_in_a_forked_child_when_another_reader_opened_the_store(tmp_path):
+    """The parent's open environment is inherited through fork (py-lmdb then refuses a new open of the
+    same files) even when the reader the child uses never opened it itself."""
+    with LmdbWriter(tmp_path / "db") as writer:
+        writer.put("k", 7)
+    assert LmdbReader(tmp_path / "db")["k"] == 7  # another reader of the same store, in the parent
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_read_in_child, args=(LmdbReader(tmp_path / "db"), "k", queue))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0 and queue.get(timeout=5) == 7
+
+
 def test_pack_is_msgpack_not_pickle():
     data = pack({"a": np.ones(2, np.float16)})
     assert b"numpy" not in data and data[:1] != b"\x80"

@@ -193,3 +193,12 @@ def test_image_text_matching_alone_learns(training_inputs, tmp_path):
     rows = read_jsonl(out / "metrics.jsonl")
     assert "loss_itm" in rows[0] and "loss_cmcl" not in rows[0] and "loss_mlm" not in rows[0]
     assert np.mean([r["loss_itm"] for r in rows[-20:]]) < 0.6 * np.mean([r["loss_itm"] for r in rows[:20]])
+
+
+def test_pretrain_with_dataloader_worker_processes(training_inputs, tmp_path):
+    # the default --workers 2 forks after the recipe has read the feature store in the parent
+    out = tmp_path / "workers"
+    assert main(["pretrain", "--shards", str(training_inputs / "shards"), "--tokenizer", str(training_inputs / "tok"),
+                 "--out", str(out), "--batch-size", "4", "--workers", "2", "--steps", "3", "--warmup-steps", "1",
+                 "--log-every", "1"]) == 0
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]

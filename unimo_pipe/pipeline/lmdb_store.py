@@ -98,11 +98,18 @@ _SHARED_ENVIRONMENTS: dict[tuple[str, int], lmdb.Environment] = {}
 
 
 def _shared_environment(path: Path) -> lmdb.Environment:
-    """One read-only environment per path and process: lmdb refuses to open a path twice in a process."""
-    key = (str(path.resolve()), os.getpid())
-    if key not in _SHARED_ENVIRONMENTS:
-        _SHARED_ENVIRONMENTS[key] = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False)
-    return _SHARED_ENVIRONMENTS[key]
+    """One read-only environment per path and process: lmdb refuses to open a path twice in a process.
+
+    A forked process inherits its parent's open environments, and py-lmdb counts them as open here too,
+    whichever reader opened them: they are closed (read-only, no lock: the parent's stay valid) before
+    this process opens its own."""
+    resolved, pid = str(path.resolve()), os.getpid()
+    if (resolved, pid) not in _SHARED_ENVIRONMENTS:
+        for inherited in [key for key in _SHARED_ENVIRONMENTS if key[0] == resolved and key[1] != pid]:
+            _SHARED_ENVIRONMENTS.pop(inherited).close()
+        _SHARED_ENVIRONMENTS[resolved, pid] = lmdb.open(str(path), readonly=True, lock=False, readahead=False,
+                                                        meminit=False)
+    return _SHARED_ENVIRONMENTS[resolved, pid]
 
 
 class LmdbReader:
