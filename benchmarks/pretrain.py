@@ -43,8 +43,10 @@ def synthetic_batch(size: int, text: int, regions: int, region_dim: int, vocab: 
     for name, per_pair in (("positives", 1), ("negatives", 4), ("retrieved_texts", 1)):
         batch[f"{name}_ids"], batch[f"{name}_mask"] = ids(size * per_pair)
         batch[f"{name}_owner"] = torch.arange(size, device=device).repeat_interleave(per_pair)
+        batch[f"{name}_per_pair"] = per_pair
     batch["retrieved_features"], batch["retrieved_boxes"], batch["retrieved_region_mask"] = images(size)
     batch["retrieved_images_owner"] = torch.arange(size, device=device)
+    batch["retrieved_images_per_pair"] = 1
     return batch
 
 

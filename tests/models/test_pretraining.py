@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.pipeline.test_training_data import shards, tokenizer  # noqa: F401  (fixtures)
-from unimo_pipe.models.objectives import region_classification_loss
+from unimo_pipe.models.objectives import cmcl_loss, region_classification_loss
 from unimo_pipe.models.pretraining import ObjectiveWeights, UnimoPretraining, _group
 from unimo_pipe.models.unified import UnifiedModel, tiny_encoder
 from unimo_pipe.pipeline.training_data import Collator, Examples, PairDataset, Sampling
@@ -87,3 +87,15 @@ def test_compiled_bf16_step_on_gpu_matches_eager(shards, tokenizer):  # noqa: F8
         assert model.region_feature.weight.grad is not None
         losses.append(loss.item())
     assert abs(losses[0] - losses[1]) < 0.05 * abs(losses[0]) + 1e-3
+
+
+def test_group_with_a_known_width_gives_the_same_loss():
+    scores = torch.tensor([0.5, 0.2, 0.9, 0.1])
+    owners = torch.tensor([1, 0, 1, 1])
+    measured = _group([(scores, owners)], 3)
+    bounded = _group([(scores, owners)], 3, width=6)
+    assert bounded[0].shape == (3, 6) and torch.equal(bounded[0][:, :3], measured[0])
+    positive = (torch.ones(3, 1), torch.ones(3, 1, dtype=torch.bool))
+    torch.testing.assert_close(cmcl_loss(*positive, *measured), cmcl_loss(*positive, *bounded))
+    empty, empty_mask = _group([], 3, device=torch.device("cpu"))
+    assert empty.shape == (3, 1) and not empty_mask.any()

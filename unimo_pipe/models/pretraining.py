@@ -91,8 +91,11 @@ class UnimoPretraining(nn.Module):
             rows, cols = (host_to(images.device, i) for i in torch.nonzero(~torch.eye(size, dtype=torch.bool),
                                                                             as_tuple=True))
             negative.append((grid[rows, cols], rows))
-        pos, pos_mask = _group(positive, size)
-        neg, neg_mask = _group(negative, size)
+        pos, pos_mask = _group(positive, size, _most_per_pair(batch, ("positives", "retrieved_texts",
+                                                                    "retrieved_images"), 1))
+        neg, neg_mask = _group(negative, size, _most_per_pair(batch, ("negatives",),
+                                                              size - 1 if self.in_batch_negatives else 0),
+                               device=images.device)
         return cmcl_loss(pos, pos_mask, neg, neg_mask, temperature=self.temperature)
 
     # -- language --
@@ -215,14 +218,23 @@ def _image_inputs(batch: dict) -> dict:
             "region_mask": batch["region_mask"]}
 
 
-def _group(parts: list[tuple[torch.Tensor, torch.Tensor]], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores with their owning pair -> padded (size, width) matrix and mask."""
+def _most_per_pair(batch: dict, names: tuple[str, ...], extra: int) -> int | None:
+    """An upper bound on the scores one pair gets from these groups, from the collator's counts (None for
+    batches without them)."""
+    counts = [batch.get(f"{name}_per_pair") for name in names]
+    return None if None in counts else sum(counts) + extra
+
+
+def _group(parts: list[tuple[torch.Tensor, torch.Tensor]], size: int, width: int | None = None, *,
+           device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores with their owning pair -> padded (size, width) matrix and mask. `width`: an upper bound on
+    the scores per pair, if known; otherwise it is measured (on a GPU, a sync)."""
     if not parts:
-        return torch.zeros(size, 1), torch.zeros(size, 1, dtype=torch.bool)
+        return torch.zeros(size, 1, device=device), torch.zeros(size, 1, dtype=torch.bool, device=device)
     scores = torch.cat([s for s, _ in parts])
     owners = torch.cat([o for _, o in parts])
     counts = torch.bincount(owners, minlength=size)
-    width = max(int(counts.max()), 1)
+    width = max(int(counts.max()) if width is None else width, 1)
     order = torch.argsort(owners, stable=True)
     owners, scores = owners[order], scores[order]
     starts = torch.cumsum(counts, 0) - counts

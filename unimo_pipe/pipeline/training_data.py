@@ -287,10 +287,12 @@ class Collator:
             groups = [it[name] for it in items]
             self._text(batch, name, [t for g in groups for t in g])
             batch[f"{name}_owner"] = _owners(groups)
+            batch[f"{name}_per_pair"] = max(map(len, groups), default=0)  # lets the trainer size without a sync
         groups = [it["retrieved_images"] for it in items]
         (batch["retrieved_features"], batch["retrieved_boxes"],
          batch["retrieved_region_mask"]) = _pad_regions([im for g in groups for im in g])
         batch["retrieved_images_owner"] = _owners(groups)
+        batch["retrieved_images_per_pair"] = max(map(len, groups), default=0)
         return batch
 
     def texts(self, items: list[dict[str, Any]]) -> dict[str, Any]:
