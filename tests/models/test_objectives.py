@@ -147,6 +147,12 @@ def test_masked_region_losses():
     assert regression > 0 and kl > 0
     none = torch.zeros_like(masked)
     assert masked_region_losses(target, target, distribution, distribution, none)[0].item() == 0
+    # the weighted forms equal the plain losses over the masked rows
+    predicted, logits = torch.randn(2, 5, 8), torch.randn(2, 5, 10)
+    regression, kl = masked_region_losses(predicted, target, logits, distribution, masked)
+    torch.testing.assert_close(regression, torch.nn.functional.mse_loss(predicted[masked], target[masked]))
+    expected = torch.nn.functional.kl_div(logits[masked].log_softmax(-1), distribution[masked], reduction="batchmean")
+    torch.testing.assert_close(kl, expected)
 
 
 def test_span_masking_counts_per_row_in_a_ragged_batch():

@@ -137,24 +137,33 @@ def region_mask(boxes: torch.Tensor, valid: torch.Tensor, *, rate: float = 0.15,
     return region_masks(boxes[None], valid[None].bool(), rate=rate, overlap=overlap, generator=generator)[0]
 
 
+def _masked_mean(values: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """Mean of per-region `values` (B, R) over the masked regions; 0 (with a gradient) if none is. A
+    weighted sum rather than boolean indexing, which would make the host wait for the GPU."""
+    weight = masked.to(values.dtype)
+    return (values * weight).sum() / weight.sum().clamp(min=1)
+
+
+def masked_feature_regression(predicted_features: torch.Tensor, target_features: torch.Tensor,
+                              masked: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of the masked regions' features."""
+    return _masked_mean((predicted_features.float() - target_features.float()).pow(2).mean(-1), masked)
+
+
 def masked_region_losses(predicted_features: torch.Tensor, target_features: torch.Tensor,
                          predicted_logits: torch.Tensor, target_distribution: torch.Tensor,
                          masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Feature regression (mean squared error) and KL(target || predicted) over the masked regions."""
-    if not bool(masked.any()):
-        zero = predicted_features.sum() * 0
-        return zero, zero
-    regression = F.mse_loss(predicted_features[masked].float(), target_features[masked].float())
-    log_predicted = F.log_softmax(predicted_logits[masked].float(), dim=-1)
-    kl = F.kl_div(log_predicted, target_distribution[masked].float(), reduction="batchmean")
-    return regression, kl
+    regression = masked_feature_regression(predicted_features, target_features, masked)
+    target = target_distribution.float()
+    log_predicted = F.log_softmax(predicted_logits.float(), dim=-1)
+    kl = (torch.xlogy(target, target) - target * log_predicted).sum(-1)
+    return regression, _masked_mean(kl, masked)
 
 
 def region_classification_loss(predicted_logits: torch.Tensor, target_distribution: torch.Tensor,
                                masked: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the masked regions against the detector's most likely class (MOC / MRC)."""
-    logits = predicted_logits.float().flatten(0, 1)
-    labels = torch.where(masked.flatten(), target_distribution.flatten(0, 1).argmax(-1), -100)
-    if not bool(masked.any()):
-        return logits.sum() * 0
-    return F.cross_entropy(logits, labels, ignore_index=-100)
+    logits = predicted_logits.float()
+    losses = F.cross_entropy(logits.flatten(0, 1), target_distribution.argmax(-1).flatten(), reduction="none")
+    return _masked_mean(losses.view(logits.shape[:2]), masked)

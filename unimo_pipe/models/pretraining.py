@@ -28,6 +28,7 @@ from torch import nn
 from unimo_pipe.models.objectives import (
     cmcl_loss,
     host_to,
+    masked_feature_regression,
     masked_region_losses,
     region_classification_loss,
     region_masks,
@@ -145,9 +146,7 @@ class UnimoPretraining(nn.Module):
             logits, labels = self.class_head(regions), batch["region_soft_labels"]
             regression, kl = masked_region_losses(predicted, features, logits, labels, masked)
             return regression + kl, region_classification_loss(logits, labels, masked)
-        if not bool(masked.any()):
-            return predicted.sum() * 0, None
-        return F.mse_loss(predicted[masked].float(), features[masked].float()), None
+        return masked_feature_regression(predicted, features, masked), None
 
     # -- matching --
 

@@ -207,7 +207,7 @@ class PretrainRecipe:
         while self.step < o.steps:
             torch.manual_seed(o.seed * 1_000_003 + self.step * 101 + self.rank)  # dropout: a function of the step
             generator = torch.Generator().manual_seed(o.seed * 7_919 + self.step * 13 + self.rank)
-            totals: dict[str, float] = {}
+            totals: dict[str, torch.Tensor] = {}  # kept on the device: read once per step, not once per loss
             for _ in range(o.grad_accum):
                 batch, text, image = (_to_device(next(self.streams[k]), self.device) if k in self.streams else None
                                       for k in ("pair", "text", "image"))
@@ -215,7 +215,7 @@ class PretrainRecipe:
                     losses = self.trainer(batch, generator, weights, text, image)
                 (losses["loss"] / o.grad_accum).backward()
                 for name, value in losses.items():
-                    totals[name] = totals.get(name, 0.0) + float(value.detach()) / o.grad_accum
+                    totals[name] = totals.get(name, 0.0) + value.detach().float() / o.grad_accum
                 samples += len(batch["index"])
             if o.clip:
                 torch.nn.utils.clip_grad_norm_(self.module.parameters(), o.clip)
@@ -223,7 +223,8 @@ class PretrainRecipe:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
-            row = {"step": self.step, **{k: round(v, 6) for k, v in totals.items()},
+            values = torch.stack(list(totals.values())).tolist()
+            row = {"step": self.step, **{k: round(v, 6) for k, v in zip(totals, values, strict=True)},
                    "lr": self.scheduler.get_last_lr()[0],
                    "samples_per_s": round(samples * self.world_size / (time.perf_counter() - started), 2)}
             history.append(row)
