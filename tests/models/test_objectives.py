@@ -9,12 +9,14 @@ from unimo_pipe.models.objectives import (
     box_iou,
     cmcl_loss,
     cosine_scores,
+    ipot_plan,
     masked_region_losses,
     region_mask,
     region_masks,
     seq2seq_attention,
     seq2seq_targets,
     span_mask,
+    word_region_distance,
 )
 
 
@@ -178,3 +180,28 @@ def test_batched_region_masks_follow_each_image():
     masks = region_masks(boxes, valid, generator=generator)
     assert masks.sum(1).tolist() == [15, 6, 0]  # disjoint boxes: exactly 15% of each image's regions
     assert not (masks & ~valid).any()
+
+
+def test_ipot_plan_has_uniform_marginals_and_finds_the_cheap_matching():
+    generator = torch.Generator().manual_seed(0)
+    n = 6
+    permutation = torch.randperm(n, generator=generator)
+    cost = torch.ones(2, n + 2, n + 1)
+    cost[:, torch.arange(n), permutation] = 0.0  # one zero-cost matching among the real rows and columns
+    rows = torch.tensor([[True] * n + [False] * 2] * 2)
+    columns = torch.tensor([[True] * n + [False]] * 2)
+    plan = ipot_plan(cost, rows, columns, beta=0.1, iterations=100)
+    torch.testing.assert_close(plan.sum(2)[:, :n], torch.full((2, n), 1 / n), atol=1e-4, rtol=0)
+    torch.testing.assert_close(plan.sum(1)[:, :n], torch.full((2, n), 1 / n), atol=1e-4, rtol=0)
+    assert plan[:, n:].abs().sum() == 0 and plan[:, :, n].abs().sum() == 0  # padding gets no mass
+    assert plan[:, torch.arange(n), permutation].sum(1).min() > 0.95
+
+
+def test_word_region_distance_is_smaller_for_aligned_sets():
+    generator = torch.Generator().manual_seed(1)
+    regions = torch.randn(1, 5, 16, generator=generator)
+    words = regions[:, torch.randperm(5, generator=generator)] + 0.05 * torch.randn(1, 5, 16, generator=generator)
+    unrelated = torch.randn(1, 5, 16, generator=generator)
+    mask = torch.ones(1, 5, dtype=torch.bool)
+    aligned = word_region_distance(words, mask, regions, mask)
+    assert aligned < 0.1 < word_region_distance(unrelated, mask, regions, mask)

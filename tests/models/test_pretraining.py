@@ -33,10 +33,11 @@ def tiny_setup(shards, tokenizer, sampling: Sampling, *, hidden: int = 32, **opt
 def test_uniter_and_unicoder_objectives_run_and_reach_their_heads(shards, tokenizer):  # noqa: F811
     batch, model, pretraining = tiny_setup(shards, tokenizer, Sampling(1, 2, 0, 0),
                                            special_ids=[tokenizer.pad_token_id])
-    weights = ObjectiveWeights(cmcl=0, language=0, visual=0, matching=1, classification=1)
+    weights = ObjectiveWeights(cmcl=0, language=0, visual=0, matching=1, classification=1, alignment=0.5)
     losses = pretraining(batch, torch.Generator().manual_seed(0), weights)
-    assert set(losses) == {"loss", "loss_itm", "loss_mrm", "loss_moc"}
-    torch.testing.assert_close(losses["loss"], losses["loss_itm"] + losses["loss_moc"])
+    assert set(losses) == {"loss", "loss_itm", "loss_mrm", "loss_moc", "loss_wra"}
+    torch.testing.assert_close(losses["loss"], losses["loss_itm"] + losses["loss_moc"] + 0.5 * losses["loss_wra"])
+    assert torch.isfinite(losses["loss_wra"])
     losses["loss"].backward()
     assert pretraining.match_head.weight.grad.abs().sum() > 0 and pretraining.class_head.weight.grad.abs().sum() > 0
     assert pretraining.lm_head.weight.grad is None

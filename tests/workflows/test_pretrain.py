@@ -202,3 +202,11 @@ def test_pretrain_with_dataloader_worker_processes(training_inputs, tmp_path):
                  "--out", str(out), "--batch-size", "4", "--workers", "2", "--steps", "3", "--warmup-steps", "1",
                  "--log-every", "1"]) == 0
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_word_region_alignment_through_the_cli(training_inputs, tmp_path):
+    out = tmp_path / "wra"
+    assert pretrain(training_inputs, out, "--steps", "3", "--warmup-steps", "1", "--log-every", "1",
+                    "--weight-alignment", "0.1", "--no-single-modal") == 0
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert all("loss_wra" in r and "loss_itm" in r and "loss_cmcl" in r for r in rows)

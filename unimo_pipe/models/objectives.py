@@ -167,3 +167,34 @@ def region_classification_loss(predicted_logits: torch.Tensor, target_distributi
     logits = predicted_logits.float()
     losses = F.cross_entropy(logits.flatten(0, 1), target_distribution.argmax(-1).flatten(), reduction="none")
     return _masked_mean(losses.view(logits.shape[:2]), masked)
+
+
+@torch.no_grad()
+def ipot_plan(cost: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor, *, beta: float = 0.5,
+              iterations: int = 50) -> torch.Tensor:
+    """Optimal transport plans (B, N, M) between uniform distributions over each item's real rows
+    (B, N) and columns (B, M) for `cost` (B, N, M), by the inexact proximal point method (IPOT, Xie et al.
+    2020; UNITER's word-region alignment uses it). Padding gets no mass."""
+    cost = cost.float()
+    real = rows[:, :, None] & columns[:, None, :]
+    row_count = rows.sum(1, keepdim=True).clamp(min=1).float()
+    column_count = columns.sum(1, keepdim=True).clamp(min=1).float()
+    kernel = torch.exp(-cost / beta) * real
+    plan = real.float()
+    sigma = columns.float() / column_count
+    for _ in range(iterations):
+        q = kernel * plan
+        delta = rows.float() / (row_count * torch.bmm(q, sigma[:, :, None]).squeeze(2)).clamp(min=1e-30)
+        sigma = columns.float() / (column_count * torch.bmm(q.transpose(1, 2), delta[:, :, None]).squeeze(2)
+                                   ).clamp(min=1e-30)
+        plan = delta[:, :, None] * q * sigma[:, None, :]
+    return plan
+
+
+def word_region_distance(words: torch.Tensor, word_mask: torch.Tensor, regions: torch.Tensor,
+                         region_mask: torch.Tensor) -> torch.Tensor:
+    """Per item, the optimal transport distance between its words' and its regions' states (cost: 1 -
+    cosine), with the plan held fixed (gradients flow through the cost)."""
+    cost = 1 - torch.bmm(F.normalize(words.float(), dim=-1), F.normalize(regions.float(), dim=-1).transpose(1, 2))
+    plan = ipot_plan(cost.detach(), word_mask.bool(), region_mask.bool())
+    return (cost * plan).sum((1, 2))

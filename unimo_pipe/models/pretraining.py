@@ -13,6 +13,9 @@ UNITER's and Unicoder-VL's objectives, off by default (UNIMO does not use them):
 - Matching (UNITER's ITM, Unicoder-VL's VLM): the pair encoded jointly, its first text token classified
   as matched or not; mismatches are each image with another pair's caption and, when the shards have
   them, with one of its scene-graph hard negatives.
+- Word-region alignment (UNITER's WRA), on the same joint passes: the optimal transport distance between
+  a caption's word states and the image's region states (IPOT), pulled down for matched pairs and pushed up
+  for mismatched ones.
 - Region classification (Unicoder-VL's MOC, UNITER's MRC): masked regions classified as the detector's
   most likely class (cross-entropy), beside the KL to its whole distribution.
 """
@@ -35,6 +38,7 @@ from unimo_pipe.models.objectives import (
     seq2seq_attention,
     seq2seq_targets,
     span_mask,
+    word_region_distance,
 )
 from unimo_pipe.models.unified import UnifiedModel
 
@@ -46,6 +50,7 @@ class ObjectiveWeights:
     visual: float = 1.0
     matching: float = 0.0
     classification: float = 0.0
+    alignment: float = 0.0
 
 
 class UnimoPretraining(nn.Module):
@@ -150,9 +155,11 @@ class UnimoPretraining(nn.Module):
 
     # -- matching --
 
-    def matching(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+    def matching(self, batch: dict, generator: torch.Generator, *, alignment: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Image-text matching on the pair batch: every pair (label 1), every image with the caption of the
-        pair `shift` places on (0), and every image with its first hard negative, if it has one (0)."""
+        pair `shift` places on (0), and every image with its first hard negative, if it has one (0). With
+        `alignment`, also the word-region alignment loss on the same joint passes (else None)."""
         size = batch["text_ids"].shape[0]
         shift = 1 + int(torch.randint(max(size - 1, 1), (1,), generator=generator))
         rows = torch.arange(size, device=batch["text_ids"].device)
@@ -175,7 +182,19 @@ class UnimoPretraining(nn.Module):
         image = torch.cat(images)
         out = self.model(text_ids=ids, text_mask=mask, region_features=batch["region_features"][image],
                          region_boxes=batch["region_boxes"][image], region_mask=batch["region_mask"][image])
-        return F.cross_entropy(self.match_head(out["text"]).float(), torch.cat(labels))
+        labels = torch.cat(labels)
+        matching = F.cross_entropy(self.match_head(out["text"]).float(), labels)
+        if not alignment:
+            return matching, None
+        start = out["image_length"]
+        words = mask.clone()
+        words[:, 0] = False  # the first text token stands for the whole caption, as [IMG] does for the image
+        distance = word_region_distance(out["hidden"][:, start + 1 :], words[:, 1:], out["hidden"][:, 1:start],
+                                        batch["region_mask"][image])
+        matched = labels.float()
+        pulled = (distance * matched).sum() / matched.sum().clamp(min=1)
+        pushed = (distance * (1 - matched)).sum() / (1 - matched).sum().clamp(min=1)
+        return matching, pulled - pushed
 
     def forward(self, batch: dict, generator: torch.Generator, weights: ObjectiveWeights,
                 text_batch: dict | None = None, image_batch: dict | None = None) -> dict[str, torch.Tensor]:
@@ -196,10 +215,12 @@ class UnimoPretraining(nn.Module):
             losses["loss_seq2seq" if seq2seq else "loss_mlm"] = self.language(batch, generator, seq2seq=seq2seq)
         if regions:
             self._add_region_losses(losses, "loss_", batch, generator)
-        if weights.matching:
-            losses["loss_itm"] = self.matching(batch, generator)
+        if weights.matching or weights.alignment:
+            losses["loss_itm"], alignment = self.matching(batch, generator, alignment=bool(weights.alignment))
+            if alignment is not None:
+                losses["loss_wra"] = alignment
         scale = {"cmcl": weights.cmcl, "mlm": weights.language, "seq2seq": weights.language, "mrm": weights.visual,
-                 "moc": weights.classification, "itm": weights.matching}
+                 "moc": weights.classification, "itm": weights.matching, "wra": weights.alignment}
         losses["loss"] = sum(scale[name.rsplit("_", 1)[1]] * value for name, value in losses.items())
         return losses
 

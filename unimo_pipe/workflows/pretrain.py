@@ -202,7 +202,7 @@ class PretrainRecipe:
 
         o = self.options
         weights = ObjectiveWeights(o.weight_cmcl, o.weight_language, o.weight_visual, o.weight_matching,
-                                   o.weight_classification)
+                                   o.weight_classification, o.weight_alignment)
         history, started, samples = [], time.perf_counter(), 0
         while self.step < o.steps:
             torch.manual_seed(o.seed * 1_000_003 + self.step * 101 + self.rank)  # dropout: a function of the step

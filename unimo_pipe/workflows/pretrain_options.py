@@ -36,6 +36,8 @@ class PretrainOptions:
     weight_classification: float = option(0.0, help="weight of masked region classification against the "
                                           "detector's top class (Unicoder-VL's MOC, UNITER's MRC; UNIMO: off)",
                                           minimum=0.0)
+    weight_alignment: float = option(0.0, help="weight of word-region alignment by optimal transport (UNITER's "
+                                     "WRA, which used 0.1; UNIMO: off)", minimum=0.0)
     single_modal: bool = option(True, help="also learn from the shards' text-only (language) and image-only "
                                 "(region) data, one batch of each per step")
     positives: int = option(1, help="positives sampled per pair per step", minimum=0)
