@@ -105,8 +105,6 @@ def _contiguous(tokens: list[int]) -> bool:
     return bool(tokens) and tokens == list(range(tokens[0], tokens[-1] + 1))
 
 
-
-
 @functools.cache
 def _article_ids() -> tuple[frozenset[int], int]:
     """spaCy's ids of the lower-cased words "a"/"an", and of the tag DT."""
@@ -166,7 +164,6 @@ class _Caption:
             text = doc.text  # not the Doc's own text: use that rather than slice at wrong offsets
         self.doc = doc
         self.text = text
-        self.starts = [row[0] for row in rows]
         self.ends = [row[0] + row[1] for row in rows]
         articles, determiner = _article_ids()
         self.articles = {i for i, row in enumerate(rows) if row[2] in articles and row[3] == determiner}
