@@ -162,8 +162,8 @@ class _Caption:
         rows = doc.to_array([IDX, LENGTH, LOWER, TAG]).tolist() if len(doc) else []
         if rows and text[rows[-1][0] : rows[-1][0] + rows[-1][1]] != doc[-1].text:
             text = doc.text  # not the Doc's own text: use that rather than slice at wrong offsets
-        self.doc = doc
         self.text = text
+        self.starts = [row[0] for row in rows]
         self.ends = [row[0] + row[1] for row in rows]
         articles, determiner = _article_ids()
         self.articles = {i for i, row in enumerate(rows) if row[2] in articles and row[3] == determiner}
