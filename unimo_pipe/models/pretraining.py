@@ -157,39 +157,17 @@ class UnimoPretraining(nn.Module):
 
     def matching(self, batch: dict, generator: torch.Generator, *, alignment: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Image-text matching on the pair batch: every pair (label 1), every image with the caption of the
-        pair `shift` places on (0), and every image with its first hard negative, if it has one (0). With
-        `alignment`, also the word-region alignment loss on the same joint passes (else None)."""
-        size = batch["text_ids"].shape[0]
-        shift = 1 + int(torch.randint(max(size - 1, 1), (1,), generator=generator))
-        rows = torch.arange(size, device=batch["text_ids"].device)
-        texts = [(batch["text_ids"], batch["text_mask"]),
-                 (batch["text_ids"].roll(-shift, 0), batch["text_mask"].roll(-shift, 0))] if size > 1 else \
-            [(batch["text_ids"], batch["text_mask"])]
-        images = [rows] * len(texts)
-        labels = [torch.ones(size, dtype=torch.long, device=rows.device)] + \
-            [torch.zeros(size, dtype=torch.long, device=rows.device)] * (len(texts) - 1)
-        if batch.get("negatives_ids") is not None and batch["negatives_ids"].shape[0]:
-            owners = batch["negatives_owner"].to(rows.device)
-            first = torch.ones_like(owners, dtype=torch.bool)
-            first[1:] = owners[1:] != owners[:-1]  # owners come grouped: one hard negative per pair
-            texts.append((batch["negatives_ids"][first], batch["negatives_mask"][first]))
-            images.append(owners[first])
-            labels.append(torch.zeros_like(owners[first]))
-        length = max(ids.shape[1] for ids, _ in texts)
-        ids = torch.cat([F.pad(ids, (0, length - ids.shape[1])) for ids, _ in texts])
-        mask = torch.cat([F.pad(m, (0, length - m.shape[1])) for _, m in texts])
-        image = torch.cat(images)
+        """Image-text matching on the pair batch, and with `alignment` the word-region alignment loss on the
+        same joint passes (else None)."""
+        ids, mask, image, labels = _matching_rows(batch, generator)
         out = self.model(text_ids=ids, text_mask=mask, region_features=batch["region_features"][image],
                          region_boxes=batch["region_boxes"][image], region_mask=batch["region_mask"][image])
-        labels = torch.cat(labels)
         matching = F.cross_entropy(self.match_head(out["text"]).float(), labels)
         if not alignment:
             return matching, None
+        # Words after the first text token and regions after [IMG]: those two stand for the whole.
         start = out["image_length"]
-        words = mask.clone()
-        words[:, 0] = False  # the first text token stands for the whole caption, as [IMG] does for the image
-        distance = word_region_distance(out["hidden"][:, start + 1 :], words[:, 1:], out["hidden"][:, 1:start],
+        distance = word_region_distance(out["hidden"][:, start + 1 :], mask[:, 1:], out["hidden"][:, 1:start],
                                         batch["region_mask"][image])
         matched = labels.float()
         pulled = (distance * matched).sum() / matched.sum().clamp(min=1)
@@ -229,6 +207,30 @@ class UnimoPretraining(nn.Module):
         losses[f"{prefix}mrm"] = modelling
         if classification is not None:
             losses[f"{prefix}moc"] = classification
+
+
+def _matching_rows(batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Text ids and mask, image row and label of each matching example: every pair (1), every image with
+    the caption of the pair a random shift away (0), and every image with its first hard negative (0)."""
+    ids, mask = batch["text_ids"], batch["text_mask"]
+    size = ids.shape[0]
+    rows = torch.arange(size, device=ids.device)
+    texts, images, labels = [(ids, mask)], [rows], [torch.ones_like(rows)]
+    if size > 1:
+        shift = 1 + int(torch.randint(size - 1, (1,), generator=generator))
+        texts.append((ids.roll(-shift, 0), mask.roll(-shift, 0)))
+        images.append(rows)
+        labels.append(torch.zeros_like(rows))
+    if batch.get("negatives_ids") is not None and batch["negatives_ids"].shape[0]:
+        owners = batch["negatives_owner"].to(ids.device)
+        first = torch.ones_like(owners, dtype=torch.bool)
+        first[1:] = owners[1:] != owners[:-1]  # owners come grouped: one hard negative per pair
+        texts.append((batch["negatives_ids"][first], batch["negatives_mask"][first]))
+        images.append(owners[first])
+        labels.append(torch.zeros_like(owners[first]))
+    length = max(t.shape[1] for t, _ in texts)
+    return (torch.cat([F.pad(t, (0, length - t.shape[1])) for t, _ in texts]),
+            torch.cat([F.pad(m, (0, length - m.shape[1])) for _, m in texts]), torch.cat(images), torch.cat(labels))
 
 
 def _image_inputs(batch: dict) -> dict:
