@@ -210,3 +210,18 @@ def test_word_region_alignment_through_the_cli(training_inputs, tmp_path):
                     "--weight-alignment", "0.1", "--no-single-modal") == 0
     rows = read_jsonl(out / "metrics.jsonl")
     assert all("loss_wra" in r and "loss_itm" in r and "loss_cmcl" in r for r in rows)
+
+
+def test_evaluate_names_a_bad_model_folder_or_tokenizer_in_one_line(training_inputs, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "config.json").write_text("{}")
+    (tmp_path / "corrupt" / "model.safetensors").write_text("garbage")
+    shards, tokenizer = str(training_inputs / "shards"), str(training_inputs / "tok")
+    for model in ("empty", "corrupt"):
+        assert main(["evaluate", "--model", str(tmp_path / model), "--shards", shards, "--tokenizer", tokenizer]) == 2
+        error = capsys.readouterr().err
+        assert "is not a saved unimo-pipe model" in error and "Traceback" not in error
+    assert main(["evaluate", "--model", str(tmp_path / "empty"), "--shards", shards,
+                 "--tokenizer", str(tmp_path / "empty")]) == 2
+    assert "Traceback" not in capsys.readouterr().err

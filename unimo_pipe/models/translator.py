@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from unimo_pipe.models.tokenizers import load_tokenizer
 from unimo_pipe.pipeline.errors import UserError
 from unimo_pipe.pipeline.registry import Registry
 
@@ -45,16 +46,6 @@ def length_batches(lengths: list[int], max_batch_tokens: int, max_batch_size: in
     return batches
 
 
-def load_tokenizer(model: str):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(model)
-    except Exception as exc:  # many exception types for a bad path or unknown hub id
-        raise UserError(f"cannot load the tokenizer of translation model {model!r} ({type(exc).__name__}): pass a "
-                        "local model folder, or a hub id that is already in the local cache") from None
-
-
 @ENGINES.register("transformers")
 class TransformersEngine:
     def __init__(self, *, model: str, device: str = "cpu", max_batch_tokens: int = 8192):
@@ -62,7 +53,7 @@ class TransformersEngine:
         from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
         self.name = model
-        self.tokenizer = load_tokenizer(model)
+        self.tokenizer = load_tokenizer(model, of="translation model")
         try:
             config = AutoConfig.from_pretrained(model)
         except Exception as exc:
@@ -119,7 +110,7 @@ class CTranslate2Engine:
             raise UserError(f"{model} is not a CTranslate2 model folder (no model.bin): convert it with "
                             "`unimo-pipe convert-translator MODEL OUT`")
         self.name = model
-        self.tokenizer = load_tokenizer(model)
+        self.tokenizer = load_tokenizer(model, of="translation model")
         compute_type = "bfloat16" if device.startswith("cuda") else "default"
         self.translator = ctranslate2.Translator(str(path), device=device.split(":")[0], compute_type=compute_type)
         self.max_batch_tokens = max_batch_tokens
@@ -148,7 +139,7 @@ def convert_for_ctranslate2(model: str, out: Path, *, quantization: str | None =
     """Convert a transformers translation model for the CTranslate2 engine (tokenizer files copied along)."""
     from ctranslate2.converters import TransformersConverter
 
-    tokenizer = load_tokenizer(model)
+    tokenizer = load_tokenizer(model, of="translation model")
     try:
         TransformersConverter(model).convert(str(out), quantization=quantization, force=True)
     except Exception as exc:

@@ -101,11 +101,19 @@ class UnifiedModel(nn.Module):
         from safetensors.torch import load_file
         from transformers import AutoConfig, AutoModel
 
-        config = json.loads((folder / CONFIG_FILE).read_text())
-        encoder_config = AutoConfig.for_model(**config["encoder"])
+        from unimo_pipe.pipeline.errors import UserError
+
+        try:
+            config = json.loads((folder / CONFIG_FILE).read_text())
+            encoder_config = AutoConfig.for_model(**config["encoder"])
+            weights = load_file(str(folder / WEIGHTS_FILE))
+        except Exception as exc:  # missing, truncated or foreign files
+            raise UserError(f"{folder} is not a saved unimo-pipe model ({type(exc).__name__}: {exc}): pass the "
+                            f"model folder that pretrain or finetune wrote (OUT/model, with {CONFIG_FILE} and "
+                            f"{WEIGHTS_FILE})") from None
         encoder = AutoModel.from_config(encoder_config, add_pooling_layer=False, attn_implementation="sdpa")
         model = cls(encoder, region_dim=config["region_dim"])
-        model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+        model.load_state_dict(weights)
         return model
 
 

@@ -59,14 +59,13 @@ def encode_pairs(model, examples, collator, *, count: int, batch_size: int, devi
 
 
 def evaluate_retrieval(options: EvaluateOptions) -> dict[str, Any]:
-    from transformers import AutoTokenizer
-
+    from unimo_pipe.models.tokenizers import load_tokenizer
     from unimo_pipe.models.unified import UnifiedModel
     from unimo_pipe.pipeline.training_data import Collator, Examples
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = UnifiedModel.from_pretrained(options.model).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(options.tokenizer)
+    tokenizer = load_tokenizer(options.tokenizer, of="--tokenizer")
     examples = Examples(options.shards, "pair", tokenizer=tokenizer, max_text_tokens=options.max_text_tokens,
                         max_regions=options.max_regions)
     count = min(options.pairs or len(examples.keys), len(examples.keys))

@@ -70,8 +70,7 @@ class PretrainRecipe:
             torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
 
     def _setup_data(self) -> None:
-        from transformers import AutoTokenizer
-
+        from unimo_pipe.models.tokenizers import load_tokenizer
         from unimo_pipe.pipeline.training_data import (
             Collator,
             ImageDataset,
@@ -82,7 +81,7 @@ class PretrainRecipe:
         )
 
         o = self.options
-        self.tokenizer = AutoTokenizer.from_pretrained(o.tokenizer)
+        self.tokenizer = load_tokenizer(o.tokenizer, of="--tokenizer")
         self.collator = Collator(self.tokenizer, max_text_tokens=o.max_text_tokens)
         self.examples = self._examples("pair")
         self.eval_examples = self._examples("pair", o.eval_shards) if o.eval_shards is not None else None
