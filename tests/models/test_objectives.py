@@ -11,7 +11,6 @@ from unimo_pipe.models.objectives import (
     cosine_scores,
     ipot_plan,
     masked_region_losses,
-    region_mask,
     region_masks,
     seq2seq_attention,
     seq2seq_targets,
@@ -120,6 +119,10 @@ def test_seq2seq_targets_and_attention_are_causal_over_targets_only():
         for j in targets.tolist():
             assert bool(allowed[i, j]) == (j <= i)  # causal within the target
         assert allowed[i, source].all()
+
+
+def region_mask(boxes, valid, *, generator):
+    return region_masks(boxes[None], valid[None], generator=generator)[0]
 
 
 def test_region_masking_rate_and_overlap_rule():

@@ -131,12 +131,6 @@ def region_masks(boxes: torch.Tensor, valid: torch.Tensor, *, rate: float = 0.15
     return chosen | (overlapping & valid)
 
 
-def region_mask(boxes: torch.Tensor, valid: torch.Tensor, *, rate: float = 0.15, overlap: float = 0.3,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """region_masks for one image: (R, 4) boxes, (R,) valid."""
-    return region_masks(boxes[None], valid[None].bool(), rate=rate, overlap=overlap, generator=generator)[0]
-
-
 def _masked_mean(values: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
     """Mean of per-region `values` (B, R) over the masked regions; 0 (with a gradient) if none is. A
     weighted sum rather than boolean indexing, which would make the host wait for the GPU."""

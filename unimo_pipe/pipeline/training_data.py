@@ -315,6 +315,13 @@ def _add_soft_labels(batch: dict[str, Any], items: list[dict[str, Any]]) -> None
         batch["region_soft_labels"] = labels
 
 
+def batch_to_device(batch: dict[str, Any], device) -> dict[str, Any]:
+    """A collated batch with its tensors on `device` (asynchronous from pinned memory)."""
+    import torch
+
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def make_loader(dataset, plan: BatchPlan, collate, *, workers: int = 2, pin_memory: bool | None = None):
     """A DataLoader over `plan`'s batches (call plan.set_position(epoch, step) to resume)."""
     import torch

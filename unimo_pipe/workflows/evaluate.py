@@ -41,7 +41,7 @@ def encode_pairs(model, examples, collator, *, count: int, batch_size: int, devi
                  ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """[IMG] and caption vectors of the first `count` pairs, encoded separately in batches, and the pairs'
     image keys."""
-    from unimo_pipe.pipeline.training_data import PairDataset, Sampling
+    from unimo_pipe.pipeline.training_data import PairDataset, Sampling, batch_to_device
 
     dataset = PairDataset(examples, sampling=Sampling(0, 0, 0, 0))
     was_training = model.training
@@ -49,7 +49,7 @@ def encode_pairs(model, examples, collator, *, count: int, batch_size: int, devi
     images, texts = [], []
     for start in range(0, count, batch_size):
         batch = collator.pairs([dataset[i] for i in range(start, min(start + batch_size, count))])
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        batch = batch_to_device(batch, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             images.append(model(region_features=batch["region_features"], region_boxes=batch["region_boxes"],
                                 region_mask=batch["region_mask"])["image"].float())

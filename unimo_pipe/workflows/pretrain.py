@@ -24,6 +24,7 @@ import torch
 
 from unimo_pipe.pipeline.errors import UserError
 from unimo_pipe.pipeline.jsonl import atomic_write, iter_jsonl, write_json_atomic
+from unimo_pipe.pipeline.training_data import batch_to_device
 from unimo_pipe.workflows.evaluate import encode_pairs, retrieval_recall
 from unimo_pipe.workflows.pretrain_options import PretrainOptions
 
@@ -200,16 +201,17 @@ class PretrainRecipe:
         from unimo_pipe.models.pretraining import ObjectiveWeights
 
         o = self.options
-        weights = ObjectiveWeights(o.weight_cmcl, o.weight_language, o.weight_visual, o.weight_matching,
-                                   o.weight_classification, o.weight_alignment)
+        weights = ObjectiveWeights(cmcl=o.weight_cmcl, language=o.weight_language, visual=o.weight_visual,
+                                   matching=o.weight_matching, classification=o.weight_classification,
+                                   alignment=o.weight_alignment)
         history, started, samples = [], time.perf_counter(), 0
         while self.step < o.steps:
             torch.manual_seed(o.seed * 1_000_003 + self.step * 101 + self.rank)  # dropout: a function of the step
             generator = torch.Generator().manual_seed(o.seed * 7_919 + self.step * 13 + self.rank)
             totals: dict[str, torch.Tensor] = {}  # kept on the device: read once per step, not once per loss
             for _ in range(o.grad_accum):
-                batch, text, image = (_to_device(next(self.streams[k]), self.device) if k in self.streams else None
-                                      for k in ("pair", "text", "image"))
+                batch, text, image = (batch_to_device(next(self.streams[k]), self.device) if k in self.streams
+                                      else None for k in ("pair", "text", "image"))
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                     losses = self.trainer(batch, generator, weights, text, image)
                 (losses["loss"] / o.grad_accum).backward()
@@ -291,10 +293,6 @@ class _Stream:
                 self.batch_in_epoch += 1
                 return batch
             self.seek(self.epoch + 1, 0)
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 class FinetuneRecipe(PretrainRecipe):
