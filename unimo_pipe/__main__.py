@@ -2,4 +2,5 @@
 
 from unimo_pipe.pipeline.cli import console_entry
 
-console_entry()
+if __name__ == "__main__":  # worker processes started with "spawn" import this module again
+    console_entry()

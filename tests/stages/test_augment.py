@@ -66,6 +66,48 @@ def test_resume_after_a_crash(tmp_path, monkeypatch):
     assert list(iter_output_jsonl(again, "augment.jsonl")) == rows  # resumed output equals an uninterrupted run
 
 
+def test_worker_processes_give_the_same_output_as_one_process(tmp_path, monkeypatch):
+    from unimo_pipe.models import negative_workers
+
+    spawn_pool, pools = negative_workers._spawn_pool, []
+
+    def counted_spawn_pool(processes, **kwargs):
+        pools.append(processes)
+        return spawn_pool(processes, **kwargs)
+
+    monkeypatch.setattr(negative_workers, "_spawn_pool", counted_spawn_pool)
+    captions = write_jsonl(tmp_path / "caps.jsonl", CAPTIONS * 2)
+    outputs = {}
+    for processes in (1, 2):
+        out = tmp_path / f"p{processes}"
+        assert main(["augment", "--captions", str(captions), "--scene-graph", "--negatives", "30", "--out", str(out),
+                     "--processes", str(processes), "--batch-size", "3", "shard_size=7"]) == 0
+        shards = sorted((out / "shards").iterdir())
+        outputs[processes] = ([(d.name, (d / "augment.jsonl").read_bytes()) for d in shards],
+                              (out / "vocab.json").read_text())
+    assert pools == [2, 2]  # the vocabulary pass and the negatives ran in worker processes
+    assert outputs[1] == outputs[2]
+    assert len(outputs[2][0]) == 3 and b'"replace_object"' in outputs[2][0][0][1]
+
+
+def test_a_caption_that_fails_is_counted_and_the_rest_go_on(tmp_path, monkeypatch):
+    from unimo_pipe.models import negative_workers
+
+    original = negative_workers.parse_doc
+
+    def fail_on_cats(doc, text):
+        if "cat" in text:
+            raise ValueError("no cats")
+        return original(doc, text)
+
+    monkeypatch.setattr(negative_workers, "parse_doc", fail_on_cats)
+    out = tmp_path / "aug"
+    assert main(["augment", "--captions", str(write_jsonl(tmp_path / "caps.jsonl", CAPTIONS[:3])), "--scene-graph",
+                 "--negatives", "5", "--no-corpus-vocab", "--out", str(out)]) == 0
+    assert [r["id"] for r in iter_output_jsonl(out, "augment.jsonl")] == ["1", "2"]
+    assert json.loads((out / "summary.json").read_text())["failure_reasons"] == {"scene_graph_failed": 1}
+
+
 def test_augment_needs_a_mode_and_a_real_spacy_model(tmp_path, capsys):
     captions = write_jsonl(tmp_path / "caps.jsonl", CAPTIONS[:1])
     assert main(["augment", "--captions", str(captions), "--out", str(tmp_path / "a")]) == 2

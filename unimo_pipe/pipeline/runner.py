@@ -114,6 +114,7 @@ def run_stage(stage: Stage, options: Any, *, env: dict[str, str] | None = None) 
             run += 1
     finally:
         progress.close()
+        stage.close()
     committed = committed_shard_dirs(out)
     complete = len(committed) == total
     totals = merge_stats([read_json(d / STATS_FILE) for d in committed])

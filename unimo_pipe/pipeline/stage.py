@@ -68,6 +68,9 @@ class Stage:
     def finalize(self, options: Any, shard_dirs: list[Path]) -> None:
         """Called once every shard is committed (e.g. to write a merged index); optional."""
 
+    def close(self) -> None:
+        """Release what the stage holds across shards (e.g. worker processes); called at the end of every run."""
+
 
 STAGES = Registry("stage")
 STAGES.register_lazy("extract-regions", "unimo_pipe.stages.extract_regions:ExtractRegions")

@@ -15,11 +15,11 @@ vocabulary used.
 
 from __future__ import annotations
 
-import gc
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import orjson
 
 from unimo_pipe.pipeline.config import option
 from unimo_pipe.pipeline.errors import RecordError
@@ -72,7 +72,8 @@ class AugmentOptions(CommonOptions):
                                     "a positive", must_exist=True, metavar="FILE")
     seed: int = option(0, help="sampling seed (the output is deterministic given it)")
     max_caption_chars: int = option(1000, help="longer captions are cut at a word boundary", minimum=16)
-    processes: int = option(1, help="spaCy processes", minimum=1, affects_output=False)
+    processes: int = option(1, help="scene-graph worker processes (each parses and makes negatives)", minimum=1,
+                            affects_output=False)
     batch_size: int = option(256, help="captions per spaCy batch", minimum=1, affects_output=False)
 
 
@@ -83,6 +84,7 @@ class Augment(Stage):
 
     def __init__(self) -> None:
         self._ready = False
+        self.negative_workers = None
 
     def check(self, options: AugmentOptions) -> list[str]:
         if not options.scene_graph and not options.backtranslate:
@@ -109,23 +111,26 @@ class Augment(Stage):
         self._ready = True
 
     def _prepare_scene_graph(self, options: AugmentOptions) -> None:
-        from unimo_pipe.models.negatives import NegativeGenerator, Vocabulary
-        from unimo_pipe.models.scene_graph import SceneGraphParser
+        from unimo_pipe.models.negative_workers import NegativeWorkers, build_vocabulary, shared_parser
+        from unimo_pipe.models.negatives import Vocabulary
 
-        self.parser = SceneGraphParser(model=options.spacy_model, batch_size=options.batch_size)
-        # The model's objects live as long as the process: frozen, they are no longer walked by every full
-        # garbage collection (which made building scene graphs from fresh Docs ~2x slower).
-        gc.freeze()
+        shared_parser(options.spacy_model, options.batch_size)  # a model that does not load: one error, now
         vocabulary = Vocabulary()
         if options.corpus_vocab:
             captions = [_clean(r.value.get("caption"), options)[0] for r in self.iter_records(options)
                         if r.error is None]
-            for doc, graph in self.parser.parse_many([c for c in captions if c], processes=options.processes):
-                vocabulary.add(doc, graph)
+            vocabulary = build_vocabulary([c for c in captions if c], spacy_model=options.spacy_model,
+                                          batch_size=options.batch_size, processes=options.processes)
         for path in options.vocab:
             vocabulary.merge(Vocabulary.load(path))
         vocabulary.save(options.out / "vocab.json")
-        self.generator = NegativeGenerator(vocabulary=vocabulary, negatives=options.negatives, seed=options.seed)
+        self.negative_workers = NegativeWorkers(spacy_model=options.spacy_model, vocabulary=vocabulary,
+                                                negatives=options.negatives, seed=options.seed,
+                                                batch_size=options.batch_size, processes=options.processes)
+
+    def close(self) -> None:
+        if self.negative_workers is not None:
+            self.negative_workers.close()
 
     def process_shard(self, records: list[Record], ctx: ShardContext) -> None:
         options: AugmentOptions = ctx.options
@@ -135,10 +140,14 @@ class Augment(Stage):
         usable = [i for i, (text, _) in enumerate(cleaned) if text]
         texts = [cleaned[i][0] for i in usable]
         positives = dict(zip(usable, self._backtranslate(texts, ctx), strict=True))
-        parsed = {}
+        negatives = {}
         if options.scene_graph:
-            parsed = dict(zip(usable, self.parser.parse_many(texts, processes=options.processes), strict=True))
-        with ctx.path(AUGMENT_FILE).open("w", encoding="utf-8") as out:
+            from unimo_pipe.models.negative_workers import CaptionJob
+
+            jobs = [CaptionJob(records[i].key, cleaned[i][0], self._forbidden(records[i].key, positives[i]))
+                    for i in usable]
+            negatives = dict(zip(usable, self.negative_workers.run(jobs), strict=True))
+        with ctx.path(AUGMENT_FILE).open("wb") as out:
             for i, record in enumerate(records):
                 with ctx.record(record.key):
                     if i not in positives:
@@ -149,8 +158,8 @@ class Augment(Stage):
                     if options.backtranslate:
                         row["positives"] = positives[i]
                     if options.scene_graph:
-                        row.update(self._negatives(record, *parsed[i], positives[i], ctx))
-                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                        row.update(self._negatives(negatives[i], ctx))
+                    out.write(orjson.dumps(row) + b"\n")
 
     def _backtranslate(self, texts: list[str], ctx: ShardContext) -> list[list[dict]]:
         if self.backtranslator is None:
@@ -163,16 +172,20 @@ class Augment(Stage):
                         sum(len(p) < self.backtranslator.positives for p in positives))
         return positives
 
-    def _negatives(self, record: Record, doc, graph, positives: list[dict], ctx: ShardContext) -> dict:
-        options: AugmentOptions = ctx.options
-        forbidden = self.positives.get(record.key, set()) | {p["text"] for p in positives}
-        negatives = self.generator.generate(doc, graph, key=record.key, forbidden=forbidden)
-        if not graph.objects:
+    def _forbidden(self, key: str, positives: list[dict]) -> frozenset[str]:
+        return frozenset(self.positives.get(key, set()) | {p["text"] for p in positives})
+
+    @staticmethod
+    def _negatives(done, ctx: ShardContext) -> dict:
+        """The row's graph and negatives (already JSON), counting captions that got fewer than asked."""
+        if done.error is not None:
+            raise RecordError("scene_graph_failed", done.error)
+        if not done.has_objects:
             ctx.stats.count("nothing_to_replace")
-        elif len(negatives) < options.negatives:
+        elif done.negatives < ctx.options.negatives:
             ctx.stats.count("fewer_negatives_than_requested")
-        ctx.stats.count("negatives", len(negatives))
-        return {"graph": graph.to_dict(), "negatives": negatives}
+        ctx.stats.count("negatives", done.negatives)
+        return {"graph": orjson.Fragment(done.graph_json), "negatives": orjson.Fragment(done.negatives_json)}
 
 
 def round_trip_problems(options: AugmentOptions) -> list[str]:

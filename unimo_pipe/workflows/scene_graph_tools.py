@@ -35,13 +35,10 @@ def parse_scene_graphs(captions_path: Path, out: Path, *, fmt: str, spacy_model:
 
 def build_vocab(captions: list[Path], out: Path, *, fmt: str, spacy_model: str, merge: list[Path]) -> dict:
     """Object / attribute / relation frequencies of the captions (plus merged lists), written as JSON."""
+    from unimo_pipe.models.negative_workers import build_vocabulary
     from unimo_pipe.models.negatives import Vocabulary
-    from unimo_pipe.models.scene_graph import SceneGraphParser
 
-    parser = SceneGraphParser(model=spacy_model)
-    vocabulary = Vocabulary()
-    for doc, graph in parser.parse_many([c for c in _captions(captions, fmt) if c]):
-        vocabulary.add(doc, graph)
+    vocabulary = build_vocabulary([c for c in _captions(captions, fmt) if c], spacy_model=spacy_model)
     for path in merge:
         vocabulary.merge(Vocabulary.load(path))
     vocabulary.save(out)
