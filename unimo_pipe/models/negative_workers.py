@@ -68,6 +68,7 @@ class NegativeMaker:
     def __init__(self, *, spacy_model: str, batch_size: int, vocabulary: Vocabulary, negatives: int, seed: int):
         self.parser = shared_parser(spacy_model, batch_size)
         self.generator = NegativeGenerator(vocabulary=vocabulary, negatives=negatives, seed=seed)
+        gc.freeze()  # the vocabulary and the generator's pools live as long as the parser
 
     def __call__(self, jobs: list[CaptionJob]) -> list[CaptionNegatives]:
         import orjson
