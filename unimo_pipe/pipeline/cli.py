@@ -76,6 +76,7 @@ def _add_options_command(commands: Any, common: argparse.ArgumentParser, name: s
 
 
 def _add_tool_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    from unimo_pipe.workflows.classify_options import ClassifierOptions, EvaluateClassifierOptions
     from unimo_pipe.workflows.evaluate_options import EvaluateOptions
     from unimo_pipe.workflows.pretrain_options import FinetuneOptions, PretrainOptions
 
@@ -86,6 +87,11 @@ def _add_tool_commands(commands: Any, common: argparse.ArgumentParser) -> None:
                          _pretrain_command)
     _add_options_command(commands, common, "evaluate", "image-text retrieval R@1/5/10 of a saved model on shards' "
                          "pairs", EvaluateOptions, _evaluate_command)
+    _add_options_command(commands, common, "finetune-classifier", "image-text classification fine-tuning (visual "
+                         "entailment, VQA answers, ...) of a pretrained model; runs under torchrun for DDP",
+                         ClassifierOptions, _pretrain_command)
+    _add_options_command(commands, common, "evaluate-classifier", "accuracy of a fine-tuned classifier on labelled "
+                         "image-text examples", EvaluateClassifierOptions, _evaluate_classifier_command)
     validate = commands.add_parser("validate", parents=[common], help="check a workflow or stage config")
     validate.add_argument("config", type=Path, help="workflow YAML (with steps:) or stage YAML (with stage:)")
     validate.add_argument("overrides", nargs="*", metavar="key=value")
@@ -213,12 +219,16 @@ _CHATTY_LIBRARIES = ("faiss", "sentence_transformers", "transformers", "urllib3"
 
 
 def _pretrain_command(args: argparse.Namespace) -> int:
+    """pretrain, finetune and finetune-classifier: one training loop, three recipes."""
     from unimo_pipe.pipeline.config import resolve_options
+    from unimo_pipe.workflows.classify import ClassifierRecipe
+    from unimo_pipe.workflows.classify_options import ClassifierOptions
     from unimo_pipe.workflows.pretrain import FinetuneRecipe, PretrainRecipe, run_pretraining
     from unimo_pipe.workflows.pretrain_options import FinetuneOptions, PretrainOptions
 
-    options_class, recipe = (FinetuneOptions, FinetuneRecipe) if args.command == "finetune" else \
-        (PretrainOptions, PretrainRecipe)
+    options_class, recipe = {"pretrain": (PretrainOptions, PretrainRecipe),
+                             "finetune": (FinetuneOptions, FinetuneRecipe),
+                             "finetune-classifier": (ClassifierOptions, ClassifierRecipe)}[args.command]
     options = resolve_options(options_class, option_sources(options_class, args.command, args))
     history = run_pretraining(options, recipe)
     if history and int(os.environ.get("RANK", 0)) == 0:
@@ -233,6 +243,16 @@ def _evaluate_command(args: argparse.Namespace) -> int:
 
     print(json.dumps(evaluate_retrieval(resolve_options(EvaluateOptions, option_sources(EvaluateOptions, "evaluate",
                                                                                         args)))))
+    return 0
+
+
+def _evaluate_classifier_command(args: argparse.Namespace) -> int:
+    from unimo_pipe.pipeline.config import resolve_options
+    from unimo_pipe.workflows.classify import evaluate_classifier
+    from unimo_pipe.workflows.classify_options import EvaluateClassifierOptions
+
+    options = resolve_options(EvaluateClassifierOptions, option_sources(EvaluateClassifierOptions, args.command, args))
+    print(json.dumps(evaluate_classifier(options)))
     return 0
 
 

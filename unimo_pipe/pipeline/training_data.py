@@ -111,15 +111,20 @@ class Examples:
             return json.loads(f.readline())
 
     def regions(self, key: str) -> dict[str, np.ndarray]:
-        """float16 features (R, D) and float16 7-d boxes (R, 7) of one image, at most max_regions."""
-        dump = self.features.db[key]
-        nbb = min(self.features.name2nbb[key], self.max_regions)
-        norm_bb = dump["norm_bb"][:nbb].astype(np.float16)
-        area = (norm_bb[:, 4:5].astype(np.float32) * norm_bb[:, 5:6].astype(np.float32)).astype(np.float16)
-        regions = {"features": dump["features"][:nbb].astype(np.float16), "boxes": np.concatenate([norm_bb, area], 1)}
-        if "soft_labels" in dump:  # the detector's class distribution, for masked region classification (KL)
-            regions["soft_labels"] = dump["soft_labels"][:nbb].astype(np.float16)
-        return regions
+        return read_regions(self.features, key, self.max_regions)
+
+
+def read_regions(features, key: str, max_regions: int) -> dict[str, np.ndarray]:
+    """float16 features (R, D) and float16 7-d boxes (R, 7) of one image of a region-feature reader, at
+    most max_regions."""
+    dump = features.db[key]
+    nbb = min(features.name2nbb[key], max_regions)
+    norm_bb = dump["norm_bb"][:nbb].astype(np.float16)
+    area = (norm_bb[:, 4:5].astype(np.float32) * norm_bb[:, 5:6].astype(np.float32)).astype(np.float16)
+    regions = {"features": dump["features"][:nbb].astype(np.float16), "boxes": np.concatenate([norm_bb, area], 1)}
+    if "soft_labels" in dump:  # the detector's class distribution, for masked region classification (KL)
+        regions["soft_labels"] = dump["soft_labels"][:nbb].astype(np.float16)
+    return regions
 
 
 @dataclass(frozen=True)
@@ -298,6 +303,16 @@ class Collator:
     def texts(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         batch: dict[str, Any] = {"index": [it["index"] for it in items]}
         self._text(batch, "text", [it["text"] for it in items])
+        return batch
+
+    def labelled(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Image-text examples with a class index each (classification fine-tuning)."""
+        import torch
+
+        batch: dict[str, Any] = {"index": [it["index"] for it in items]}
+        self._text(batch, "text", [it["text"] for it in items])
+        batch["region_features"], batch["region_boxes"], batch["region_mask"] = _pad_regions(items)
+        batch["labels"] = torch.tensor([it["label"] for it in items], dtype=torch.long)
         return batch
 
     @staticmethod

@@ -113,7 +113,7 @@ class PretrainRecipe:
         return _Stream(dataset, plan, collate, o.workers)
 
     def _setup_model(self) -> None:
-        from unimo_pipe.models.pretraining import UnimoPretraining
+        from unimo_pipe.models.pretraining import ObjectiveWeights, UnimoPretraining
         from unimo_pipe.models.unified import UnifiedModel, tiny_encoder
 
         o = self.options
@@ -137,6 +137,9 @@ class PretrainRecipe:
                                        special_ids=specials, temperature=o.temperature,
                                        in_batch_negatives=o.in_batch_negatives,
                                        soft_label_classes=classes).to(self.device)
+        self.weights = ObjectiveWeights(cmcl=o.weight_cmcl, language=o.weight_language, visual=o.weight_visual,
+                                        matching=o.weight_matching, classification=o.weight_classification,
+                                        alignment=o.weight_alignment)
         if o.compile:
             model.compile()
         self.trainer = self.module
@@ -198,26 +201,18 @@ class PretrainRecipe:
     # -- train --
 
     def train(self) -> list[dict[str, Any]]:
-        from unimo_pipe.models.pretraining import ObjectiveWeights
-
         o = self.options
-        weights = ObjectiveWeights(cmcl=o.weight_cmcl, language=o.weight_language, visual=o.weight_visual,
-                                   matching=o.weight_matching, classification=o.weight_classification,
-                                   alignment=o.weight_alignment)
         history, started, samples = [], time.perf_counter(), 0
         while self.step < o.steps:
             torch.manual_seed(o.seed * 1_000_003 + self.step * 101 + self.rank)  # dropout: a function of the step
             generator = torch.Generator().manual_seed(o.seed * 7_919 + self.step * 13 + self.rank)
             totals: dict[str, torch.Tensor] = {}  # kept on the device: read once per step, not once per loss
             for _ in range(o.grad_accum):
-                batch, text, image = (batch_to_device(next(self.streams[k]), self.device) if k in self.streams
-                                      else None for k in ("pair", "text", "image"))
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                    losses = self.trainer(batch, generator, weights, text, image)
+                losses, size = self._micro_batch_losses(generator)
                 (losses["loss"] / o.grad_accum).backward()
                 for name, value in losses.items():
                     totals[name] = totals.get(name, 0.0) + value.detach().float() / o.grad_accum
-                samples += len(batch["index"])
+                samples += size
             if o.clip:
                 torch.nn.utils.clip_grad_norm_(self.module.parameters(), o.clip)
             self.optimizer.step()
@@ -231,6 +226,14 @@ class PretrainRecipe:
             history.append(row)
             self._after_step(row)
         return history
+
+    def _micro_batch_losses(self, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], int]:
+        """The losses of the next micro-batch (one of each stream), and how many pairs it held."""
+        batch, text, image = (batch_to_device(next(self.streams[k]), self.device) if k in self.streams else None
+                              for k in ("pair", "text", "image"))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            losses = self.trainer(batch, generator, self.weights, text, image)
+        return losses, len(batch["index"])
 
     def _after_step(self, row: dict[str, Any]) -> None:
         o = self.options
@@ -256,11 +259,14 @@ class PretrainRecipe:
                                            batch_size=self.options.batch_size, device=self.device)
         return retrieval_recall(images, texts, keys, prefix=self.metric_prefix)
 
+    def save_model(self, folder: Path) -> None:
+        self.module.model.save_pretrained(folder)
+
     def cleanup(self) -> None:
         if getattr(self, "board", None) is not None:
             self.board.close()
         if self.rank == 0:
-            self.module.model.save_pretrained(self.options.out / "model")
+            self.save_model(self.options.out / "model")
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 

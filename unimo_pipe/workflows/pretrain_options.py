@@ -9,22 +9,38 @@ from unimo_pipe.pipeline.config import option
 
 
 @dataclass
-class PretrainOptions:
-    shards: Path | None = option(None, help="training shards (`unimo-pipe shard` --out)", required=True,
-                                 must_exist=True, metavar="DIR")
-    tokenizer: str = option("", help="transformers tokenizer: local folder or cached hub id", required=True)
-    init: str = option("", help="encoder to start from (hub id or folder, e.g. roberta-base); empty: a tiny "
-                       "random encoder (tests and demos only)")
-    model: Path | None = option(None, help="start from a saved unimo-pipe model instead (pretrain's OUT/model)",
-                                must_exist=True, metavar="DIR")
+class TrainingLoopOptions:
+    """What the training loop takes, whatever the recipe (pretrain, finetune, finetune-classifier)."""
+
+    tokenizer: str = option("", help="transformers tokenizer (the model's): local folder or cached hub id",
+                            required=True)
     out: Path | None = option(None, help="output folder", required=True, metavar="DIR")
     steps: int = option(1000, help="optimizer steps", minimum=1)
-    batch_size: int = option(32, help="pairs per rank per micro-batch", minimum=1)
+    batch_size: int = option(32, help="examples per rank per micro-batch", minimum=1)
     grad_accum: int = option(1, help="micro-batches per optimizer step", minimum=1)
     lr: float = option(5e-5, help="peak learning rate (UNIMO: 5e-5)", minimum=0.0)
     warmup_steps: int = option(100, help="linear warmup, then linear decay to 0", minimum=0)
     weight_decay: float = option(0.01, help="AdamW weight decay", minimum=0.0)
     clip: float = option(1.0, help="gradient norm clipping (0: off)", minimum=0.0)
+    max_text_tokens: int = option(64, help="text length limit (UNIMO: 512)", minimum=8)
+    max_regions: int = option(100, help="regions per image", minimum=1)
+    log_every: int = option(10, help="steps between metric lines", minimum=1)
+    checkpoint_every: int = option(100, help="steps between checkpoints", minimum=1)
+    eval_every: int = option(0, help="steps between evaluations (0: at the end only)", minimum=0)
+    seed: int = option(0, help="seed of everything random")
+    workers: int = option(2, help="DataLoader workers", minimum=0)
+    compile: bool = option(False, help="torch.compile the transformer layers (faster steps on GPU after a "
+                           "warm-up of a minute or two; checkpoints are unchanged)")
+
+
+@dataclass
+class PretrainOptions(TrainingLoopOptions):
+    shards: Path | None = option(None, help="training shards (`unimo-pipe shard` --out)", required=True,
+                                 must_exist=True, metavar="DIR")
+    init: str = option("", help="encoder to start from (hub id or folder, e.g. roberta-base); empty: a tiny "
+                       "random encoder (tests and demos only)")
+    model: Path | None = option(None, help="start from a saved unimo-pipe model instead (pretrain's OUT/model)",
+                                must_exist=True, metavar="DIR")
     temperature: float = option(0.07, help="CMCL temperature tau", minimum=1e-4)
     in_batch_negatives: bool = option(False, help="also use the other pairs of the batch as CMCL negatives "
                                       "(off reproduces the paper's formula)")
@@ -44,20 +60,10 @@ class PretrainOptions:
     negatives: int = option(4, help="hard negatives sampled per pair per step", minimum=0)
     retrieved_images: int = option(1, help="retrieved images sampled per pair per step", minimum=0)
     retrieved_texts: int = option(1, help="retrieved texts sampled per pair per step", minimum=0)
-    max_text_tokens: int = option(64, help="text length limit (UNIMO: 512)", minimum=8)
-    max_regions: int = option(100, help="regions per image", minimum=1)
     tiny_hidden: int = option(32, help="hidden size of the tiny random encoder (when --init is empty)", minimum=8)
-    log_every: int = option(10, help="steps between metric lines", minimum=1)
-    checkpoint_every: int = option(100, help="steps between checkpoints", minimum=1)
-    eval_every: int = option(0, help="steps between zero-shot retrieval evaluations (0: at the end only)",
-                             minimum=0)
     eval_pairs: int = option(100, help="pairs used for retrieval R@1/5/10", minimum=2)
     eval_shards: Path | None = option(None, help="held-out shards to evaluate on (default: the first training "
                                       "pairs)", must_exist=True, metavar="DIR")
-    seed: int = option(0, help="seed of everything random")
-    workers: int = option(2, help="DataLoader workers", minimum=0)
-    compile: bool = option(False, help="torch.compile the transformer layers (faster steps on GPU after a "
-                           "warm-up of a minute or two; checkpoints are unchanged)")
 
 
 @dataclass

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import read_jsonl, write_jsonl
+from unimo_pipe.pipeline.cli import main
+from unimo_pipe.pipeline.feature_store import RegionFeatureWriter
+
+COLOURS = ["red", "blue", "green", "yellow"]
+
+
+@pytest.fixture(scope="module")
+def labelled_inputs(tmp_path_factory):
+    """8 images whose features encode a colour; per image, "a C thing" is "yes" for its own colour and "no"
+    for another one, so the label needs the image and the text together. Plus a tiny saved model."""
+    root = tmp_path_factory.mktemp("classify")
+    rng = np.random.default_rng(0)
+    basis = rng.standard_normal((len(COLOURS), 16))
+    rows = []
+    with RegionFeatureWriter(root / "feats") as writer:
+        for i in range(8):
+            colour = i % len(COLOURS)
+            n = 10 + i % 3
+            writer.add(f"img{i}.jpg", {"features": basis[colour] + 0.1 * rng.standard_normal((n, 16)),
+                                       "norm_bb": np.tile([0.1, 0.1, 0.6, 0.6, 0.5, 0.5], (n, 1)),
+                                       "conf": np.ones(n)})
+            for other in range(len(COLOURS)):
+                rows.append({"image": f"img{i}.jpg", "text": f"a {COLOURS[other]} thing",
+                             "label": "yes" if other == colour else "no"})
+    write_jsonl(root / "train.jsonl", rows)
+    from unimo_pipe.models.tiny_tokenizer import build_tiny_tokenizer
+    from unimo_pipe.models.tokenizers import load_tokenizer
+    from unimo_pipe.models.unified import UnifiedModel, tiny_encoder
+
+    build_tiny_tokenizer(root / "tok", [r["text"] for r in rows] * 3)
+    tokenizer = load_tokenizer(str(root / "tok"), of="--tokenizer")
+    torch.manual_seed(0)  # a fixed start: a tiny model from some random starts needs many more steps
+    UnifiedModel(tiny_encoder(len(tokenizer), hidden=32), region_dim=16).save_pretrained(root / "pretrained")
+    return root
+
+
+def finetune(root, out, *extra):
+    return main(["finetune-classifier", "--model", str(root / "pretrained"), "--train", str(root / "train.jsonl"),
+                 "--features", str(root / "feats"), "--tokenizer", str(root / "tok"), "--out", str(out),
+                 "--batch-size", "8", "--workers", "0", *extra])
+
+
+def test_classifier_learns_a_task_that_needs_image_and_text_and_evaluates_alone(labelled_inputs, tmp_path,
+                                                                                capsys):
+    out = tmp_path / "run"
+    assert finetune(labelled_inputs, out, "--steps", "500", "--lr", "3e-3", "--warmup-steps", "20",
+                    "--log-every", "50") == 0
+    scores = json.loads((out / "classification.json").read_text())
+    assert scores["majority_class_accuracy"] == 0.75 and scores["examples"] == 32
+    assert scores["accuracy"] >= 0.9
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert {"loss", "loss_classification", "train_accuracy", "lr"} <= set(rows[0])
+    assert rows[-1]["loss"] < 0.5 * rows[0]["loss"]
+    assert json.loads((out / "model" / "classifier.json").read_text())["labels"] == ["no", "yes"]
+
+    held_out = read_jsonl(labelled_inputs / "train.jsonl") + [
+        {"image": "img0.jpg", "text": "a red thing", "label": "maybe"},  # a class the model does not know
+        {"image": "absent.jpg", "text": "a red thing", "label": "yes"}, {"image": "img1.jpg", "label": "no"}]
+    data = write_jsonl(tmp_path / "held_out.jsonl", held_out)
+    with data.open("a") as f:
+        f.write("{not json\n")
+    capsys.readouterr()
+    assert main(["evaluate-classifier", "--model", str(out / "model"), "--data", str(data), "--features",
+                 str(labelled_inputs / "feats"), "--tokenizer", str(labelled_inputs / "tok")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["examples"] == 33 and result["accuracy"] == round(scores["accuracy"] * 32 / 33, 4)
+    assert result["left_out"] == {"malformed_json": 1, "missing_field": 1, "unknown_image": 1, "unknown_label": 1}
+
+
+def test_classifier_resume_reproduces_the_uninterrupted_losses(labelled_inputs, tmp_path, monkeypatch):
+    args = ["--steps", "6", "--checkpoint-every", "3", "--log-every", "1", "--warmup-steps", "2"]
+    assert finetune(labelled_inputs, tmp_path / "whole", *args) == 0
+    from unimo_pipe.workflows.classify import ClassifierRecipe
+
+    original = ClassifierRecipe._after_step
+
+    def kill_after_step_4(self, row):
+        original(self, row)
+        if self.step == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ClassifierRecipe, "_after_step", kill_after_step_4)
+    assert finetune(labelled_inputs, tmp_path / "resumed", *args) == 130
+    monkeypatch.setattr(ClassifierRecipe, "_after_step", original)
+    assert finetune(labelled_inputs, tmp_path / "resumed", *args) == 0
+    whole = read_jsonl(tmp_path / "whole" / "metrics.jsonl")
+    resumed = read_jsonl(tmp_path / "resumed" / "metrics.jsonl")
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(whole, resumed, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5), a["step"]
+
+
+def test_classifier_input_mistakes_are_one_clear_error(labelled_inputs, tmp_path, capsys):
+    one_class = write_jsonl(tmp_path / "one.jsonl", [{"image": "img0.jpg", "text": "a red thing", "label": "yes"}])
+    assert main(["finetune-classifier", "--model", str(labelled_inputs / "pretrained"), "--train", str(one_class),
+                 "--features", str(labelled_inputs / "feats"), "--tokenizer", str(labelled_inputs / "tok"),
+                 "--out", str(tmp_path / "a")]) == 2
+    assert "single class ('yes')" in capsys.readouterr().err
+    unusable = write_jsonl(tmp_path / "bad.jsonl", [{"image": "absent.jpg", "text": "x", "label": "yes"}])
+    assert main(["finetune-classifier", "--model", str(labelled_inputs / "pretrained"), "--train", str(unusable),
+                 "--features", str(labelled_inputs / "feats"), "--tokenizer", str(labelled_inputs / "tok"),
+                 "--out", str(tmp_path / "b")]) == 2
+    assert "no usable example (unknown_image: 1)" in capsys.readouterr().err
+    assert main(["evaluate-classifier", "--model", str(labelled_inputs / "pretrained"), "--data",
+                 str(labelled_inputs / "train.jsonl"), "--features", str(labelled_inputs / "feats"), "--tokenizer",
+                 str(labelled_inputs / "tok")]) == 2
+    assert "has no classifier.json" in capsys.readouterr().err

@@ -1,0 +1,142 @@
+"""`finetune-classifier` and `evaluate-classifier`: image-text classification (visual entailment, VQA as
+answer classification, ...) from a pretrained unified model.
+
+    unimo-pipe finetune-classifier --model runs/pretrain/model --train snli_ve_train.jsonl \
+        --eval snli_ve_dev.jsonl --features feats/ --tokenizer roberta-base --out runs/snli-ve
+    unimo-pipe evaluate-classifier --model runs/snli-ve/model --data snli_ve_test.jsonl --features feats/ \
+        --tokenizer roberta-base
+
+The training loop is pretrain's (DDP under torchrun, bf16 on GPU, accumulation, checkpoints with exact
+resume, metrics.jsonl, TensorBoard); only the data, the model and the evaluation differ. The classes are
+the training file's labels, sorted, and are saved with the model (classifier.json).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unimo_pipe.pipeline.errors import UserError
+from unimo_pipe.pipeline.training_data import batch_to_device
+from unimo_pipe.workflows.classify_options import ClassifierOptions, EvaluateClassifierOptions
+from unimo_pipe.workflows.pretrain import PretrainRecipe, _Stream
+
+logger = logging.getLogger("unimo_pipe")
+
+
+class ClassifierRecipe(PretrainRecipe):
+    eval_file = "classification.json"
+
+    def __init__(self, options: ClassifierOptions):
+        self.options = options
+
+    def _setup_data(self) -> None:
+        from unimo_pipe.models.tokenizers import load_tokenizer
+        from unimo_pipe.pipeline.feature_store import open_feature_dir
+        from unimo_pipe.pipeline.labelled_data import LabelledDataset, LabelledExamples
+        from unimo_pipe.pipeline.training_data import BatchPlan, Collator
+
+        o = self.options
+        self.tokenizer = load_tokenizer(o.tokenizer, of="--tokenizer")
+        self.collator = Collator(self.tokenizer, max_text_tokens=o.max_text_tokens)
+        image_keys = open_feature_dir(o.features).name2nbb
+        train = LabelledExamples.load(o.train, image_keys=image_keys)
+        _log_left_out(train)
+        self.labels = train.labels
+        self.dataset = LabelledDataset(train, o.features, max_regions=o.max_regions)
+        self.eval_dataset = self.dataset
+        if o.eval is not None:
+            held_out = LabelledExamples.load(o.eval, image_keys=image_keys, labels=train.labels)
+            _log_left_out(held_out)
+            self.eval_dataset = LabelledDataset(held_out, o.features, max_regions=o.max_regions)
+        plan = BatchPlan(train.text_lengths + self.dataset.box_counts(), batch_size=o.batch_size, rank=self.rank,
+                         world_size=self.world_size, seed=o.seed)
+        self.streams = {"pair": _Stream(self.dataset, plan, self.collator.labelled, o.workers)}
+
+    def _setup_model(self) -> None:
+        from unimo_pipe.models.classifier import PairClassifier
+        from unimo_pipe.models.unified import UnifiedModel
+
+        o = self.options
+        torch.manual_seed(o.seed)
+        model = UnifiedModel.from_pretrained(o.model)
+        region_dim = self.dataset[0]["features"].shape[1]
+        if model.region_dim != region_dim:
+            raise UserError(f"{o.model} takes {model.region_dim}-d region features but {o.features} holds "
+                            f"{region_dim}-d ones: use features from the detector the model was trained with")
+        self.module = PairClassifier(model, self.labels).to(self.device)
+        if o.compile:
+            model.compile()
+        self.trainer = self.module
+        if self.world_size > 1:
+            self.trainer = torch.nn.parallel.DistributedDataParallel(self.module)
+
+    def _micro_batch_losses(self, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], int]:
+        batch = batch_to_device(next(self.streams["pair"]), self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            losses = self.trainer(batch)
+        return losses, len(batch["index"])
+
+    def evaluate(self) -> dict[str, float]:
+        """Accuracy on --eval, or on the first --eval-examples training examples."""
+        count = len(self.eval_dataset)
+        if self.options.eval is None and self.options.eval_examples:
+            count = min(count, self.options.eval_examples)
+        return classification_scores(self.module, self.eval_dataset, self.collator, count=count,
+                                     batch_size=self.options.batch_size, device=self.device)
+
+    def save_model(self, folder: Path) -> None:
+        self.module.save_pretrained(folder)
+
+
+@torch.no_grad()
+def classification_scores(classifier, dataset, collator, *, count: int, batch_size: int, device: torch.device
+                          ) -> dict[str, Any]:
+    """Accuracy over the first `count` examples, beside the share of the most frequent class (what always
+    answering it would score)."""
+    was_training = classifier.training
+    classifier.eval()
+    correct, counts = 0, torch.zeros(len(classifier.labels), dtype=torch.long)
+    for start in range(0, count, batch_size):
+        batch = batch_to_device(collator.labelled([dataset[i] for i in range(start, min(start + batch_size, count))]),
+                                device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            predicted = classifier.logits(batch).argmax(-1)
+        correct += int((predicted == batch["labels"]).sum())
+        known = batch["labels"][batch["labels"] >= 0].cpu()  # -1: a label the model does not know, never right
+        counts += torch.bincount(known, minlength=len(counts))
+    classifier.train(was_training)
+    return {"accuracy": round(correct / count, 4), "majority_class_accuracy": round(int(counts.max()) / count, 4),
+            "examples": count}
+
+
+def evaluate_classifier(options: EvaluateClassifierOptions) -> dict[str, Any]:
+    from unimo_pipe.models.classifier import PairClassifier
+    from unimo_pipe.models.tokenizers import load_tokenizer
+    from unimo_pipe.pipeline.feature_store import open_feature_dir
+    from unimo_pipe.pipeline.labelled_data import LabelledDataset, LabelledExamples
+    from unimo_pipe.pipeline.training_data import Collator
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    classifier = PairClassifier.from_pretrained(options.model).to(device)
+    tokenizer = load_tokenizer(options.tokenizer, of="--tokenizer")
+    examples = LabelledExamples.load(options.data, image_keys=open_feature_dir(options.features).name2nbb,
+                                     labels=classifier.labels)
+    dataset = LabelledDataset(examples, options.features, max_regions=options.max_regions)
+    result = classification_scores(classifier, dataset, Collator(tokenizer, max_text_tokens=options.max_text_tokens),
+                                   count=len(dataset), batch_size=options.batch_size, device=device)
+    result["left_out"] = dict(examples.problems)
+    if options.out is not None:
+        from unimo_pipe.pipeline.jsonl import write_json_atomic
+
+        write_json_atomic(options.out, result)
+    return result
+
+
+def _log_left_out(examples) -> None:
+    if examples.problems:
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(examples.problems.items()))
+        logger.warning("%s: %d usable examples; left out %s", examples.path, len(examples), reasons)
