@@ -26,5 +26,12 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     sentences = list(iter_output_jsonl(out / "corpus", "sentences.jsonl"))
     assert len(sentences) > 200
     assert json.loads((out / "corpus" / "summary.json").read_text())["skip_reasons"]["duplicate"] >= 2
+    assert "finetune-classifier: 20 steps" in printed
+    matches = [json.loads(line) for line in (out / "classify" / "matches.jsonl").read_text().splitlines()]
+    own_image = {p["caption"]: p["image"] for p in pairs}
+    assert len(matches) == 120 and all((m["image"] == own_image[m["text"]]) == (m["label"] == "match")
+                                       for m in matches)
+    assert json.loads((out / "classify" / "classification.json").read_text())["examples"] == 120
     assert main(["demo", "--out", str(out)]) == 0
-    assert "0/3/3" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "0/3/3" in printed and "finetune-classifier: already finished" in printed

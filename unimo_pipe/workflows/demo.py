@@ -22,10 +22,12 @@ def run_demo(out: Path) -> None:
     print(format_summary(results))
     print()
     _pretrain_briefly(out, models)
+    _classify_briefly(out, models)
     print()
     print("Models used by this demo:")
     notes = [note for step in steps for note in step.stage.models_used(step.options)]
-    notes.append("pretrain: tiny RANDOM encoder and a BPE tokenizer trained on the demo corpus (smoke-test quality)")
+    notes.append("pretrain, finetune-classifier: tiny RANDOM encoder and a BPE tokenizer trained on the demo corpus "
+                 "(smoke-test quality)")
     for note in notes or ["none: the stages in this demo so far only read and clean data"]:
         print(f"  - {note}")
     print()
@@ -52,3 +54,33 @@ def _pretrain_briefly(out: Path, models: Path) -> None:
     losses = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k.startswith("loss"))
     print(f"pretrain: {len(history)} steps; last step: {losses}; zero-shot image retrieval R@1 "
           f"{last['zero_shot_ir_r1']:.3f} (chance {last['zero_shot_chance_r1']:.3f}) -> {out / 'pretrain'}")
+
+
+def _classify_briefly(out: Path, models: Path) -> None:
+    """A few steps of classification fine-tuning from the pretrained model, on a task made from the demo
+    pairs: does this caption describe this image ("match") or another one ("mismatch")?"""
+    from unimo_pipe.pipeline.config import Source, resolve_options
+    from unimo_pipe.pipeline.jsonl import write_jsonl
+    from unimo_pipe.pipeline.outputs import iter_output_jsonl
+    from unimo_pipe.workflows.classify import ClassifierRecipe
+    from unimo_pipe.workflows.classify_options import ClassifierOptions
+    from unimo_pipe.workflows.pretrain import run_pretraining
+
+    pairs = list(iter_output_jsonl(out / "pairs", "pairs.jsonl"))
+    images = sorted({p["image"] for p in pairs})
+    labelled = out / "classify" / "matches.jsonl"
+    other = {image: [i for i in images if i != image] for image in images}
+    write_jsonl(labelled, [row for n, p in enumerate(pairs) for row in (
+        {"image": p["image"], "text": p["caption"], "label": "match"},
+        {"image": other[p["image"]][n % len(other[p["image"]])], "text": p["caption"], "label": "mismatch"})])
+    options = resolve_options(ClassifierOptions, [Source("demo", {
+        "model": str(out / "pretrain" / "model"), "train": str(labelled), "features": str(out / "features"),
+        "tokenizer": str(models / "tokenizer-tiny"), "out": str(out / "classify"), "steps": 20, "batch_size": 8,
+        "lr": 1e-3, "warmup_steps": 2, "log_every": 5, "checkpoint_every": 10, "workers": 0})])
+    history = run_pretraining(options, ClassifierRecipe)
+    if not history:
+        print(f"finetune-classifier: already finished ({options.steps} steps) in {out / 'classify'}")
+        return
+    last = history[-1]
+    print(f"finetune-classifier: {len(history)} steps on match / mismatch; accuracy {last['accuracy']:.3f} "
+          f"(majority class {last['majority_class_accuracy']:.3f}) -> {out / 'classify'}")
