@@ -114,3 +114,12 @@ def test_classifier_input_mistakes_are_one_clear_error(labelled_inputs, tmp_path
                  str(labelled_inputs / "train.jsonl"), "--features", str(labelled_inputs / "feats"), "--tokenizer",
                  str(labelled_inputs / "tok")]) == 2
     assert "has no classifier.json" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_classifier_trains_and_scores_in_bf16_on_gpu(labelled_inputs, tmp_path):
+    out = tmp_path / "gpu"
+    assert finetune(labelled_inputs, out, "--steps", "500", "--lr", "3e-3", "--warmup-steps", "20",
+                    "--log-every", "50") == 0
+    scores = json.loads((out / "classification.json").read_text())
+    assert scores["examples"] == 32 and scores["accuracy"] > scores["majority_class_accuracy"]
