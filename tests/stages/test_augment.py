@@ -6,6 +6,7 @@ from tests.conftest import read_jsonl, write_jsonl
 from unimo_pipe.models.negatives import NegativeGenerator, normalise_for_comparison
 from unimo_pipe.pipeline.cli import main
 from unimo_pipe.pipeline.outputs import iter_output_jsonl
+from unimo_pipe.stages.augment import Augment
 
 CAPTIONS = [
     {"id": "1", "image": "a.jpg", "caption": "A man riding a brown horse on a beach."},
@@ -58,12 +59,34 @@ def test_resume_after_a_crash(tmp_path, monkeypatch):
     monkeypatch.setattr(NegativeGenerator, "generate", crash_on_second)
     assert main(args) == 130
     monkeypatch.setattr(NegativeGenerator, "generate", original)
+    built = []
+    monkeypatch.setattr(Augment, "_build_vocabulary", lambda self, options: built.append(options))
     assert main(args) == 0
+    assert built == []  # the resumed run read the saved vocabulary back instead of parsing every caption
+    monkeypatch.undo()
     rows = list(iter_output_jsonl(tmp_path / "aug", "augment.jsonl"))
     assert [r["id"] for r in rows] == ["1", "2", "3"]
     again = tmp_path / "again"
     assert main([*args[:-2], str(again), "shard_size=1"]) == 0
     assert list(iter_output_jsonl(again, "augment.jsonl")) == rows  # resumed output equals an uninterrupted run
+
+
+def test_a_saved_vocabulary_of_another_config_is_not_reused(tmp_path, monkeypatch):
+    captions = write_jsonl(tmp_path / "caps.jsonl", CAPTIONS[:2])
+    out = tmp_path / "aug"
+    original = NegativeGenerator.generate
+
+    def crash(self, *a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(NegativeGenerator, "generate", crash)  # dies before any shard is committed
+    assert main(["augment", "--captions", str(captions), "--scene-graph", "--out", str(out)]) == 130
+    monkeypatch.setattr(NegativeGenerator, "generate", original)
+    zebras = tmp_path / "zebra.txt"
+    zebras.write_text("zebra\n")
+    assert main(["augment", "--captions", str(captions), "--scene-graph", "--vocab", str(zebras), "--out",
+                 str(out)]) == 0
+    assert "zebra" in json.loads((out / "vocab.json").read_text())["objects"]
 
 
 def test_worker_processes_give_the_same_output_as_one_process(tmp_path, monkeypatch):

