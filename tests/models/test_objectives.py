@@ -9,6 +9,7 @@ from unimo_pipe.models.objectives import (
     box_iou,
     cmcl_loss,
     cosine_scores,
+    hardest_negative_triplet_loss,
     ipot_plan,
     masked_region_losses,
     region_masks,
@@ -208,3 +209,28 @@ def test_word_region_distance_is_smaller_for_aligned_sets():
     mask = torch.ones(1, 5, dtype=torch.bool)
     aligned = word_region_distance(words, mask, regions, mask)
     assert aligned < 0.1 < word_region_distance(unrelated, mask, regions, mask)
+
+
+def triplet_by_loops(scores: list[list[float]], margin: float, extra: list[list[float]]) -> float:
+    """VSE++'s sum of hinges at the hardest negatives, one pair at a time."""
+    n, total = len(scores), 0.0
+    for i in range(n):
+        wrong_captions = [scores[i][j] for j in range(n) if j != i] + extra[i]
+        wrong_images = [scores[j][i] for j in range(n) if j != i]
+        total += max(0.0, margin + max(wrong_captions, default=-1e9) - scores[i][i])
+        total += max(0.0, margin + max(wrong_images, default=-1e9) - scores[i][i])
+    return total / n
+
+
+def test_hardest_negative_triplet_loss_matches_loops_and_its_gradient_hits_the_hardest():
+    torch.manual_seed(0)
+    scores = torch.rand(4, 4, requires_grad=True)
+    extra_rows = [[0.95], [], [0.1, 0.2], []]
+    extra, mask = padded(extra_rows, 2)
+    loss = hardest_negative_triplet_loss(scores, margin=0.2, caption_negatives=extra, caption_negative_mask=mask)
+    assert loss.item() == pytest.approx(triplet_by_loops(scores.tolist(), 0.2, extra_rows), abs=1e-6)
+    loss.backward()
+    assert (scores.grad != 0).sum() <= 4 * 3  # only matches and hardest negatives get a gradient
+    aligned = torch.eye(3) * 0.9
+    assert hardest_negative_triplet_loss(aligned, margin=0.2).item() == 0.0  # every match wins by >= margin
+    assert hardest_negative_triplet_loss(torch.zeros(1, 1), margin=0.2).item() == 0.0  # no negative at all

@@ -32,6 +32,27 @@ def cmcl_loss(positive_scores: torch.Tensor, positive_mask: torch.Tensor, negati
     return (denominator - numerator).mean()
 
 
+def hardest_negative_triplet_loss(scores: torch.Tensor, *, margin: float = 0.2,
+                                  caption_negatives: torch.Tensor | None = None,
+                                  caption_negative_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """VSE++'s retrieval loss (Faghri et al. 2018), mean over pairs. `scores` (B, B): image i against
+    caption j, matched pairs on the diagonal. Each image's hardest wrong caption and each caption's hardest
+    wrong image must score `margin` below the match, or pay the difference. `caption_negatives` (B, N)
+    with its mask: more wrong captions per image (e.g. scene-graph hard negatives), competing with the
+    batch's other captions."""
+    blocked = torch.finfo(torch.float32).min
+    scores = scores.float()
+    matched = scores.diagonal()
+    wrong = torch.where(torch.eye(len(scores), dtype=torch.bool, device=scores.device), blocked, scores)
+    wrong_captions = wrong
+    if caption_negatives is not None:
+        extra = torch.where(caption_negative_mask, caption_negatives.float(), blocked)
+        wrong_captions = torch.cat([wrong, extra], dim=1)
+    caption_cost = (margin + wrong_captions.max(dim=1).values - matched).clamp(min=0)
+    image_cost = (margin + wrong.max(dim=0).values - matched).clamp(min=0)
+    return (caption_cost + image_cost).mean()
+
+
 def host_to(device: torch.device, values: torch.Tensor) -> torch.Tensor:
     """A CPU tensor on `device`, copied without making the host wait for the GPU's queued work."""
     if device.type == "cuda":

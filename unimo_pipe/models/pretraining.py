@@ -30,6 +30,7 @@ from torch import nn
 
 from unimo_pipe.models.objectives import (
     cmcl_loss,
+    hardest_negative_triplet_loss,
     host_to,
     masked_feature_regression,
     masked_region_losses,
@@ -55,7 +56,8 @@ class ObjectiveWeights:
 
 class UnimoPretraining(nn.Module):
     def __init__(self, model: UnifiedModel, *, vocab_size: int, mask_id: int, special_ids: list[int],
-                 temperature: float = 0.07, in_batch_negatives: bool = False, soft_label_classes: int = 1601):
+                 temperature: float = 0.07, in_batch_negatives: bool = False, soft_label_classes: int = 1601,
+                 retrieval_loss: str = "cmcl", margin: float = 0.2):
         super().__init__()
         hidden = model.hidden_size
         self.model = model
@@ -66,6 +68,7 @@ class UnimoPretraining(nn.Module):
         self.vocab_size, self.mask_id = vocab_size, mask_id
         self.register_buffer("special_ids", torch.tensor(special_ids, dtype=torch.long), persistent=False)
         self.temperature, self.in_batch_negatives = temperature, in_batch_negatives
+        self.retrieval_loss, self.margin = retrieval_loss, margin
 
     # -- CMCL --
 
@@ -103,6 +106,21 @@ class UnimoPretraining(nn.Module):
                                                               size - 1 if self.in_batch_negatives else 0),
                                device=images.device)
         return cmcl_loss(pos, pos_mask, neg, neg_mask, temperature=self.temperature)
+
+    def triplet(self, batch: dict) -> torch.Tensor:
+        """The hardest-negative triplet loss (VSE++) over the batch's pairs, the scene-graph hard negatives
+        (if the shards have them) competing with the other captions."""
+        images = self.encode_images(batch["region_features"], batch["region_boxes"], batch["region_mask"])
+        texts = self.encode_texts(batch["text_ids"], batch["text_mask"])
+        grid = F.cosine_similarity(images[:, None], texts[None], dim=-1)
+        negatives = mask = None
+        if batch["negatives_ids"].shape[0]:
+            owner = batch["negatives_owner"].to(images.device)
+            scores = F.cosine_similarity(images[owner], self.encode_texts(batch["negatives_ids"],
+                                                                          batch["negatives_mask"]))
+            negatives, mask = _group([(scores, owner)], len(images), _most_per_pair(batch, ("negatives",), 0))
+        return hardest_negative_triplet_loss(grid, margin=self.margin, caption_negatives=negatives,
+                                             caption_negative_mask=mask)
 
     # -- language --
 
@@ -187,7 +205,8 @@ class UnimoPretraining(nn.Module):
         if image_batch is not None and regions:
             self._add_region_losses(losses, "loss_image_", image_batch, generator)
         if weights.cmcl:
-            losses["loss_cmcl"] = self.cmcl(batch)
+            retrieval = self.triplet if self.retrieval_loss == "triplet" else self.cmcl
+            losses[f"loss_{self.retrieval_loss}"] = retrieval(batch)
         if weights.language:
             seq2seq = bool(torch.rand(1, generator=generator) < 0.5)
             losses["loss_seq2seq" if seq2seq else "loss_mlm"] = self.language(batch, generator, seq2seq=seq2seq)
@@ -197,8 +216,9 @@ class UnimoPretraining(nn.Module):
             losses["loss_itm"], alignment = self.matching(batch, generator, alignment=bool(weights.alignment))
             if alignment is not None:
                 losses["loss_wra"] = alignment
-        scale = {"cmcl": weights.cmcl, "mlm": weights.language, "seq2seq": weights.language, "mrm": weights.visual,
-                 "moc": weights.classification, "itm": weights.matching, "wra": weights.alignment}
+        scale = {"cmcl": weights.cmcl, "triplet": weights.cmcl, "mlm": weights.language, "seq2seq": weights.language,
+                 "mrm": weights.visual, "moc": weights.classification, "itm": weights.matching,
+                 "wra": weights.alignment}
         losses["loss"] = sum(scale[name.rsplit("_", 1)[1]] * value for name, value in losses.items())
         return losses
 

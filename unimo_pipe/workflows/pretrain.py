@@ -135,8 +135,8 @@ class PretrainRecipe:
                                 self.tokenizer.eos_token_id) if i is not None]
         self.module = UnimoPretraining(model, vocab_size=len(self.tokenizer), mask_id=self.tokenizer.mask_token_id,
                                        special_ids=specials, temperature=o.temperature,
-                                       in_batch_negatives=o.in_batch_negatives,
-                                       soft_label_classes=classes).to(self.device)
+                                       in_batch_negatives=o.in_batch_negatives, soft_label_classes=classes,
+                                       retrieval_loss=o.retrieval_loss, margin=o.margin).to(self.device)
         self.weights = ObjectiveWeights(cmcl=o.weight_cmcl, language=o.weight_language, visual=o.weight_visual,
                                         matching=o.weight_matching, classification=o.weight_classification,
                                         alignment=o.weight_alignment)

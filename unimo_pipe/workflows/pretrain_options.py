@@ -41,6 +41,10 @@ class PretrainOptions(TrainingLoopOptions):
                        "random encoder (tests and demos only)")
     model: Path | None = option(None, help="start from a saved unimo-pipe model instead (pretrain's OUT/model)",
                                 must_exist=True, metavar="DIR")
+    retrieval_loss: str = option("cmcl", help="the cross-modal loss: cmcl (UNIMO's contrastive loss) or triplet "
+                                 "(VSE++'s hardest-negative hinge, as retrieval fine-tuning often uses); "
+                                 "--weight-cmcl weighs either", choices=("cmcl", "triplet"))
+    margin: float = option(0.2, help="triplet margin", minimum=0.0)
     temperature: float = option(0.07, help="CMCL temperature tau", minimum=1e-4)
     in_batch_negatives: bool = option(False, help="also use the other pairs of the batch as CMCL negatives "
                                       "(off reproduces the paper's formula)")
