@@ -123,3 +123,43 @@ def test_classifier_trains_and_scores_in_bf16_on_gpu(labelled_inputs, tmp_path):
                     "--log-every", "50") == 0
     scores = json.loads((out / "classification.json").read_text())
     assert scores["examples"] == 32 and scores["accuracy"] > scores["majority_class_accuracy"]
+
+
+def test_text_classification_from_a_glue_style_tsv(tmp_path, capsys):
+    from unimo_pipe.models.tiny_tokenizer import build_tiny_tokenizer
+    from unimo_pipe.models.tokenizers import load_tokenizer
+    from unimo_pipe.models.unified import UnifiedModel, tiny_encoder
+
+    good, bad = ["good", "great", "lovely", "fun"], ["bad", "awful", "boring", "dull"]
+    subjects = ["the film", "this movie", "the plot", "the acting", "the music"]
+    rows = [(f"{s} was {w}", "1" if w in good else "0") for s in subjects for w in good + bad]
+    train = tmp_path / "train.tsv"
+    train.write_text("sentence\tlabel\n" + "".join(f"{t}\t{label}\n" for t, label in rows))
+    build_tiny_tokenizer(tmp_path / "tok", [t for t, _ in rows] * 3)
+    torch.manual_seed(0)
+    UnifiedModel(tiny_encoder(len(load_tokenizer(str(tmp_path / "tok"), of="--tokenizer")), hidden=32),
+                 region_dim=16).save_pretrained(tmp_path / "pretrained")
+    out = tmp_path / "sst"
+    assert main(["finetune-classifier", "--model", str(tmp_path / "pretrained"), "--train", str(train),
+                 "--tokenizer", str(tmp_path / "tok"), "--out", str(out), "--batch-size", "8", "--workers", "0",
+                 "--steps", "150", "--lr", "3e-3", "--warmup-steps", "10"]) == 0
+    scores = json.loads((out / "classification.json").read_text())
+    assert scores["examples"] == 40 and scores["majority_class_accuracy"] == 0.5 and scores["accuracy"] >= 0.9
+    assert json.loads((out / "model" / "classifier.json").read_text()) == {"labels": ["0", "1"], "with_image": False}
+
+    test = tmp_path / "test.tsv"
+    test.write_text("sentence\tlabel\nthe film was great\t1\nthe plot was dull\t0\na broken line\n"
+                    "the music was fun\tneutral\n")
+    capsys.readouterr()
+    assert main(["evaluate-classifier", "--model", str(out / "model"), "--data", str(test), "--tokenizer",
+                 str(tmp_path / "tok")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["examples"] == 3 and result["left_out"] == {"malformed_line": 1, "unknown_label": 1}
+    assert result["accuracy"] == round(2 / 3, 4)  # both known sentences right; the unknown label counts as wrong
+
+
+def test_image_text_data_needs_features(labelled_inputs, tmp_path, capsys):
+    assert main(["finetune-classifier", "--model", str(labelled_inputs / "pretrained"), "--train",
+                 str(labelled_inputs / "train.jsonl"), "--tokenizer", str(labelled_inputs / "tok"), "--out",
+                 str(tmp_path / "a")]) == 2
+    assert "pairs texts with images: pass --features DIR" in capsys.readouterr().err

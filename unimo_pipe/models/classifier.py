@@ -1,9 +1,10 @@
-"""Image-text classification on the unified model: the image and the text are encoded jointly (one
+"""Classification on the unified model. Image-text tasks: the image and the text are encoded jointly (one
 sequence, [IMG] regions then text) and the [IMG] and first text token states, concatenated, go through a
-two-layer head (UNITER's VQA head shape: Linear, GELU, LayerNorm, Linear).
+two-layer head (UNITER's VQA head shape: Linear, GELU, LayerNorm, Linear). Text tasks: the first text
+token state of the text alone goes through the same kind of head.
 
-Saved as the unified model's folder plus classifier.json (the class labels, in order) and
-classifier.safetensors (the head).
+Saved as the unified model's folder plus classifier.json (the class labels, in order, and whether the
+classifier takes images) and classifier.safetensors (the head).
 """
 
 from __future__ import annotations
@@ -22,15 +23,18 @@ HEAD_WEIGHTS = "classifier.safetensors"
 
 
 class PairClassifier(nn.Module):
-    def __init__(self, model: UnifiedModel, labels: list[str]):
+    def __init__(self, model: UnifiedModel, labels: list[str], *, with_image: bool = True):
         super().__init__()
-        width = 2 * model.hidden_size
+        width = (2 if with_image else 1) * model.hidden_size
         self.model = model
         self.labels = list(labels)
+        self.with_image = with_image
         self.head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.LayerNorm(width),
                                   nn.Linear(width, len(self.labels)))
 
     def logits(self, batch: dict) -> torch.Tensor:
+        if not self.with_image:
+            return self.head(self.model(text_ids=batch["text_ids"], text_mask=batch["text_mask"])["text"]).float()
         out = self.model(text_ids=batch["text_ids"], text_mask=batch["text_mask"],
                          region_features=batch["region_features"], region_boxes=batch["region_boxes"],
                          region_mask=batch["region_mask"])
@@ -47,7 +51,7 @@ class PairClassifier(nn.Module):
         from safetensors.torch import save_file
 
         self.model.save_pretrained(folder)
-        (folder / HEAD_CONFIG).write_text(json.dumps({"labels": self.labels}, indent=2))
+        (folder / HEAD_CONFIG).write_text(json.dumps({"labels": self.labels, "with_image": self.with_image}, indent=2))
         save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(folder / HEAD_WEIGHTS))
 
     @classmethod
@@ -60,7 +64,9 @@ class PairClassifier(nn.Module):
         if not (folder / HEAD_CONFIG).is_file():
             raise UserError(f"{folder} has no {HEAD_CONFIG}: pass the model folder that finetune-classifier wrote "
                             "(OUT/model)")
-        classifier = cls(UnifiedModel.from_pretrained(folder), json.loads((folder / HEAD_CONFIG).read_text())["labels"])
+        config = json.loads((folder / HEAD_CONFIG).read_text())
+        classifier = cls(UnifiedModel.from_pretrained(folder), config["labels"],
+                         with_image=config.get("with_image", True))
         try:
             classifier.head.load_state_dict(load_file(str(folder / HEAD_WEIGHTS)))
         except Exception as exc:  # missing, truncated, or another head's shape

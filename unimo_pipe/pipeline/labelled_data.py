@@ -1,18 +1,23 @@
-"""Labelled image-text examples for classification fine-tuning: visual entailment (SNLI-VE), VQA as
-answer classification, or any task that gives an image and a text one label.
+"""Labelled examples for classification fine-tuning: image-text tasks (visual entailment such as SNLI-VE, VQA
+as answer classification) and text tasks (GLUE-style single-sentence classification such as SST-2).
 
-Input: JSONL, one example per line: {"image": KEY, "text": str, "label": str} ("id" optional), where
-KEY names an image of a region-feature folder (an extract-regions or import-features output). Lines that
-cannot be used are left out and counted by reason: malformed_json, missing_field (image, text or label
-absent or empty) and unknown_image (not in the feature folder). In data scored against a trained model,
-a label the model does not know is counted as unknown_label and kept, with target -1: it is scored as
-wrong, as VQA scores answers outside the answer vocabulary. A file with no usable line is one clear error.
+Input, one example per line:
+- JSONL: {"image": KEY, "text": str, "label": str} ("id" optional), where KEY names an image of a
+  region-feature folder (an extract-regions or import-features output); text tasks leave "image" out.
+- TSV with a header row (GLUE's layout): a "sentence" (or "text") column and a "label" column; text only.
+
+Lines that cannot be used are left out and counted by reason: malformed_json / malformed_line,
+missing_field (text or label absent or empty, or the image for image-text data) and unknown_image (not in
+the feature folder). In data scored against a trained model, a label the model does not know is counted
+as unknown_label and kept, with target -1: it is scored as wrong, as VQA scores answers outside the answer
+vocabulary. A file with no usable line is one clear error.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,18 +37,17 @@ class LabelledExamples:
     problems: Counter = field(default_factory=Counter)
 
     @classmethod
-    def load(cls, path: Path, *, image_keys, labels: list[str] | None = None) -> LabelledExamples:
-        """The usable lines of `path`. `labels`: the classes to score against (a trained model's); None
-        takes the classes found in the file, sorted (training data)."""
+    def load(cls, path: Path, *, image_keys=None, labels: list[str] | None = None) -> LabelledExamples:
+        """The usable lines of `path`. `image_keys`: the feature folder's images (None: a text task).
+        `labels`: the classes to score against (a trained model's); None takes the classes found in the
+        file, sorted (training data)."""
         rows, problems = [], Counter()
-        with path.open("rb") as f:
-            for raw in f:
-                if raw.strip():
-                    row, problem = _parse(raw, image_keys)
-                    if problem:
-                        problems[problem] += 1
-                    else:
-                        rows.append(row)
+        for row in _read_rows(path):
+            example, problem = _example(row, image_keys) if isinstance(row, dict) else (None, row)
+            if problem:
+                problems[problem] += 1
+            else:
+                rows.append(example)
         if labels is None:
             labels = sorted({label for _, _, label in rows})
         index = {label: i for i, label in enumerate(labels)}
@@ -51,8 +55,9 @@ class LabelledExamples:
         problems = +problems  # drop zero counts
         if not rows:
             found = ", ".join(f"{k}: {v}" for k, v in sorted(problems.items())) or "no lines"
-            raise UserError(f"{path} has no usable example ({found}): each line must be "
-                            '{"image": KEY in the feature folder, "text": ..., "label": ...}')
+            raise UserError(f"{path} has no usable example ({found}): use JSONL lines "
+                            '{"image": KEY in the feature folder, "text": ..., "label": ...} ("image" left out for '
+                            'text tasks) or a TSV with a header and "sentence" and "label" columns')
         if len(labels) < 2:
             raise UserError(f"{path} has a single class ({labels[0]!r}): classification needs at least two labels")
         return cls(path, [r[0] for r in rows], [r[1] for r in rows], [index.get(r[2], -1) for r in rows],
@@ -66,33 +71,66 @@ class LabelledExamples:
         return np.asarray([len(t.split()) for t in self.texts], dtype=np.int32)
 
 
-def _parse(raw: bytes, image_keys) -> tuple[tuple[str, str, str] | None, str | None]:
+def is_text_only(path: Path) -> bool:
+    """Whether a labelled file is a text task: a TSV, or JSONL whose first example has no image."""
+    if path.suffix.lower() == ".tsv":
+        return True
+    first = next((row for row in _read_rows(path) if isinstance(row, dict)), None)
+    return first is not None and "image" not in first
+
+
+def _read_rows(path: Path) -> Iterator[dict | str]:
+    """Each line as a dict, or as the reason it is not one."""
+    tsv = path.suffix.lower() == ".tsv"
+    header = None
+    with path.open("rb") as f:
+        for raw in f:
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield "malformed_line" if tsv else "malformed_json"
+                continue
+            if not tsv:
+                yield _json_row(line)
+            elif header is None:
+                header = line.rstrip("\r\n").split("\t")
+            else:
+                fields = line.rstrip("\r\n").split("\t")
+                yield dict(zip(header, fields, strict=True)) if len(fields) == len(header) else "malformed_line"
+
+
+def _json_row(line: str) -> dict | str:
     try:
-        row = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None, "malformed_json"
-    if not isinstance(row, dict):
-        return None, "malformed_json"
-    image, text, label = row.get("image"), row.get("text"), row.get("label")
-    if not (isinstance(image, str) and image and isinstance(text, str) and text.strip()
-            and isinstance(label, str | int) and str(label)):
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return "malformed_json"
+    return row if isinstance(row, dict) else "malformed_json"
+
+
+def _example(row: dict, image_keys) -> tuple[tuple[str, str, str] | None, str | None]:
+    text, label = row.get("text", row.get("sentence")), row.get("label")
+    image = row.get("image") if image_keys is not None else ""
+    if not (isinstance(text, str) and text.strip() and isinstance(label, str | int) and str(label)
+            and isinstance(image, str) and (image or image_keys is None)):
         return None, "missing_field"
-    if image not in image_keys:
+    if image_keys is not None and image not in image_keys:
         return None, "unknown_image"
     return (image, text, str(label)), None
 
 
 class LabelledDataset:
-    """Map-style dataset: an example's text, class index and regions (the feature store is opened lazily,
-    so again in each DataLoader worker)."""
+    """Map-style dataset: an example's text, class index and, for image-text tasks, its regions (the feature
+    store is opened lazily, so again in each DataLoader worker)."""
 
-    def __init__(self, examples: LabelledExamples, feature_dir: Path, *, max_regions: int = 100):
+    def __init__(self, examples: LabelledExamples, feature_dir: Path | None, *, max_regions: int = 100):
         self.examples, self.feature_dir, self.max_regions = examples, feature_dir, max_regions
         self._features = None
 
     @property
     def features(self):
-        if self._features is None:
+        if self._features is None and self.feature_dir is not None:
             from unimo_pipe.pipeline.feature_store import open_feature_dir
 
             self._features = open_feature_dir(self.feature_dir)
@@ -102,6 +140,8 @@ class LabelledDataset:
         return len(self.examples)
 
     def box_counts(self) -> np.ndarray:
+        if self.feature_dir is None:
+            return np.zeros(len(self), dtype=np.int32)
         nbb = self.features.name2nbb
         return np.asarray([min(nbb[k], self.max_regions) for k in self.examples.images], dtype=np.int32)
 
@@ -109,5 +149,7 @@ class LabelledDataset:
         from unimo_pipe.pipeline.training_data import read_regions
 
         ex = self.examples
-        return {"index": index, "text": ex.texts[index], "label": ex.targets[index],
-                **read_regions(self.features, ex.images[index], self.max_regions)}
+        item = {"index": index, "text": ex.texts[index], "label": ex.targets[index]}
+        if self.feature_dir is not None:
+            item.update(read_regions(self.features, ex.images[index], self.max_regions))
+        return item

@@ -306,12 +306,13 @@ class Collator:
         return batch
 
     def labelled(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        """Image-text examples with a class index each (classification fine-tuning)."""
+        """Image-text or text examples with a class index each (classification fine-tuning)."""
         import torch
 
         batch: dict[str, Any] = {"index": [it["index"] for it in items]}
         self._text(batch, "text", [it["text"] for it in items])
-        batch["region_features"], batch["region_boxes"], batch["region_mask"] = _pad_regions(items)
+        if items and "features" in items[0]:
+            batch["region_features"], batch["region_boxes"], batch["region_mask"] = _pad_regions(items)
         batch["labels"] = torch.tensor([it["label"] for it in items], dtype=torch.long)
         return batch
 

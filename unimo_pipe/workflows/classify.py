@@ -1,5 +1,6 @@
 """`finetune-classifier` and `evaluate-classifier`: image-text classification (visual entailment, VQA as
-answer classification, ...) from a pretrained unified model.
+answer classification, ...) and text classification (GLUE-style TSV, e.g. SST-2) from a pretrained unified
+model.
 
     unimo-pipe finetune-classifier --model runs/pretrain/model --train snli_ve_train.jsonl \
         --eval snli_ve_dev.jsonl --features feats/ --tokenizer roberta-base --out runs/snli-ve
@@ -36,22 +37,24 @@ class ClassifierRecipe(PretrainRecipe):
     def _setup_data(self) -> None:
         from unimo_pipe.models.tokenizers import load_tokenizer
         from unimo_pipe.pipeline.feature_store import open_feature_dir
-        from unimo_pipe.pipeline.labelled_data import LabelledDataset, LabelledExamples
+        from unimo_pipe.pipeline.labelled_data import LabelledDataset, LabelledExamples, is_text_only
         from unimo_pipe.pipeline.training_data import BatchPlan, Collator
 
         o = self.options
         self.tokenizer = load_tokenizer(o.tokenizer, of="--tokenizer")
         self.collator = Collator(self.tokenizer, max_text_tokens=o.max_text_tokens)
-        image_keys = open_feature_dir(o.features).name2nbb
+        self.with_image = not is_text_only(o.train)
+        features = _feature_dir(o.features, with_image=self.with_image, data=o.train)
+        image_keys = open_feature_dir(features).name2nbb if features is not None else None
         train = LabelledExamples.load(o.train, image_keys=image_keys)
         _log_left_out(train)
         self.labels = train.labels
-        self.dataset = LabelledDataset(train, o.features, max_regions=o.max_regions)
+        self.dataset = LabelledDataset(train, features, max_regions=o.max_regions)
         self.eval_dataset = self.dataset
         if o.eval is not None:
             held_out = LabelledExamples.load(o.eval, image_keys=image_keys, labels=train.labels)
             _log_left_out(held_out)
-            self.eval_dataset = LabelledDataset(held_out, o.features, max_regions=o.max_regions)
+            self.eval_dataset = LabelledDataset(held_out, features, max_regions=o.max_regions)
         plan = BatchPlan(train.text_lengths + self.dataset.box_counts(), batch_size=o.batch_size, rank=self.rank,
                          world_size=self.world_size, seed=o.seed)
         self.streams = {"pair": _Stream(self.dataset, plan, self.collator.labelled, o.workers)}
@@ -63,11 +66,11 @@ class ClassifierRecipe(PretrainRecipe):
         o = self.options
         torch.manual_seed(o.seed)
         model = UnifiedModel.from_pretrained(o.model)
-        region_dim = self.dataset[0]["features"].shape[1]
+        region_dim = self.dataset[0]["features"].shape[1] if self.with_image else model.region_dim
         if model.region_dim != region_dim:
             raise UserError(f"{o.model} takes {model.region_dim}-d region features but {o.features} holds "
                             f"{region_dim}-d ones: use features from the detector the model was trained with")
-        self.module = PairClassifier(model, self.labels).to(self.device)
+        self.module = PairClassifier(model, self.labels, with_image=self.with_image).to(self.device)
         if o.compile:
             model.compile()
         self.trainer = self.module
@@ -123,9 +126,10 @@ def evaluate_classifier(options: EvaluateClassifierOptions) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     classifier = PairClassifier.from_pretrained(options.model).to(device)
     tokenizer = load_tokenizer(options.tokenizer, of="--tokenizer")
-    examples = LabelledExamples.load(options.data, image_keys=open_feature_dir(options.features).name2nbb,
-                                     labels=classifier.labels)
-    dataset = LabelledDataset(examples, options.features, max_regions=options.max_regions)
+    features = _feature_dir(options.features, with_image=classifier.with_image, data=options.data)
+    image_keys = open_feature_dir(features).name2nbb if features is not None else None
+    examples = LabelledExamples.load(options.data, image_keys=image_keys, labels=classifier.labels)
+    dataset = LabelledDataset(examples, features, max_regions=options.max_regions)
     result = classification_scores(classifier, dataset, Collator(tokenizer, max_text_tokens=options.max_text_tokens),
                                    count=len(dataset), batch_size=options.batch_size, device=device)
     result["left_out"] = dict(examples.problems)
@@ -134,6 +138,16 @@ def evaluate_classifier(options: EvaluateClassifierOptions) -> dict[str, Any]:
 
         write_json_atomic(options.out, result)
     return result
+
+
+def _feature_dir(features: Path | None, *, with_image: bool, data: Path) -> Path | None:
+    """The feature folder an image-text task needs (None for a text task)."""
+    if not with_image:
+        return None
+    if features is None:
+        raise UserError(f"{data} pairs texts with images: pass --features DIR (the extract-regions or "
+                        "import-features output holding them)")
+    return features
 
 
 def _log_left_out(examples) -> None:

@@ -14,12 +14,13 @@ from unimo_pipe.workflows.pretrain_options import TrainingLoopOptions
 class ClassifierOptions(TrainingLoopOptions):
     model: Path | None = option(None, help="the pretrained model (pretrain's or finetune's OUT/model)",
                                 required=True, must_exist=True, metavar="DIR")
-    train: Path | None = option(None, help='labelled JSONL: {"image", "text", "label"} per line', required=True,
+    train: Path | None = option(None, help='labelled data: JSONL {"image", "text", "label"} per line ("image" '
+                                'left out for text tasks), or a GLUE-style TSV (sentence, label)', required=True,
                                 must_exist=True, metavar="FILE")
-    eval: Path | None = option(None, help="labelled JSONL to report accuracy on (default: the first training "
+    eval: Path | None = option(None, help="labelled data to report accuracy on (default: the first training "
                                "examples)", must_exist=True, metavar="FILE")
     features: Path | None = option(None, help="region features of the images (extract-regions or "
-                                   "import-features output)", required=True, must_exist=True, metavar="DIR")
+                                   "import-features output); image-text tasks only", must_exist=True, metavar="DIR")
     eval_examples: int = option(1000, help="examples used for accuracy without --eval (0: all)", minimum=0)
 
 
@@ -27,10 +28,10 @@ class ClassifierOptions(TrainingLoopOptions):
 class EvaluateClassifierOptions:
     model: Path | None = option(None, help="a saved classifier (finetune-classifier's OUT/model)", required=True,
                                 must_exist=True, metavar="DIR")
-    data: Path | None = option(None, help='labelled JSONL: {"image", "text", "label"} per line', required=True,
+    data: Path | None = option(None, help="labelled data, as finetune-classifier's --train", required=True,
                                must_exist=True, metavar="FILE")
-    features: Path | None = option(None, help="region features of the images", required=True, must_exist=True,
-                                   metavar="DIR")
+    features: Path | None = option(None, help="region features of the images (image-text classifiers)",
+                                   must_exist=True, metavar="DIR")
     tokenizer: str = option("", help="the tokenizer the model was trained with", required=True)
     out: Path | None = option(None, help="write the scores to this JSON file too", metavar="FILE")
     batch_size: int = option(64, help="examples scored at once", minimum=1)
