@@ -100,3 +100,25 @@ def test_group_with_a_known_width_gives_the_same_loss():
     torch.testing.assert_close(cmcl_loss(*positive, *measured), cmcl_loss(*positive, *bounded))
     empty, empty_mask = _group([], 3, device=torch.device("cpu"))
     assert empty.shape == (3, 1) and not empty_mask.any()
+
+
+def test_one_task_weights_draw_tasks_by_weight_and_keep_proportions_within_a_task():
+    from collections import Counter
+
+    from unimo_pipe.models.pretraining import one_task_weights
+
+    weights = ObjectiveWeights(cmcl=2.0, language=1.0, visual=0.5, classification=0.5, matching=0.0, alignment=0.0)
+    generator = torch.Generator().manual_seed(0)
+    drawn = Counter()
+    for _ in range(4000):
+        step = one_task_weights(weights, generator)
+        on = {name for name in ("cmcl", "language", "visual", "classification", "matching", "alignment")
+              if getattr(step, name)}
+        drawn[frozenset(on)] += 1
+        if "visual" in on:
+            assert step.visual == step.classification == 0.5 / 1.0  # the regions task's two halves
+        else:
+            assert len(on) == 1 and getattr(step, next(iter(on))) == 1.0
+    assert set(drawn) == {frozenset({"cmcl"}), frozenset({"language"}), frozenset({"visual", "classification"})}
+    assert abs(drawn[frozenset({"cmcl"})] / 4000 - 0.5) < 0.03
+    assert abs(drawn[frozenset({"language"})] / 4000 - 0.25) < 0.03

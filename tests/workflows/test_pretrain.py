@@ -212,6 +212,21 @@ def test_image_text_matching_alone_learns(training_inputs, tmp_path):
     assert np.mean([r["loss_itm"] for r in rows[-20:]]) < 0.6 * np.mean([r["loss_itm"] for r in rows[:20]])
 
 
+def test_one_task_per_step_trains_one_drawn_task_at_a_time(training_inputs, tmp_path):
+    out = tmp_path / "uniter"
+    assert pretrain(training_inputs, out, "--steps", "30", "--log-every", "1", "--one-task-per-step",
+                    "--weight-matching", "1", "--weight-alignment", "0.1", "--no-single-modal") == 0
+    tasks = {"loss_cmcl": "cmcl", "loss_mlm": "language", "loss_seq2seq": "language", "loss_mrm": "regions",
+             "loss_itm": "matching", "loss_wra": "matching"}
+    drawn = []
+    for row in read_jsonl(out / "metrics.jsonl"):
+        found = {tasks[name] for name in row if name in tasks}
+        assert len(found) == 1, row  # one task per step
+        drawn += found
+    assert set(drawn) == {"cmcl", "language", "regions", "matching"}
+    assert drawn.count("matching") >= 3  # weights 1 + 0.1 against 1 for each of the others: about a quarter
+
+
 def test_pretrain_with_dataloader_worker_processes(training_inputs, tmp_path):
     # the default --workers 2 forks after the recipe has read the feature store in the parent
     out = tmp_path / "workers"

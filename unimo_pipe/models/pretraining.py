@@ -54,6 +54,21 @@ class ObjectiveWeights:
     alignment: float = 0.0
 
 
+_TASKS = {"cmcl": ("cmcl",), "language": ("language",), "regions": ("visual", "classification"),
+          "matching": ("matching", "alignment")}  # objectives that share a task (and its forward passes)
+
+
+def one_task_weights(weights: ObjectiveWeights, generator: torch.Generator) -> ObjectiveWeights:
+    """UNITER's schedule: one task per batch, drawn with probability proportional to its weight. The drawn
+    task's objectives keep their proportions, scaled to sum to 1 (the draw already carries the weight);
+    every other objective is off."""
+    totals = {task: sum(getattr(weights, name) for name in names) for task, names in _TASKS.items()}
+    tasks = [task for task, total in totals.items() if total > 0]
+    drawn = tasks[int(torch.multinomial(torch.tensor([totals[t] for t in tasks]), 1, generator=generator))]
+    return ObjectiveWeights(**{name: getattr(weights, name) / totals[drawn] if name in _TASKS[drawn] else 0.0
+                               for names in _TASKS.values() for name in names})
+
+
 class UnimoPretraining(nn.Module):
     def __init__(self, model: UnifiedModel, *, vocab_size: int, mask_id: int, special_ids: list[int],
                  temperature: float = 0.07, in_batch_negatives: bool = False, soft_label_classes: int = 1601,

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from unimo_pipe.models.pretraining import one_task_weights
 from unimo_pipe.pipeline.errors import UserError
 from unimo_pipe.pipeline.jsonl import atomic_write, iter_jsonl, write_json_atomic
 from unimo_pipe.pipeline.training_data import batch_to_device
@@ -231,8 +232,9 @@ class PretrainRecipe:
         """The losses of the next micro-batch (one of each stream), and how many pairs it held."""
         batch, text, image = (batch_to_device(next(self.streams[k]), self.device) if k in self.streams else None
                               for k in ("pair", "text", "image"))
+        weights = one_task_weights(self.weights, generator) if self.options.one_task_per_step else self.weights
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            losses = self.trainer(batch, generator, self.weights, text, image)
+            losses = self.trainer(batch, generator, weights, text, image)
         return losses, len(batch["index"])
 
     def _after_step(self, row: dict[str, Any]) -> None:

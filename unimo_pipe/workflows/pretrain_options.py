@@ -58,6 +58,9 @@ class PretrainOptions(TrainingLoopOptions):
                                           minimum=0.0)
     weight_alignment: float = option(0.0, help="weight of word-region alignment by optimal transport (UNITER's "
                                      "WRA, which used 0.1; UNIMO: off)", minimum=0.0)
+    one_task_per_step: bool = option(False, help="UNITER's schedule: each micro-batch trains one task (CMCL, "
+                                     "language, regions, matching), drawn with probability proportional to its "
+                                     "weight; off: every enabled objective, weighted, every step")
     single_modal: bool = option(True, help="also learn from the shards' text-only (language) and image-only "
                                 "(region) data, one batch of each per step")
     positives: int = option(1, help="positives sampled per pair per step", minimum=0)
