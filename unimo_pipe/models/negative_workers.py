@@ -18,11 +18,13 @@ import gc
 import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TypeVar
 
 from unimo_pipe.models.negatives import NegativeGenerator, Vocabulary
 from unimo_pipe.models.scene_graph import SceneGraphParser, parse_doc
+from unimo_pipe.pipeline.errors import UserError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -123,7 +125,12 @@ class NegativeWorkers:
             return [done for chunk in chunks for done in self._maker(chunk)]
         if self._pool is None:
             self._pool = _spawn_pool(self.processes, initializer=_start_worker, initargs=(self.options,))
-        return [done for chunk_done in self._pool.map(_make_in_worker, chunks) for done in chunk_done]
+        try:
+            return [done for chunk_done in self._pool.map(_make_in_worker, chunks) for done in chunk_done]
+        except BrokenProcessPool:
+            self._pool = None
+            raise UserError("a scene-graph worker process died (out of memory?): rerun with fewer --processes or "
+                            "a smaller --batch-size; committed shards are kept") from None
 
     def close(self) -> None:
         if self._pool is not None:
