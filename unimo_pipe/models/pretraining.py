@@ -101,10 +101,7 @@ class UnimoPretraining(nn.Module):
         negative = []
         for name in ("positives", "retrieved_texts", "negatives"):
             if batch[f"{name}_ids"].shape[0]:
-                owner = batch[f"{name}_owner"].to(images.device)
-                encoded = self.encode_texts(batch[f"{name}_ids"], batch[f"{name}_mask"])
-                scores = F.cosine_similarity(images[owner], encoded)
-                (negative if name == "negatives" else positive).append((scores, owner))
+                (negative if name == "negatives" else positive).append(self._caption_scores(images, batch, name))
         if batch["retrieved_features"].shape[0]:
             owner = batch["retrieved_images_owner"].to(images.device)
             encoded = self.encode_images(batch["retrieved_features"], batch["retrieved_boxes"],
@@ -122,6 +119,13 @@ class UnimoPretraining(nn.Module):
                                device=images.device)
         return cmcl_loss(pos, pos_mask, neg, neg_mask, temperature=self.temperature)
 
+    def _caption_scores(self, images: torch.Tensor, batch: dict, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """d(V, caption) for each caption of the augmentation `name` (positives, negatives, ...) against its
+        pair's image, and the pair each belongs to."""
+        owner = batch[f"{name}_owner"].to(images.device)
+        encoded = self.encode_texts(batch[f"{name}_ids"], batch[f"{name}_mask"])
+        return F.cosine_similarity(images[owner], encoded), owner
+
     def triplet(self, batch: dict) -> torch.Tensor:
         """The hardest-negative triplet loss (VSE++) over the batch's pairs, the scene-graph hard negatives
         (if the shards have them) competing with the other captions."""
@@ -130,10 +134,8 @@ class UnimoPretraining(nn.Module):
         grid = F.cosine_similarity(images[:, None], texts[None], dim=-1)
         negatives = mask = None
         if batch["negatives_ids"].shape[0]:
-            owner = batch["negatives_owner"].to(images.device)
-            scores = F.cosine_similarity(images[owner], self.encode_texts(batch["negatives_ids"],
-                                                                          batch["negatives_mask"]))
-            negatives, mask = _group([(scores, owner)], len(images), _most_per_pair(batch, ("negatives",), 0))
+            negatives, mask = _group([self._caption_scores(images, batch, "negatives")], len(images),
+                                     _most_per_pair(batch, ("negatives",), 0))
         return hardest_negative_triplet_loss(grid, margin=self.margin, caption_negatives=negatives,
                                              caption_negative_mask=mask)
 

@@ -44,8 +44,10 @@ PARTIAL_SUFFIX = ".partial"
 class ShardContext:
     """What a stage gets while processing one shard: where to write, and where to count."""
 
-    def __init__(self, *, index: int, work_dir: Path, options: Any, strict: bool, progress: Progress):
+    def __init__(self, *, index: int, work_dir: Path, options: Any, strict: bool, progress: Progress,
+                 config_hash: str = ""):
         self.index = index
+        self.config_hash = config_hash  # of the whole run's config, for outputs kept beside the shards
         self.work_dir = work_dir
         self.options = options
         self.strict = strict
@@ -132,7 +134,8 @@ def _run_shard(stage: Stage, options: Any, index: int, records: list[Record], ch
     work_dir = final_dir.with_name(final_dir.name + PARTIAL_SUFFIX)
     shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True)
-    ctx = ShardContext(index=index, work_dir=work_dir, options=options, strict=options.strict, progress=progress)
+    ctx = ShardContext(index=index, work_dir=work_dir, options=options, strict=options.strict, progress=progress,
+                       config_hash=chash)
     ctx.stats.records = len(records)
     started = time.perf_counter()
     good = _count_unreadable(records, ctx)

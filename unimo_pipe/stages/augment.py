@@ -21,7 +21,7 @@ from pathlib import Path
 
 import orjson
 
-from unimo_pipe.pipeline.config import config_hash, option
+from unimo_pipe.pipeline.config import option
 from unimo_pipe.pipeline.errors import RecordError
 from unimo_pipe.pipeline.jsonl import read_json, write_json_atomic
 from unimo_pipe.pipeline.readers import CAPTION_FORMATS, iter_pairs_input
@@ -105,42 +105,24 @@ class Augment(Stage):
             notes.append(f"augment: spaCy pipeline {options.spacy_model} (real pretrained parser)")
         return notes
 
-    def _prepare(self, options: AugmentOptions) -> None:
+    def _prepare(self, options: AugmentOptions, config_hash: str) -> None:
         self.positives = _load_positives(options.positives)
         self.backtranslator = _backtranslator(options) if options.backtranslate else None
         if options.scene_graph:
-            self._prepare_scene_graph(options)
+            self._prepare_scene_graph(options, config_hash)
         self._ready = True
 
-    def _prepare_scene_graph(self, options: AugmentOptions) -> None:
+    def _prepare_scene_graph(self, options: AugmentOptions, config_hash: str) -> None:
         from unimo_pipe.models.negative_workers import NegativeWorkers, shared_parser
 
         shared_parser(options.spacy_model, options.batch_size)  # a model that does not load: one error, now
-        vocabulary = self._saved_vocabulary(options)
+        vocabulary = _saved_vocabulary(options.out / VOCAB_FILE, config_hash)
         if vocabulary is None:
             vocabulary = self._build_vocabulary(options)
-            write_json_atomic(options.out / VOCAB_FILE, {"config_hash": self._config_hash(options),
-                                                         **vocabulary.to_dict()})
+            write_json_atomic(options.out / VOCAB_FILE, {"config_hash": config_hash, **vocabulary.to_dict()})
         self.negative_workers = NegativeWorkers(spacy_model=options.spacy_model, vocabulary=vocabulary,
                                                 negatives=options.negatives, seed=options.seed,
                                                 batch_size=options.batch_size, processes=options.processes)
-
-    def _config_hash(self, options: AugmentOptions) -> str:
-        return config_hash(self.name, self.format_version, options)
-
-    def _saved_vocabulary(self, options: AugmentOptions):
-        """The vocabulary an earlier run of this same config built (a resumed run: no second parse of every
-        caption), or None."""
-        from unimo_pipe.models.negatives import Vocabulary
-
-        path = options.out / VOCAB_FILE
-        if not path.is_file():
-            return None
-        try:
-            data = read_json(path)
-        except (OSError, ValueError):
-            return None  # unreadable: build it again
-        return Vocabulary.from_dict(data) if data.get("config_hash") == self._config_hash(options) else None
 
     def _build_vocabulary(self, options: AugmentOptions):
         from unimo_pipe.models.negative_workers import build_vocabulary
@@ -163,7 +145,7 @@ class Augment(Stage):
     def process_shard(self, records: list[Record], ctx: ShardContext) -> None:
         options: AugmentOptions = ctx.options
         if not self._ready:
-            self._prepare(options)
+            self._prepare(options, ctx.config_hash)
         cleaned = [_clean(r.value.get("caption"), options) for r in records]
         usable = [i for i, (text, _) in enumerate(cleaned) if text]
         texts = [cleaned[i][0] for i in usable]
@@ -214,6 +196,20 @@ class Augment(Stage):
             ctx.stats.count("fewer_negatives_than_requested")
         ctx.stats.count("negatives", done.negatives)
         return {"graph": orjson.Fragment(done.graph_json), "negatives": orjson.Fragment(done.negatives_json)}
+
+
+def _saved_vocabulary(path: Path, config_hash: str):
+    """The vocabulary an earlier run of this same config built (a resumed run: no second parse of every
+    caption), or None."""
+    from unimo_pipe.models.negatives import Vocabulary
+
+    if not path.is_file():
+        return None
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return None  # unreadable: build it again
+    return Vocabulary.from_dict(data) if data.get("config_hash") == config_hash else None
 
 
 def round_trip_problems(options: AugmentOptions) -> list[str]:

@@ -36,7 +36,6 @@ class ClassifierRecipe(PretrainRecipe):
 
     def _setup_data(self) -> None:
         from unimo_pipe.models.tokenizers import load_tokenizer
-        from unimo_pipe.pipeline.feature_store import open_feature_dir
         from unimo_pipe.pipeline.labelled_data import LabelledDataset, LabelledExamples, is_text_only
         from unimo_pipe.pipeline.training_data import BatchPlan, Collator
 
@@ -44,8 +43,7 @@ class ClassifierRecipe(PretrainRecipe):
         self.tokenizer = load_tokenizer(o.tokenizer, of="--tokenizer")
         self.collator = Collator(self.tokenizer, max_text_tokens=o.max_text_tokens)
         self.with_image = not is_text_only(o.train)
-        features = _feature_dir(o.features, with_image=self.with_image, data=o.train)
-        image_keys = open_feature_dir(features).name2nbb if features is not None else None
+        features, image_keys = _features(o.features, with_image=self.with_image, data=o.train)
         train = LabelledExamples.load(o.train, image_keys=image_keys)
         _log_left_out(train)
         self.labels = train.labels
@@ -119,15 +117,13 @@ def classification_scores(classifier, dataset, collator, *, count: int, batch_si
 def evaluate_classifier(options: EvaluateClassifierOptions) -> dict[str, Any]:
     from unimo_pipe.models.classifier import PairClassifier
     from unimo_pipe.models.tokenizers import load_tokenizer
-    from unimo_pipe.pipeline.feature_store import open_feature_dir
     from unimo_pipe.pipeline.labelled_data import LabelledDataset, LabelledExamples
     from unimo_pipe.pipeline.training_data import Collator
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     classifier = PairClassifier.from_pretrained(options.model).to(device)
     tokenizer = load_tokenizer(options.tokenizer, of="--tokenizer")
-    features = _feature_dir(options.features, with_image=classifier.with_image, data=options.data)
-    image_keys = open_feature_dir(features).name2nbb if features is not None else None
+    features, image_keys = _features(options.features, with_image=classifier.with_image, data=options.data)
     examples = LabelledExamples.load(options.data, image_keys=image_keys, labels=classifier.labels)
     dataset = LabelledDataset(examples, features, max_regions=options.max_regions)
     result = classification_scores(classifier, dataset, Collator(tokenizer, max_text_tokens=options.max_text_tokens),
@@ -140,14 +136,16 @@ def evaluate_classifier(options: EvaluateClassifierOptions) -> dict[str, Any]:
     return result
 
 
-def _feature_dir(features: Path | None, *, with_image: bool, data: Path) -> Path | None:
-    """The feature folder an image-text task needs (None for a text task)."""
+def _features(features: Path | None, *, with_image: bool, data: Path) -> tuple[Path | None, Any]:
+    """The feature folder an image-text task needs and its image keys (None, None for a text task)."""
+    from unimo_pipe.pipeline.feature_store import open_feature_dir
+
     if not with_image:
-        return None
+        return None, None
     if features is None:
         raise UserError(f"{data} pairs texts with images: pass --features DIR (the extract-regions or "
                         "import-features output holding them)")
-    return features
+    return features, open_feature_dir(features).name2nbb
 
 
 def _log_left_out(examples) -> None:
