@@ -62,15 +62,41 @@ def test_resume_after_a_crash(tmp_path, monkeypatch):
     assert main(args) == 130
     monkeypatch.setattr(NegativeGenerator, "generate", original)
     built = []
-    monkeypatch.setattr(Augment, "_build_vocabulary", lambda self, options: built.append(options))
+    monkeypatch.setattr(Augment, "_build_vocabulary", lambda self, options, will_run: built.append(options))
     assert main(args) == 0
     assert built == []  # the resumed run read the saved vocabulary back instead of parsing every caption
     monkeypatch.undo()
+    summary = json.loads((tmp_path / "aug" / "summary.json").read_text())
+    assert summary["counters"]["parses_reused"] == 3  # the killed run's kept parses served the resumed run
+    assert not (tmp_path / "aug" / "parse-cache").exists()
     rows = list(iter_output_jsonl(tmp_path / "aug", "augment.jsonl"))
     assert [r["id"] for r in rows] == ["1", "2", "3"]
     again = tmp_path / "again"
     assert main([*args[:-2], str(again), "shard_size=1"]) == 0
     assert list(iter_output_jsonl(again, "augment.jsonl")) == rows  # resumed output equals an uninterrupted run
+
+
+def test_each_caption_is_parsed_once_and_only_this_process_keeps_parses(tmp_path, monkeypatch):
+    """The vocabulary pass keeps its parses for the negatives pass (the output is the same as parsing
+    twice), only for the shards this process runs, and leaves no parse-cache folder."""
+    from unimo_pipe.models.negative_workers import ParseCache
+
+    captions = write_jsonl(tmp_path / "caps.jsonl", CAPTIONS[:3] + CAPTIONS[5:7])
+    args = ["augment", "--captions", str(captions), "--scene-graph", "--negatives", "10", "shard_size=2"]
+    assert main([*args, "--out", str(tmp_path / "once")]) == 0
+    with monkeypatch.context() as patch:
+        patch.setattr(ParseCache, "load", lambda self, texts, vocab: None)
+        assert main([*args, "--out", str(tmp_path / "twice")]) == 0
+    counters = {name: json.loads((tmp_path / name / "summary.json").read_text())["counters"]
+                for name in ("once", "twice")}
+    assert counters["once"]["parses_reused"] == 5 and counters["twice"]["parses_reused"] == 0
+    assert list(iter_output_jsonl(tmp_path / "once", "augment.jsonl")) == \
+        list(iter_output_jsonl(tmp_path / "twice", "augment.jsonl"))
+    assert not (tmp_path / "once" / "parse-cache").exists()
+    assert main([*args, "--out", str(tmp_path / "half"), "--shard", "0/2"]) == 0  # shards 0 and 2 of 0..2
+    reused = [json.loads((d / "stats.json").read_text())["counters"]["parses_reused"]
+              for d in sorted((tmp_path / "half" / "shards").iterdir())]
+    assert reused == [2, 1] and not (tmp_path / "half" / "parse-cache").exists()
 
 
 def test_a_saved_vocabulary_of_another_config_is_not_reused(tmp_path, monkeypatch):

@@ -39,15 +39,17 @@ SHARDS_DIR = "shards"
 STATS_FILE = "stats.json"
 SUMMARY_FILE = "summary.json"
 PARTIAL_SUFFIX = ".partial"
+ALL_SHARDS = ShardSelection()
 
 
 class ShardContext:
     """What a stage gets while processing one shard: where to write, and where to count."""
 
     def __init__(self, *, index: int, work_dir: Path, options: Any, strict: bool, progress: Progress,
-                 config_hash: str = ""):
+                 config_hash: str = "", selection: ShardSelection = ALL_SHARDS):
         self.index = index
         self.config_hash = config_hash  # of the whole run's config, for outputs kept beside the shards
+        self.selection = selection  # the shards this process runs, for work done ahead for several shards
         self.work_dir = work_dir
         self.options = options
         self.strict = strict
@@ -112,7 +114,7 @@ def run_stage(stage: Stage, options: Any, *, env: dict[str, str] | None = None) 
             if is_committed(out, index):
                 skipped += 1
                 continue
-            _run_shard(stage, options, index, records, chash, progress)
+            _run_shard(stage, options, index, records, chash, progress, selection)
             run += 1
     finally:
         progress.close()
@@ -129,13 +131,13 @@ def run_stage(stage: Stage, options: Any, *, env: dict[str, str] | None = None) 
 
 
 def _run_shard(stage: Stage, options: Any, index: int, records: list[Record], chash: str,
-               progress: Progress) -> None:
+               progress: Progress, selection: ShardSelection) -> None:
     final_dir = shard_dir(options.out, index)
     work_dir = final_dir.with_name(final_dir.name + PARTIAL_SUFFIX)
     shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True)
     ctx = ShardContext(index=index, work_dir=work_dir, options=options, strict=options.strict, progress=progress,
-                       config_hash=chash)
+                       config_hash=chash, selection=selection)
     ctx.stats.records = len(records)
     started = time.perf_counter()
     good = _count_unreadable(records, ctx)

