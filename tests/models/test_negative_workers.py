@@ -50,6 +50,10 @@ def test_a_batch_only_ever_gets_its_own_parse(tmp_path, nlp):
     cache.discard(TEXTS)
     cache.remove_folder_if_empty()
     assert not (tmp_path / "parses").exists()
+    (tmp_path / "file").write_text("")
+    unwritable = ParseCache(tmp_path / "file" / "parses", MODEL)  # a folder that cannot be made
+    unwritable.save(TEXTS, list(nlp.pipe(TEXTS)))  # not kept, not an error
+    assert unwritable.load(TEXTS, nlp.vocab) is None
 
 
 def test_the_maker_reads_kept_parses_and_deletes_them(tmp_path):

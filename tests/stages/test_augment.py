@@ -136,6 +136,7 @@ def test_worker_processes_give_the_same_output_as_one_process(tmp_path, monkeypa
         shards = sorted((out / "shards").iterdir())
         outputs[processes] = ([(d.name, (d / "augment.jsonl").read_bytes()) for d in shards],
                               (out / "vocab.json").read_text())
+        assert json.loads((out / "summary.json").read_text())["counters"]["parses_reused"] == 14  # all but 2 empty
     assert pools == [2, 2]  # the vocabulary pass and the negatives ran in worker processes
     assert outputs[1] == outputs[2]
     assert len(outputs[2][0]) == 3 and b'"replace_object"' in outputs[2][0][0][1]

@@ -18,6 +18,7 @@ will see them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import hashlib
@@ -78,9 +79,13 @@ class ParseCache:
 
         path = self._path(texts)
         partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # not synced: a lost file is parsed again
-        self.folder.mkdir(parents=True, exist_ok=True)
-        partial.write_bytes(DocBin(attrs=_KEPT_ATTRIBUTES, docs=docs).to_bytes())
-        os.replace(partial, path)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            partial.write_bytes(DocBin(attrs=_KEPT_ATTRIBUTES, docs=docs).to_bytes())
+            os.replace(partial, path)
+        except OSError:  # e.g. a full disk: these captions are parsed again instead
+            with contextlib.suppress(OSError):
+                partial.unlink()
 
     def load(self, texts: list[str], vocab) -> list | None:
         """The batch's Docs, or None when they were not kept (or cannot be read)."""
@@ -100,10 +105,8 @@ class ParseCache:
         self._path(texts).unlink(missing_ok=True)
 
     def remove_folder_if_empty(self) -> None:
-        try:
+        with contextlib.suppress(OSError):  # not empty: batches of a run that stopped early, kept for its resume
             self.folder.rmdir()
-        except OSError:
-            pass  # not empty: batches of a run that stopped early, kept for its resume
 
     def _path(self, texts: list[str]) -> Path:
         import orjson
