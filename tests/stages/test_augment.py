@@ -99,6 +99,18 @@ def test_each_caption_is_parsed_once_and_only_this_process_keeps_parses(tmp_path
     assert reused == [2, 1] and not (tmp_path / "half" / "parse-cache").exists()
 
 
+def test_parses_kept_for_batches_that_never_come_are_removed_at_the_end(tmp_path, monkeypatch):
+    captions = write_jsonl(tmp_path / "caps.jsonl", CAPTIONS[:3])
+    args = ["augment", "--captions", str(captions), "--scene-graph", "--negatives", "5", "--out",
+            str(tmp_path / "aug")]
+    with monkeypatch.context() as patch:
+        patch.setattr(NegativeGenerator, "generate", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        assert main(args) == 130
+    assert list((tmp_path / "aug" / "parse-cache").iterdir())  # kept for the resume
+    assert main([*args, "--batch-size", "2"]) == 0  # batched otherwise: the kept parse is never asked for
+    assert not (tmp_path / "aug" / "parse-cache").exists()
+
+
 def test_a_saved_vocabulary_of_another_config_is_not_reused(tmp_path, monkeypatch):
     captions = write_jsonl(tmp_path / "caps.jsonl", CAPTIONS[:2])
     out = tmp_path / "aug"

@@ -72,7 +72,7 @@ class ParseCache:
     """
 
     folder: Path
-    spacy_model: str
+    model: str  # the spaCy pipeline's name and version (model_identity): a new version parses differently
 
     def save(self, texts: list[str], docs: list) -> None:
         from spacy.tokens import DocBin
@@ -111,7 +111,7 @@ class ParseCache:
     def _path(self, texts: list[str]) -> Path:
         import orjson
 
-        digest = hashlib.blake2b(orjson.dumps([self.spacy_model, texts]), digest_size=16).hexdigest()
+        digest = hashlib.blake2b(orjson.dumps([self.model, texts]), digest_size=16).hexdigest()
         return self.folder / f"{digest}.spacy"
 
 
@@ -128,6 +128,14 @@ def shared_parser(model: str, batch_size: int) -> SceneGraphParser:
     parser = SceneGraphParser(model=model, batch_size=batch_size)
     gc.freeze()
     return parser
+
+
+def model_identity(spacy_model: str, batch_size: int) -> str:
+    """The spaCy pipeline as loaded: its name or path, its package name and version, and spaCy's version."""
+    import spacy
+
+    meta = shared_parser(spacy_model, batch_size).nlp.meta
+    return f"{spacy_model} {meta.get('lang')}_{meta.get('name')} {meta.get('version')} spacy {spacy.__version__}"
 
 
 def vocabulary_of(batches: list[VocabularyBatch], *, spacy_model: str, batch_size: int,

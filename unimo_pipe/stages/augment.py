@@ -12,11 +12,12 @@ swapped, to make up to --negatives distinct negatives, each tagged with its kind
  "negatives": [{"text", "kind", "from", "to"}]} (each part only when asked for); OUT/vocab.json holds the
 vocabulary used, and a resumed run reads it back rather than parsing every caption again. The vocabulary
 pass keeps its parses in OUT/parse-cache/ until the negatives pass has read them, so each caption is
-parsed once; the folder is gone when the run ends.
+parsed once; the folder goes once every shard is done.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,10 +118,10 @@ class Augment(Stage):
         self._ready = True
 
     def _prepare_scene_graph(self, options: AugmentOptions, ctx: ShardContext) -> None:
-        from unimo_pipe.models.negative_workers import NegativeWorkers, ParseCache, shared_parser
+        from unimo_pipe.models.negative_workers import NegativeWorkers, ParseCache, model_identity
 
-        shared_parser(options.spacy_model, options.batch_size)  # a model that does not load: one error, now
-        self.parse_cache = ParseCache(options.out / PARSE_CACHE_DIR, options.spacy_model)
+        model = model_identity(options.spacy_model, options.batch_size)  # a model that does not load: one error
+        self.parse_cache = ParseCache(options.out / PARSE_CACHE_DIR, model)
         vocabulary = _saved_vocabulary(options.out / VOCAB_FILE, ctx.config_hash)
         if vocabulary is None:
             vocabulary = self._build_vocabulary(
@@ -154,6 +155,10 @@ class Augment(Stage):
         if self.negative_workers is not None:
             self.negative_workers.close()
             self.parse_cache.remove_folder_if_empty()
+
+    def finalize(self, options: AugmentOptions, shard_dirs: list[Path]) -> None:
+        # Every shard is done: parses no batch will ask for (a resume with another --batch-size) go too.
+        shutil.rmtree(options.out / PARSE_CACHE_DIR, ignore_errors=True)
 
     def process_shard(self, records: list[Record], ctx: ShardContext) -> None:
         options: AugmentOptions = ctx.options
