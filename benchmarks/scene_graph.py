@@ -184,6 +184,7 @@ def run(args) -> None:
     result["overhead_p2_vs_twice_spacy_p1"] = round(2 * spacy_p1 / result["ours_captions_per_s_p2"] - 1, 3)
     result.update(split_per_caption(parser, captions, generator, vocabulary, args.repeats))
     result.update(stage(captions, args.negatives, args.repeats))
+    result["stage_overhead_vs_one_parse"] = round(spacy_p1 / result["stage_captions_per_s_parses_kept"] - 1, 3)
     result["spacy_parse_us_per_caption"] = round(1e6 / spacy_p1, 1)
     result.update(quality(parser))  # last: SceneGraphParser loads a second spaCy model
     report("scene_graph", captions=len(captions), negatives_requested=args.negatives, **result)
