@@ -225,7 +225,8 @@ class NegativeWorkers:
         except BrokenProcessPool:
             self._pool = None
             raise UserError("a scene-graph worker process died (out of memory?): rerun with fewer --processes or "
-                            "a smaller --batch-size; committed shards are kept") from None
+                            "a smaller --batch-size; committed shards are kept (a Python script that runs augment "
+                            "with --processes needs an `if __name__ == \"__main__\":` guard)") from None
 
     def close(self) -> None:
         if self._pool is not None:
