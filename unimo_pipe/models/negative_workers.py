@@ -34,6 +34,7 @@ from typing import TypeVar
 from unimo_pipe.models.negatives import NegativeGenerator, Vocabulary
 from unimo_pipe.models.scene_graph import SceneGraphParser, parse_doc
 from unimo_pipe.pipeline.errors import UserError
+from unimo_pipe.pipeline.sharding import chunk
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -115,6 +116,12 @@ class ParseCache:
         return self.folder / f"{digest}.spacy"
 
 
+def in_batches(items: Sequence[T], size: int) -> list[list[T]]:
+    """Consecutive batches of `size` items: how NegativeWorkers batches a shard's captions, so a vocabulary
+    pass that batches the same way keeps parses the negatives pass will ask for."""
+    return [batch for _, batch in chunk(items, size)]
+
+
 @dataclass(frozen=True)
 class VocabularyBatch:
     texts: list[str]
@@ -177,7 +184,8 @@ class NegativeMaker:
                 done.append(CaptionNegatives(orjson.dumps(graph.to_dict()), orjson.dumps(negatives), len(negatives),
                                              bool(graph.objects), parse_reused=reused))
             except Exception as exc:  # one bad caption is counted by the caller, never the end of the run
-                done.append(CaptionNegatives(b"null", b"[]", 0, False, f"{type(exc).__name__}: {exc}", reused))
+                done.append(CaptionNegatives(b"null", b"[]", 0, False, f"{type(exc).__name__}: {exc}",
+                                             parse_reused=reused))
         if reused:
             self.parse_cache.discard(texts)
         return done
@@ -213,7 +221,7 @@ class NegativeWorkers:
         self._pool: Executor | None = None
 
     def run(self, jobs: Sequence[CaptionJob]) -> list[CaptionNegatives]:
-        chunks = [list(jobs[i : i + self.batch_size]) for i in range(0, len(jobs), self.batch_size)]
+        chunks = in_batches(jobs, self.batch_size)
         if self.processes == 1:
             if self._maker is None:
                 self._maker = NegativeMaker(**self.options)
@@ -236,7 +244,7 @@ class NegativeWorkers:
 
 def build_vocabulary(texts: list[str], *, spacy_model: str, batch_size: int = 256, processes: int = 1) -> Vocabulary:
     """Object, attribute and relation frequencies of the captions, parsed over `processes` processes."""
-    batches = [VocabularyBatch(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+    batches = [VocabularyBatch(texts) for texts in in_batches(texts, batch_size)]
     return build_vocabulary_of_batches(batches, spacy_model=spacy_model, batch_size=batch_size,
                                        processes=processes)
 
@@ -253,7 +261,7 @@ def build_vocabulary_of_batches(batches: list[VocabularyBatch], *, spacy_model: 
 
 def _map_chunks(function: Callable[[list[T]], R], items: list[T], *, chunk_size: int, processes: int
                 ) -> Iterator[R]:
-    chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
+    chunks = in_batches(items, chunk_size)
     if processes == 1 or len(chunks) < 2:
         yield from map(function, chunks)
         return

@@ -135,18 +135,19 @@ class Augment(Stage):
     def _build_vocabulary(self, options: AugmentOptions, will_run: Callable[[int], bool]):
         """The corpus vocabulary (parsing every caption), merged with --vocab files. The parses of shards
         this process will run are kept for the negatives pass, batched as it will batch them."""
-        from unimo_pipe.models.negative_workers import VocabularyBatch, build_vocabulary_of_batches
+        from unimo_pipe.models.negative_workers import VocabularyBatch, build_vocabulary_of_batches, in_batches
         from unimo_pipe.models.negatives import Vocabulary
 
         vocabulary = Vocabulary()
         if options.corpus_vocab:
-            batches, size = [], options.batch_size
+            batches = []
             for shard, records in chunk(self.iter_records(options), options.shard_size):
                 texts = [t for t in (_clean(r.value.get("caption"), options)[0] for r in records if r.error is None)
                          if t]
-                batches += [VocabularyBatch(texts[i : i + size], will_run(shard)) for i in range(0, len(texts), size)]
-            vocabulary = build_vocabulary_of_batches(batches, spacy_model=options.spacy_model, batch_size=size,
-                                                     processes=options.processes, parse_cache=self.parse_cache)
+                batches += [VocabularyBatch(batch, will_run(shard)) for batch in in_batches(texts, options.batch_size)]
+            vocabulary = build_vocabulary_of_batches(batches, spacy_model=options.spacy_model,
+                                                     batch_size=options.batch_size, processes=options.processes,
+                                                     parse_cache=self.parse_cache)
         for path in options.vocab:
             vocabulary.merge(Vocabulary.load(path))
         return vocabulary
