@@ -7,15 +7,17 @@ Speed: captions/s of spaCy's own nlp.pipe parse (the floor we cannot beat) again
 stage does per caption (the same parse, the scene graph, up to 100 negatives, both as JSON), with 1 and 2
 processes (ours: models/negative_workers.py). Reported: the overhead over the parse with the same number
 of processes, and for 2 processes also against twice the 1-process parse rate (perfect scaling); with 1
-process, where the time goes (graph, negatives, JSON) and the negatives' speed against a straightforward
-generator in the same run. Timed runs of the two sides alternate and each keeps its best of --repeats
-(shared machines are noisy).
+process, where the time goes (graph, negatives, JSON, and their sum over the parse) and the negatives'
+speed against a straightforward generator in the same run. Timed runs of the two sides alternate and each
+keeps its best of --repeats (shared machines are noisy).
 
 Stage: the whole `augment --scene-graph` stage (corpus vocabulary pass, negatives pass, output) with the
 vocabulary pass's parses kept for the negatives pass, against parsing every caption twice, the naive way.
 
 Prints one JSON line; asserts the quality claims, that the negatives beat the straightforward generator,
-that 2 worker processes beat 1, and that keeping the parses beats parsing twice.
+that the 1-process overhead stays well under the parse (a regression guard: the aim, 25%, is not met
+in CPython, see the README), that 2 worker processes beat 1, and that keeping the parses beats parsing
+twice.
 """
 
 from __future__ import annotations
@@ -186,12 +188,16 @@ def run(args) -> None:
     result.update(stage(captions, args.negatives, args.repeats))
     result["stage_overhead_vs_one_parse"] = round(spacy_p1 / result["stage_captions_per_s_parses_kept"] - 1, 3)
     result["spacy_parse_us_per_caption"] = round(1e6 / spacy_p1, 1)
+    result["overhead_vs_parse_p1_parts"] = round(sum(result[f"{part}_us_per_caption"] for part in
+                                                     ("graph", "negatives", "json")) * spacy_p1 / 1e6, 3)
     result.update(quality(parser))  # last: SceneGraphParser loads a second spaCy model
     report("scene_graph", captions=len(captions), negatives_requested=args.negatives, **result)
     ours, theirs = result["ours"], result["sceneGraphParser"]
     assert ours["relations"]["f1"] > theirs["relations"]["f1"]
     assert ours["objects"]["f1"] >= theirs["objects"]["f1"] and ours["attributes"]["f1"] >= theirs["attributes"]["f1"]
     assert result["negatives_speedup_vs_naive"] > 2, "the generator should beat the straightforward way"
+    # The aim is 0.25; measured 0.35-0.56 here. A loose bound that still catches a generator gone slow.
+    assert result["overhead_vs_parse_p1"] < 0.8, "graph, negatives and JSON should cost well under the parse"
     assert result["ours_captions_per_s_p2"] > result["ours_captions_per_s_p1"], "worker processes should scale"
     assert result["stage_speedup_parses_kept"] > 1.2, "keeping the parses should beat parsing every caption twice"
 
