@@ -129,6 +129,16 @@ def test_a_saved_vocabulary_of_another_config_is_not_reused(tmp_path, monkeypatc
     assert "zebra" in json.loads((out / "vocab.json").read_text())["objects"]
 
 
+@pytest.mark.parametrize("damaged", ["{not json", "[]"])
+def test_a_damaged_saved_vocabulary_is_built_again(tmp_path, damaged):
+    out = tmp_path / "aug"
+    out.mkdir()
+    (out / "vocab.json").write_text(damaged)
+    assert main(["augment", "--captions", str(write_jsonl(tmp_path / "caps.jsonl", CAPTIONS[:2])), "--scene-graph",
+                 "--out", str(out)]) == 0
+    assert "horse" in json.loads((out / "vocab.json").read_text())["objects"]
+
+
 def test_worker_processes_give_the_same_output_as_one_process(tmp_path, monkeypatch):
     from unimo_pipe.models import negative_workers
 

@@ -229,7 +229,9 @@ def _saved_vocabulary(path: Path, config_hash: str):
         data = read_json(path)
     except (OSError, ValueError):
         return None  # unreadable: build it again
-    return Vocabulary.from_dict(data) if data.get("config_hash") == config_hash else None
+    if not isinstance(data, dict) or data.get("config_hash") != config_hash:
+        return None  # not ours, or another config's
+    return Vocabulary.from_dict(data)
 
 
 def round_trip_problems(options: AugmentOptions) -> list[str]:
