@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from unimo_pipe.models.embedders import ImageVectors, load_embedding_file, normalize_rows, pool_regions
-from unimo_pipe.pipeline.errors import UserError
+from unimo_pipe.pipeline.errors import RecordError, UserError
 
 IDS = ["a.jpg", "dir/b.jpg", "c.jpg"]
 VECTORS = np.arange(12, dtype=np.float32).reshape(3, 4)
@@ -48,9 +48,10 @@ def test_embedding_file_problems_are_user_errors(tmp_path):
 
 def test_image_vectors_find_keys_by_file_name(tmp_path):
     images = ImageVectors(write_all_formats(tmp_path)[1])
-    assert images.find("dir/b.jpg") == "dir/b.jpg"
-    assert images.find("val2014/b.jpg") == "dir/b.jpg"
-    assert images.find("nope.jpg") is None
+    assert images.resolve("dir/b.jpg") == "dir/b.jpg"
+    assert images.resolve("val2014/b.jpg") == "dir/b.jpg"
+    with pytest.raises(RecordError, match="nope.jpg is not in"):
+        images.resolve("nope.jpg")
     np.testing.assert_array_equal(images.vector("c.jpg"), VECTORS[2])
     assert images.dim == 4
 

@@ -13,7 +13,6 @@ import pytest
 from unimo_pipe.pipeline.feature_store import (
     RegionFeatureReader,
     RegionFeatureWriter,
-    box_features_7d,
     feature_db_name,
     nbb_file_name,
 )
@@ -99,8 +98,3 @@ def test_mismatched_box_counts_are_refused(tmp_path):
     regions["conf"] = regions["conf"][:9]
     with pytest.raises(ValueError, match="conf.*first dimension 10"):
         RegionFeatureWriter(tmp_path).add("x.jpg", regions)
-
-
-def test_box_features_7d_appends_area():
-    norm_bb = np.array([[0.1, 0.2, 0.5, 0.6, 0.4, 0.4]])
-    assert box_features_7d(norm_bb)[0, 6] == pytest.approx(0.16)

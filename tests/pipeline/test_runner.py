@@ -170,3 +170,62 @@ def test_out_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="is a file"):
         run_stage(NumbersStage(), make_options(tmp_path, out=str(tmp_path / "file")))
+
+
+class LifecycleStage(NumbersStage):
+    """Records the order in which the runner calls the stage's lifecycle methods."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def open(self, options, run):
+        self.calls.append("open")
+        self.run = run
+
+    def process_shard(self, records, ctx):
+        assert ctx.run is self.run
+        self.calls.append(f"shard {ctx.index}")
+        super().process_shard(records, ctx)
+
+    def finalize(self, options, shard_dirs):
+        self.calls.append(f"finalize {len(shard_dirs)}")
+
+    def close(self):
+        self.calls.append("close")
+
+
+def test_the_runner_opens_a_stage_once_before_its_first_shard_and_closes_it_always(tmp_path):
+    options = make_options(tmp_path, count=10)
+    stage = LifecycleStage()
+    run_stage(stage, options)
+    assert stage.calls == ["open", "shard 0", "shard 1", "close", "finalize 2"]
+    assert stage.run.config_hash == json.loads((options.out / "stage.json").read_text())["config_hash"]
+    assert not stage.run.will_run(0)  # committed by now
+    again = LifecycleStage()
+    run_stage(again, options)
+    assert again.calls == ["close"]  # nothing to do: no models loaded, summary already written
+
+
+def test_a_stage_that_dies_mid_run_is_still_closed(tmp_path):
+    stage = LifecycleStage()
+    stage.kill_at = 7
+    with pytest.raises(SimulatedKill):
+        run_stage(stage, make_options(tmp_path, count=10))
+    assert stage.calls == ["open", "shard 0", "shard 1", "close"]
+
+
+def test_bad_side_input_rows_found_at_open_are_kept_in_the_summary(tmp_path):
+    class ProblemStage(NumbersStage):
+        def open(self, options, run):
+            run.input_problem("side.jsonl:4", "malformed_json")
+
+    options = make_options(tmp_path, count=3)
+    run_stage(ProblemStage(), options)
+    summary = json.loads((options.out / "summary.json").read_text())
+    assert summary["input_problems"] == {"count": 1, "reasons": {"malformed_json": 1},
+                                         "examples": [{"where": "side.jsonl:4", "reason": "malformed_json",
+                                                       "detail": ""}]}
+    strict = make_options(tmp_path / "strict", count=3, strict=True)
+    with pytest.raises(UserError, match="side.jsonl:4: malformed_json"):
+        run_stage(ProblemStage(), strict)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tests.conftest import write_jsonl
-from tests.stages.test_shard import feature_store, run_shard
+from tests.stages.test_shard import fake_retrieval_output, feature_store, run_shard
 from unimo_pipe.pipeline.training_data import (
     BatchPlan,
     Collator,
@@ -40,10 +40,9 @@ def shards(tmp_path):
         {"id": f"p{i}", "positives": [{"text": f"positive {j} of {i}"} for j in range(3)],
          "negatives": [{"text": f"negative {j} of {i}", "kind": "replace_object"} for j in range(6)]}
         for i in range(30)])
-    retrieval = tmp_path / "ret"
-    fake_stage_output(retrieval, "retrieve", "retrieval.jsonl", [
-        {"id": f"p{i}", "images": [{"id": names[(i + 1) % 30], "score": 0.5}],
-         "texts": [{"text": "related text", "score": 0.4}]} for i in range(30)])
+    retrieval = fake_retrieval_output(tmp_path / "ret", {
+        f"p{i}": ([{"id": names[(i + 1) % 30], "score": 0.5}], [{"text": "related text", "id": "c:1", "score": 0.4}])
+        for i in range(30)})
     features = feature_store(tmp_path / "feats", names, boxes=10)
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("".join(f"corpus sentence number {i} here\n" for i in range(20)))

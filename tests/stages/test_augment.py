@@ -25,7 +25,10 @@ CAPTIONS = [
 def test_scene_graph_negatives_end_to_end_with_hard_captions(tmp_path):
     captions = write_jsonl(tmp_path / "caps.jsonl", CAPTIONS)
     positives = write_jsonl(tmp_path / "positives.jsonl",
-                            [{"id": "1", "positives": [{"text": "A man riding a brown dog on a beach."}]}])
+                            [{"id": "1", "positives": [{"text": "A man riding a brown dog on a beach."}]},
+                             {"id": "2", "positives": [7]}])
+    with positives.open("a") as f:
+        f.write("{broken\n")
     out = tmp_path / "aug"
     assert main(["augment", "--captions", str(captions), "--scene-graph", "--negatives", "20", "--out", str(out),
                  "--positives", str(positives), "shard_size=3"]) == 0
@@ -40,6 +43,8 @@ def test_scene_graph_negatives_end_to_end_with_hard_captions(tmp_path):
     assert len(rows["8"]["caption"]) <= 1000
     summary = json.loads((out / "summary.json").read_text())
     assert summary["failure_reasons"] == {"empty_caption": 1}
+    assert summary["input_problems"]["reasons"] == {"malformed_positive": 1, "malformed_json": 1}
+    assert summary["input_problems"]["examples"][1]["where"] == f"{positives}:3"
     assert summary["counters"]["nothing_to_replace"] >= 2  # punctuation and emoji captions
     assert summary["counters"]["captions_truncated"] == 1
     assert "horse" in json.loads((out / "vocab.json").read_text())["objects"]

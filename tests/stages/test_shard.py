@@ -10,9 +10,9 @@ from tests.conftest import write_jsonl
 from unimo_pipe.pipeline.cli import main
 from unimo_pipe.pipeline.errors import UserError
 from unimo_pipe.pipeline.feature_store import RegionFeatureWriter
+from unimo_pipe.pipeline.formats import load_manifest
 from unimo_pipe.pipeline.jsonl import write_json_atomic
 from unimo_pipe.pipeline.runner import shard_dir
-from unimo_pipe.pipeline.training_data import load_manifest
 
 
 def fake_stage_output(out: Path, stage: str, file_name: str, rows: list[dict]) -> Path:
@@ -23,6 +23,21 @@ def fake_stage_output(out: Path, stage: str, file_name: str, rows: list[dict]) -
     (shard / "stats.json").write_text("{}")
     write_json_atomic(out / "stage.json", {"stage": stage, "config_hash": "test"})
     write_json_atomic(out / "summary.json", {"stage": stage, "complete": True})
+    return out
+
+
+def fake_retrieval_output(out: Path, results: dict[str, tuple[list, list]], *, view: bool = False) -> Path:
+    """A finished retrieve folder: retrieval.npz written by the stage's own writer, its corpus in text_emb."""
+    from unimo_pipe.pipeline.embedding_store import write_embedding_shard
+    from unimo_pipe.stages.retrieve import _write_results
+
+    fake_stage_output(out, "retrieve", "unused.jsonl", [])
+    k = max([1] + [len(side) for pair in results.values() for side in pair])
+    _write_results(shard_dir(out, 0), list(results), list(results.values()), k, view)
+    texts = {t["id"]: t["text"] for _, found in results.values() for t in found}
+    corpus = fake_stage_output(out / "text_emb", "embed-text", "unused.jsonl", [])
+    write_embedding_shard(shard_dir(corpus, 0), [{"id": i, "text": t} for i, t in texts.items()],
+                          np.ones((len(texts), 2)))
     return out
 
 
@@ -48,10 +63,9 @@ def inputs(tmp_path):
         {"id": "p1", "caption": "a dog on a sofa", "positives": [{"text": "a dog sits on a couch", "pivot": "de"}],
          "negatives": [{"text": f"a cat on a sofa {i}", "kind": "replace_object", "from": "dog", "to": "cat"}
                        for i in range(5)]}])
-    retrieval = fake_stage_output(tmp_path / "ret", "retrieve", "retrieval.jsonl", [
-        {"id": "p1", "images": [{"id": "b.jpg", "score": 0.8}], "texts": [{"text": "dogs like sofas", "id": "c:1",
-                                                                           "score": 0.7}]},
-        {"id": "p2", "images": [], "texts": []}])
+    retrieval = fake_retrieval_output(tmp_path / "ret", {
+        "p1": ([{"id": "b.jpg", "score": 0.8}], [{"text": "dogs like sofas", "id": "c:1", "score": 0.7}]),
+        "p2": ([], [])})
     features = feature_store(tmp_path / "feats", ["a.jpg", "b.jpg", "c.jpg"])
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the first sentence is here\nthe second one is longer than the first\n")
@@ -122,3 +136,65 @@ def test_inspect_prints_summary_and_examples(tmp_path, inputs, capsys):
     assert main(["inspect", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "records: pair 2, text 2, image 3" in printed and '"id": "p1"' in printed
+
+
+def test_retrieved_items_come_from_retrieval_npz_without_the_jsonl_view(tmp_path, inputs):
+    # The fixture's retrieve output has only retrieval.npz (as `retrieve --no-jsonl-view` leaves it).
+    assert not list((inputs["retrieval"] / "shards").rglob("retrieval.jsonl"))
+    out = run_shard(tmp_path, inputs)
+    first = json.loads((out / "shards" / "00000" / "pairs.jsonl").read_text().splitlines()[0])
+    assert first["retrieved_texts"] == [{"text": "dogs like sofas", "score": 0.7}]
+    assert "pairs_without_retrieval" not in json.loads((out / "summary.json").read_text())["counters"]
+
+
+def test_a_bad_augment_row_is_counted_with_its_file_and_line(tmp_path, inputs, caplog):
+    augment_file = inputs["augment"] / "shards" / "00000" / "augment.jsonl"
+    augment_file.write_text(augment_file.read_text() + '{"id": "p2", "negatives": [\n["not", "a", "row"]\n')
+    out = run_shard(tmp_path, inputs)
+    problems = json.loads((out / "summary.json").read_text())["input_problems"]
+    assert problems["count"] == 2
+    assert problems["reasons"] == {"malformed_json": 1, "malformed_row": 1}
+    assert problems["examples"][0]["where"] == f"{augment_file}:2"
+    assert "2 bad rows in side inputs" in caplog.text
+
+
+def test_a_bad_augment_row_stops_a_strict_run(tmp_path, inputs, capsys):
+    augment_file = inputs["augment"] / "shards" / "00000" / "augment.jsonl"
+    augment_file.write_text(augment_file.read_text() + "{broken\n")
+    with pytest.raises(AssertionError):
+        run_shard(tmp_path, inputs, "--strict")
+    assert f"{augment_file}:2: malformed_json" in capsys.readouterr().err
+
+
+def test_an_output_of_another_stage_is_refused_in_one_line(tmp_path, inputs, capsys):
+    wrong = fake_stage_output(tmp_path / "pairs-out", "import-pairs", "pairs.jsonl", [])
+    with pytest.raises(AssertionError):
+        run_shard(tmp_path, {**inputs, "augment": wrong})
+    err = capsys.readouterr().err
+    assert f"--augment {wrong} is output of `import-pairs`: pass the --out folder of a `unimo-pipe augment` run" in err
+    with pytest.raises(AssertionError):
+        run_shard(tmp_path, {**inputs, "retrieval": inputs["augment"]})
+    assert "is output of `augment`: pass the --out folder of a `unimo-pipe retrieve` run" in capsys.readouterr().err
+
+
+def test_an_image_name_two_stored_images_share_is_a_counted_failure(tmp_path, inputs):
+    features = feature_store(tmp_path / "feats2", ["val/a.jpg", "test/a.jpg", "b.jpg"])
+    pairs = write_jsonl(tmp_path / "pairs2.jsonl", [{"id": "p1", "image": "a.jpg", "caption": "a dog"},
+                                                    {"id": "p2", "image": "b.jpg", "caption": "a cat"}])
+    out = run_shard(tmp_path, {**inputs, "pairs": pairs, "features": features})
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failure_reasons"] == {"ambiguous_image": 1}
+    stats = json.loads((out / "shards" / "00000" / "stats.json").read_text())
+    assert "matches several images" in stats["failure_examples"][0]["detail"]
+
+
+def test_pairs_naming_jpg_find_features_imported_from_npz(tmp_path, inputs):
+    source = tmp_path / "npz"
+    source.mkdir()
+    for name in ("a", "b"):
+        np.savez(source / f"{name}.npz", features=np.ones((3, 4), np.float32),
+                 norm_bb=np.tile([0.1, 0.2, 0.5, 0.6, 0.4, 0.4], (3, 1)).astype(np.float32))
+    assert main(["import-features", "--source", str(source), "--out", str(tmp_path / "imported")]) == 0
+    out = run_shard(tmp_path, {**inputs, "features": tmp_path / "imported"})
+    rows = [json.loads(line) for line in (out / "shards" / "00000" / "pairs.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["image"]) for r in rows] == [("p1", "a.npz"), ("p2", "b.npz")]

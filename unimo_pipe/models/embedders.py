@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from unimo_pipe.pipeline.errors import UserError
+from unimo_pipe.pipeline.formats import ImageKeys
 
 logger = logging.getLogger("unimo_pipe")
 
@@ -145,7 +146,7 @@ def _read_parquet(path: Path) -> tuple[list, np.ndarray]:
 class ImageVectors:
     """Image vectors by key, from a region-feature folder (pooled boxes) or an embedding file.
 
-    Keys are looked up exactly, then by file name alone, so a pair's "val2014/x.jpg" finds "x.jpg".
+    Keys are resolved as `pipeline.formats.ImageKeys` does: exactly, then by a unique file name or stem.
     """
 
     def __init__(self, path: Path, *, pooling: str = "mean"):
@@ -162,17 +163,16 @@ class ImageVectors:
             self._features = None
             self._keys, self._vectors = load_embedding_file(path)
             self._rows = {key: row for row, key in enumerate(self._keys)}
-        self._by_basename = {Path(key).name: key for key in self._keys}
+        self._resolver = ImageKeys(self._keys, store=str(path))
         if not self._keys:
             raise UserError(f"image store {path} holds no images: check it is the right folder or file")
 
     def keys(self) -> list[str]:
         return self._keys
 
-    def find(self, key: str) -> str | None:
-        if key in self._rows or (self._features is not None and key in self._features.name2nbb):
-            return key
-        return self._by_basename.get(Path(key).name)
+    def resolve(self, image: str) -> str:
+        """The stored key of `image`; RecordError `image_not_in_features` or `ambiguous_image` otherwise."""
+        return self._resolver.resolve(image)
 
     def vector(self, key: str) -> np.ndarray:
         if self._features is None:

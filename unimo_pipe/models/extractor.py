@@ -15,6 +15,7 @@ from unimo_pipe.models.detector import BottomUpAttention, TestSettings, build_de
 from unimo_pipe.models.detector_weights import load_weights
 from unimo_pipe.models.embedders import resolve_device
 from unimo_pipe.pipeline.errors import RecordError
+from unimo_pipe.pipeline.formats import norm_boxes, uniter_soft_labels
 from unimo_pipe.pipeline.images import load_rgb, shortest_edge_size
 
 
@@ -73,8 +74,6 @@ class RegionExtractor:
 
     def run(self, items: list[tuple[str, Path]]) -> Iterator[tuple[str, Any]]:
         """(key, (arrays, meta)) per decoded image, (key, RecordError) per file that could not be read."""
-        from unimo_pipe.stages.extract_regions import region_arrays
-
         loader = DataLoader(DecodedImages(items, **self.decode_args), batch_size=self.batch_size,
                             num_workers=min(self.workers, len(items)), collate_fn=_as_list)
         for batch in loader:
@@ -100,3 +99,18 @@ class RegionExtractor:
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"
         with torch.autocast(device_type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             return self.model.detect(batch, sizes, [scale for _, scale, _ in images])
+
+
+def region_arrays(detections, width: int, height: int) -> dict[str, np.ndarray]:
+    """UNITER's per-box arrays from one image's detections (original-image pixel boxes)."""
+    boxes = detections.boxes.cpu().numpy().astype(np.float32)
+    return {
+        "features": detections.features.cpu().numpy().astype(np.float16),
+        "norm_bb": norm_boxes(boxes, width, height).astype(np.float16),
+        "conf": detections.conf.cpu().numpy().astype(np.float16),
+        "soft_labels": uniter_soft_labels(detections.class_probs.cpu().numpy()).astype(np.float16),
+        "boxes": boxes,
+        "object_ids": detections.object_ids.cpu().numpy().astype(np.int32),
+        "attr_ids": detections.attr_ids.cpu().numpy().astype(np.int32),
+        "attr_conf": detections.attr_conf.cpu().numpy().astype(np.float16),
+    }

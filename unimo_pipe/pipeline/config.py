@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from unimo_pipe.pipeline.errors import ConfigError, UserError
+from unimo_pipe.pipeline.formats import STAGE_RECORD
 
 _MISSING = dataclasses.MISSING
 _TRUE = {"true", "yes", "on", "1"}
@@ -325,7 +326,6 @@ def config_hash(stage_name: str, format_version: int, options: Any) -> str:
 
 
 _EDGE_BYTES = 1 << 20
-STAGE_RECORD = "stage.json"
 
 
 def fingerprint(path: Path) -> str:

@@ -14,10 +14,8 @@ from typing import Any
 import numpy as np
 
 from unimo_pipe.pipeline.errors import UserError
+from unimo_pipe.pipeline.formats import EMBEDDING_ROWS_FILE, EMBEDDINGS_FILE
 from unimo_pipe.pipeline.jsonl import iter_jsonl
-
-EMBEDDINGS_FILE = "embeddings.npy"
-ROWS_FILE = "rows.jsonl"
 
 
 @dataclass
@@ -35,7 +33,7 @@ class EmbeddingTable:
 
 def write_embedding_shard(work_dir: Path, rows: list[dict[str, Any]], vectors: np.ndarray) -> None:
     np.save(work_dir / EMBEDDINGS_FILE, np.asarray(vectors, dtype=np.float16).reshape(len(rows), -1))
-    with (work_dir / ROWS_FILE).open("w", encoding="utf-8") as f:
+    with (work_dir / EMBEDDING_ROWS_FILE).open("w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
@@ -48,7 +46,7 @@ def load_embedding_output(out: Path) -> EmbeddingTable:
     parts: list[np.ndarray] = []
     for shard in complete_shard_dirs(out):
         vectors = np.load(shard / EMBEDDINGS_FILE, allow_pickle=False)
-        shard_rows = [row for _, row, problem in iter_jsonl(shard / ROWS_FILE) if not problem]
+        shard_rows = [row for _, row, problem in iter_jsonl(shard / EMBEDDING_ROWS_FILE) if not problem]
         if len(shard_rows) != len(vectors):
             raise UserError(f"{shard} is corrupt ({len(shard_rows)} rows, {len(vectors)} vectors): "
                             "rerun the embedding stage with --overwrite")

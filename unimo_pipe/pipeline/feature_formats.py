@@ -19,18 +19,11 @@ from typing import Any
 import numpy as np
 
 from unimo_pipe.pipeline.errors import RecordError
+from unimo_pipe.pipeline.formats import norm_boxes
 
 BUTD_COLUMNS = ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features")
 LXMERT_COLUMNS = ("img_id", "img_h", "img_w", "objects_id", "objects_conf", "attrs_id", "attrs_conf", "num_boxes",
                   "boxes", "features")
-
-
-def norm_boxes(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
-    """UNITER's norm_bb: [x1/W, y1/H, x2/W, y2/H, w/W, h/H]."""
-    boxes = np.asarray(boxes, dtype=np.float32)
-    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    return np.stack([boxes[:, 0] / width, boxes[:, 1] / height, boxes[:, 2] / width, boxes[:, 3] / height,
-                     w / width, h / height], axis=1)
 
 
 def _decode(field: str, text: str, dtype, rows: int, name: str) -> np.ndarray:

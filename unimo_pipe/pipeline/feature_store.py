@@ -132,11 +132,6 @@ class RegionFeatureReader:
         return len(self.name2nbb)
 
 
-def box_features_7d(norm_bb: np.ndarray) -> np.ndarray:
-    """UNITER's 7-d location feature: norm_bb plus the normalised area (w/W * h/H)."""
-    return np.concatenate([norm_bb, norm_bb[:, 4:5] * norm_bb[:, 5:6]], axis=1)
-
-
 _DB_NAME = re.compile(r"^feat_th(?P<conf>[0-9.]+)_max(?P<max>\d+)_min(?P<min>\d+)$")
 
 

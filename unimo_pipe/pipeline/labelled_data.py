@@ -7,10 +7,12 @@ Input, one example per line:
 - TSV with a header row (GLUE's layout): a "sentence" (or "text") column and a "label" column; text only.
 
 Lines that cannot be used are left out and counted by reason: malformed_json / malformed_line,
-missing_field (text or label absent or empty, or the image for image-text data) and unknown_image (not in
-the feature folder). In data scored against a trained model, a label the model does not know is counted
-as unknown_label and kept, with target -1: it is scored as wrong, as VQA scores answers outside the answer
-vocabulary. A file with no usable line is one clear error.
+missing_field (text or label absent or empty, or the image for image-text data), unknown_image (not in
+the feature folder) and ambiguous_image (its name matches several images there; images are found as
+`pipeline.formats.ImageKeys` finds them: exactly, then by a unique file name or stem). In data scored
+against a trained model, a label the model does not know is counted as unknown_label and kept, with
+target -1: it is scored as wrong, as VQA scores answers outside the answer vocabulary. A file with no
+usable line is one clear error.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from unimo_pipe.pipeline.errors import UserError
+from unimo_pipe.pipeline.errors import RecordError, UserError
+from unimo_pipe.pipeline.formats import ImageKeys
 
 
 @dataclass
@@ -42,6 +45,8 @@ class LabelledExamples:
         `labels`: the classes to score against (a trained model's); None takes the classes found in the
         file, sorted (training data)."""
         rows, problems = [], Counter()
+        if image_keys is not None:
+            image_keys = ImageKeys(image_keys, store="the feature folder")
         for row in _read_rows(path):
             example, problem = _example(row, image_keys) if isinstance(row, dict) else (None, row)
             if problem:
@@ -109,14 +114,17 @@ def _json_row(line: str) -> dict | str:
     return row if isinstance(row, dict) else "malformed_json"
 
 
-def _example(row: dict, image_keys) -> tuple[tuple[str, str, str] | None, str | None]:
+def _example(row: dict, image_keys: ImageKeys | None) -> tuple[tuple[str, str, str] | None, str | None]:
     text, label = row.get("text", row.get("sentence")), row.get("label")
     image = row.get("image") if image_keys is not None else ""
     if not (isinstance(text, str) and text.strip() and isinstance(label, str | int) and str(label)
             and isinstance(image, str) and (image or image_keys is None)):
         return None, "missing_field"
-    if image_keys is not None and image not in image_keys:
-        return None, "unknown_image"
+    if image_keys is not None:
+        try:
+            image = image_keys.resolve(image)
+        except RecordError as exc:
+            return None, "unknown_image" if exc.reason == "image_not_in_features" else exc.reason
     return (image, text, str(label)), None
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from unimo_pipe.pipeline.errors import UserError
+from unimo_pipe.pipeline.formats import STATS_FILE, SUMMARY_FILE
 from unimo_pipe.pipeline.jsonl import iter_jsonl, read_json, write_json_atomic
 from unimo_pipe.pipeline.lmdb_store import LmdbReader, LmdbWriter
-from unimo_pipe.pipeline.runner import STATS_FILE, SUMMARY_FILE, committed_shard_dirs
+from unimo_pipe.pipeline.runner import committed_shard_dirs
 
 
 def complete_shard_dirs(out: Path) -> list[Path]:
@@ -24,14 +25,27 @@ def complete_shard_dirs(out: Path) -> list[Path]:
     return committed_shard_dirs(out)
 
 
-def iter_output_jsonl(out: Path, file_name: str) -> Iterator[dict[str, Any]]:
-    """Rows of `file_name` across all shards of a finished stage output, in shard order."""
+def iter_output_rows(out: Path, file_name: str, *, required: tuple[str, ...] = ("id",)
+                     ) -> Iterator[tuple[str, dict[str, Any] | None, str | None]]:
+    """(where, row, problem) for every line of `file_name` across the shards of a finished stage output, in
+    shard order; `where` is "FILE:LINE", and a line that is not a JSON object with the `required` fields
+    comes with its problem (and no row) so the reader can count it."""
     for shard in complete_shard_dirs(out):
         path = shard / file_name
+        if not path.is_file():
+            continue
         for line_number, row, problem in iter_jsonl(path):
-            if problem:
-                raise UserError(f"{path} line {line_number} is corrupt ({problem}): rerun the stage with --overwrite")
-            yield row
+            if not problem and not (isinstance(row, dict) and all(name in row for name in required)):
+                problem = "malformed_row"
+            yield f"{path}:{line_number}", (None if problem else row), problem
+
+
+def iter_output_jsonl(out: Path, file_name: str) -> Iterator[dict[str, Any]]:
+    """Rows of `file_name` across all shards of a finished stage output; a corrupt row is an error."""
+    for where, row, problem in iter_output_rows(out, file_name, required=()):
+        if problem:
+            raise UserError(f"{where} is corrupt ({problem}): rerun the stage with --overwrite")
+        yield row
 
 
 def merge_outputs(out: Path, dest: Path) -> dict[str, int]:

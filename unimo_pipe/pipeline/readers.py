@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from unimo_pipe.pipeline.errors import UserError
+from unimo_pipe.pipeline.formats import PAIRS_FILE, SENTENCES_FILE, STAGE_RECORD
 from unimo_pipe.pipeline.jsonl import iter_jsonl
 from unimo_pipe.pipeline.stage import Record
 from unimo_pipe.pipeline.text import split_sentences
@@ -209,16 +210,16 @@ def iter_corpus(path: Path, unit: str = "sentence") -> Iterator[Record]:
 
 
 def is_stage_output(path: Path) -> bool:
-    return path.is_dir() and (path / "stage.json").is_file()
+    return path.is_dir() and (path / STAGE_RECORD).is_file()
 
 
 def iter_pairs_input(path: Path, fmt: str = "auto") -> Iterator[Record]:
     """Pairs from a finished import-pairs folder, or straight from a caption file."""
     if is_stage_output(path):
-        from unimo_pipe.pipeline.outputs import iter_output_jsonl
+        from unimo_pipe.pipeline.outputs import iter_output_rows
 
-        for row in iter_output_jsonl(path, "pairs.jsonl"):
-            yield Record(row["id"], row)
+        for where, row, problem in iter_output_rows(path, PAIRS_FILE, required=("id", "caption")):
+            yield Record(where, error=problem) if problem else Record(row["id"], row)
     elif path.is_dir():
         raise UserError(f"{path} is a folder but not a stage output: pass an import-pairs --out folder or a file")
     else:
@@ -228,10 +229,10 @@ def iter_pairs_input(path: Path, fmt: str = "auto") -> Iterator[Record]:
 def iter_texts_input(path: Path) -> Iterator[Record]:
     """Sentences (value: text) from an import-corpus folder, a JSONL of {"id", "text"}, or lines."""
     if is_stage_output(path):
-        from unimo_pipe.pipeline.outputs import iter_output_jsonl
+        from unimo_pipe.pipeline.outputs import iter_output_rows
 
-        for row in iter_output_jsonl(path, "sentences.jsonl"):
-            yield Record(row["id"], row["text"])
+        for where, row, problem in iter_output_rows(path, SENTENCES_FILE, required=("id", "text")):
+            yield Record(where, error=problem) if problem else Record(row["id"], row["text"])
     elif path.suffix.lower() == ".jsonl":
         for line_number, obj, problem in iter_jsonl(path):
             where = _where(path, str(line_number))

@@ -13,70 +13,35 @@ leaves either a whole shard or none: a rerun redoes the partial one and nothing 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from unimo_pipe.pipeline.config import STAGE_RECORD, config_hash, options_to_dict, output_affecting_dict
-from unimo_pipe.pipeline.errors import RecordError, UserError
+from unimo_pipe.pipeline.config import config_hash, options_to_dict, output_affecting_dict
+from unimo_pipe.pipeline.errors import UserError
+from unimo_pipe.pipeline.formats import (
+    CONFIG_FILE,
+    PARTIAL_SUFFIX,
+    SHARDS_DIR,
+    STAGE_RECORD,
+    STATS_FILE,
+    SUMMARY_FILE,
+)
 from unimo_pipe.pipeline.jsonl import atomic_write, read_json, write_json_atomic
 from unimo_pipe.pipeline.progress import Progress
 from unimo_pipe.pipeline.sharding import ShardSelection, chunk, resolve_selection, shard_name
-from unimo_pipe.pipeline.stage import Record, Stage
-from unimo_pipe.pipeline.stats import ShardStats, merge_stats
+from unimo_pipe.pipeline.stage import Record, RunContext, ShardContext, Stage
+from unimo_pipe.pipeline.stats import merge_stats
 
 logger = logging.getLogger("unimo_pipe")
 
-SHARDS_DIR = "shards"
-STATS_FILE = "stats.json"
-SUMMARY_FILE = "summary.json"
-PARTIAL_SUFFIX = ".partial"
-ALL_SHARDS = ShardSelection()
-
-
-class ShardContext:
-    """What a stage gets while processing one shard: where to write, and where to count."""
-
-    def __init__(self, *, index: int, work_dir: Path, options: Any, strict: bool, progress: Progress,
-                 config_hash: str = "", selection: ShardSelection = ALL_SHARDS):
-        self.index = index
-        self.config_hash = config_hash  # of the whole run's config, for outputs kept beside the shards
-        self.selection = selection  # the shards this process runs, for work done ahead for several shards
-        self.work_dir = work_dir
-        self.options = options
-        self.strict = strict
-        self.progress = progress
-        self.stats = ShardStats(shard=index)
-
-    def path(self, name: str) -> Path:
-        return self.work_dir / name
-
-    @contextlib.contextmanager
-    def record(self, key: str) -> Iterator[None]:
-        """Count the enclosed work as one record: ok, or failed with its reason (re-raised if strict)."""
-        try:
-            yield
-        except RecordError as exc:
-            if self.strict:
-                raise
-            self.stats.fail(key, exc.reason, exc.detail)
-            self.progress.update(failed=1)
-        except Exception as exc:
-            if self.strict:
-                raise
-            self.stats.fail(key, type(exc).__name__, str(exc))
-            self.progress.update(failed=1)
-        else:
-            self.stats.succeed()
-            self.progress.update(1)
+INPUT_PROBLEMS_FILE = "input_problems.json"  # bad rows of side inputs found by `Stage.open`
 
 
 @dataclass
@@ -104,8 +69,13 @@ def run_stage(stage: Stage, options: Any, *, env: dict[str, str] | None = None) 
     chash = config_hash(stage.name, stage.format_version, options)
     prepare_output_dir(stage, options, chash)
     remove_partial_shards(out, selection)
+    run_context = RunContext(out=out, config_hash=chash, selection=selection, strict=options.strict,
+                             will_run=lambda index: selection.owns(index) and not is_committed(out, index),
+                             run_upstream=lambda upstream, upstream_options: run_stage(upstream, upstream_options,
+                                                                                       env={}))
     progress = Progress(f"{stage.name} [{selection}]")
     total = run = skipped = 0
+    opened = False
     try:
         for index, records in chunk(stage.iter_records(options), options.shard_size):
             total += 1
@@ -114,7 +84,10 @@ def run_stage(stage: Stage, options: Any, *, env: dict[str, str] | None = None) 
             if is_committed(out, index):
                 skipped += 1
                 continue
-            _run_shard(stage, options, index, records, chash, progress, selection)
+            if not opened:  # only a process with work to do loads models and side inputs
+                _open(stage, options, run_context)
+                opened = True
+            _run_shard(stage, options, index, records, run_context, progress)
             run += 1
     finally:
         progress.close()
@@ -125,19 +98,34 @@ def run_stage(stage: Stage, options: Any, *, env: dict[str, str] | None = None) 
     if complete and (run or not (out / SUMMARY_FILE).is_file()):
         stage.finalize(options, committed)
         summary = {"stage": stage.name, "config_hash": chash, "shards": total, "complete": True, **totals}
+        if (out / INPUT_PROBLEMS_FILE).is_file():
+            summary["input_problems"] = read_json(out / INPUT_PROBLEMS_FILE)
         write_json_atomic(out / SUMMARY_FILE, summary)
     logger.info("%s: %d shards (%d run, %d already done) in %s", stage.name, total, run, skipped, out)
     return RunResult(stage.name, out, total, run, skipped, totals, complete, time.perf_counter() - started)
 
 
-def _run_shard(stage: Stage, options: Any, index: int, records: list[Record], chash: str,
-               progress: Progress, selection: ShardSelection) -> None:
+def _open(stage: Stage, options: Any, run_context: RunContext) -> None:
+    """`stage.open`, then keep what it found wrong in side inputs (the same in every process of the run)."""
+    stage.open(options, run_context)
+    problems = run_context.problems
+    if problems.count:
+        write_json_atomic(options.out / INPUT_PROBLEMS_FILE, problems.to_dict())
+        example = problems.examples[0]
+        logger.warning("%s: %d bad rows in side inputs were skipped (%s), e.g. %s (%s); listed in %s",
+                       stage.name, problems.count, ", ".join(f"{k}: {v}" for k, v in problems.reasons.items()),
+                       example["where"], example["reason"], options.out / SUMMARY_FILE)
+    else:
+        (options.out / INPUT_PROBLEMS_FILE).unlink(missing_ok=True)
+
+
+def _run_shard(stage: Stage, options: Any, index: int, records: list[Record], run_context: RunContext,
+               progress: Progress) -> None:
     final_dir = shard_dir(options.out, index)
     work_dir = final_dir.with_name(final_dir.name + PARTIAL_SUFFIX)
     shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True)
-    ctx = ShardContext(index=index, work_dir=work_dir, options=options, strict=options.strict, progress=progress,
-                       config_hash=chash, selection=selection)
+    ctx = ShardContext(index=index, work_dir=work_dir, options=options, run=run_context, progress=progress)
     ctx.stats.records = len(records)
     started = time.perf_counter()
     good = _count_unreadable(records, ctx)
@@ -147,7 +135,7 @@ def _run_shard(stage: Stage, options: Any, index: int, records: list[Record], ch
         raise RuntimeError(
             f"stage {stage.name} accounted {ctx.stats.accounted} of {len(records)} records in shard {index}"
         )
-    write_json_atomic(work_dir / STATS_FILE, ctx.stats.to_dict(elapsed_s=elapsed, config_hash=chash))
+    write_json_atomic(work_dir / STATS_FILE, ctx.stats.to_dict(elapsed_s=elapsed, config_hash=run_context.config_hash))
     shutil.rmtree(final_dir, ignore_errors=True)
     os.replace(work_dir, final_dir)
 
@@ -182,7 +170,7 @@ def prepare_output_dir(stage: Stage, options: Any, chash: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     record = {"stage": stage.name, "format": stage.format_version, "config_hash": chash, "options": affecting}
     write_json_atomic(record_path, record)
-    with atomic_write(out / "config.yaml") as f:
+    with atomic_write(out / CONFIG_FILE) as f:
         yaml.safe_dump({"stage": stage.name, **options_to_dict(options)}, f, sort_keys=False)
 
 
@@ -199,7 +187,7 @@ def _handle_config_change(out: Path, previous: dict, affecting: dict, overwrite:
         )
     logger.warning("--overwrite: removing every output of the previous config in %s", out)
     for entry in out.iterdir():  # shards, summary, and merged outputs (feature store, manifest, sub-stages)
-        if entry.name in (STAGE_RECORD, "config.yaml"):
+        if entry.name in (STAGE_RECORD, CONFIG_FILE):
             continue
         if entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)

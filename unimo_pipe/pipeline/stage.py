@@ -1,18 +1,31 @@
-"""What a stage is: options, a record source, and a function that turns one shard into files."""
+"""What a stage is: options, a record source, and a lifecycle the runner drives.
+
+    open(options, run)          once per process, before its first shard that needs work (models, indexes)
+    process_shard(records, ctx) one shard's files under ctx.work_dir, every record accounted in ctx.stats
+    close()                     at the end of every run, finished or not (worker processes)
+    finalize(options, dirs)     once every shard is committed (merged stores, manifests); it may run in a
+                                process that never opened the stage, so it uses only the committed shards
+
+The runner (pipeline/runner.py) or any other executor calls these; a stage never imports an executor.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from unimo_pipe.pipeline.config import Source, option, resolve_options
-from unimo_pipe.pipeline.errors import ConfigError
+from unimo_pipe.pipeline.errors import ConfigError, RecordError, UserError
+from unimo_pipe.pipeline.progress import Progress
 from unimo_pipe.pipeline.registry import Registry
+from unimo_pipe.pipeline.sharding import ShardSelection
+from unimo_pipe.pipeline.stats import InputProblems, ShardStats
 
-if TYPE_CHECKING:
-    from unimo_pipe.pipeline.runner import ShardContext
+logger = logging.getLogger("unimo_pipe")
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,60 @@ class CommonOptions:
     strict: bool = option(False, help="stop at the first bad record instead of counting it", affects_output=False)
 
 
+@dataclass
+class RunContext:
+    """What a stage gets once per process: facts of the whole run, shared by every shard it processes."""
+
+    out: Path
+    config_hash: str  # of the whole run's config, for outputs kept beside the shards
+    selection: ShardSelection = field(default_factory=ShardSelection)  # the shards this process runs
+    strict: bool = False
+    will_run: Callable[[int], bool] = lambda shard: True  # whether this process processes that shard now
+    run_upstream: Callable[[Stage, Any], Any] | None = None  # runs another stage whose output this one reads
+    problems: InputProblems = field(default_factory=InputProblems)
+
+    def input_problem(self, where: str, reason: str, detail: str = "") -> None:
+        """A bad row of a side input (not a record of this stage): counted with its place, or raised if strict."""
+        if self.strict:
+            raise UserError(f"{where}: {reason} {detail}".rstrip() + " (fix or remove that row, or drop --strict)")
+        self.problems.add(where, reason, detail)
+
+
+class ShardContext:
+    """What a stage gets while processing one shard: where to write, and where to count."""
+
+    def __init__(self, *, index: int, work_dir: Path, options: Any, run: RunContext, progress: Progress):
+        self.index = index
+        self.work_dir = work_dir
+        self.options = options
+        self.run = run
+        self.strict = run.strict
+        self.progress = progress
+        self.stats = ShardStats(shard=index)
+
+    def path(self, name: str) -> Path:
+        return self.work_dir / name
+
+    @contextlib.contextmanager
+    def record(self, key: str) -> Iterator[None]:
+        """Count the enclosed work as one record: ok, or failed with its reason (re-raised if strict)."""
+        try:
+            yield
+        except RecordError as exc:
+            if self.strict:
+                raise
+            self.stats.fail(key, exc.reason, exc.detail)
+            self.progress.update(failed=1)
+        except Exception as exc:
+            if self.strict:
+                raise
+            self.stats.fail(key, type(exc).__name__, str(exc))
+            self.progress.update(failed=1)
+        else:
+            self.stats.succeed()
+            self.progress.update(1)
+
+
 class Stage:
     """Base class of every stage. Subclasses set the class attributes and implement the methods."""
 
@@ -52,6 +119,9 @@ class Stage:
     def iter_records(self, options: Any) -> Iterator[Record]:
         """All input records in a deterministic order; the runner cuts them into shards."""
         raise NotImplementedError
+
+    def open(self, options: Any, run: RunContext) -> None:
+        """Set up what every shard needs (models, indexes, side inputs); optional."""
 
     def process_shard(self, records: list[Record], ctx: ShardContext) -> None:
         """Write one shard's outputs under `ctx.work_dir`, accounting every record in `ctx.stats`."""

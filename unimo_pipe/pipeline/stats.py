@@ -68,6 +68,25 @@ class ShardStats:
         }
 
 
+@dataclass
+class InputProblems:
+    """Bad rows of a run's side inputs (an upstream output or a file of options, not the records being
+    processed): counted by reason, with their places ("FILE:LINE"); kept in OUT/summary.json."""
+
+    count: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    examples: list[dict[str, str]] = field(default_factory=list)
+
+    def add(self, where: str, reason: str, detail: str = "") -> None:
+        self.count += 1
+        self.reasons[reason] += 1
+        if len(self.examples) < MAX_FAILURE_EXAMPLES:
+            self.examples.append({"where": where, "reason": reason, "detail": detail[:300]})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "reasons": dict(self.reasons), "examples": self.examples}
+
+
 def merge_stats(shards: list[dict[str, Any]]) -> dict[str, Any]:
     """Totals over committed shards' stats.json contents."""
     totals: dict[str, Any] = {"records": 0, "ok": 0, "failed": 0, "skipped": 0, "elapsed_s": 0.0}

@@ -23,33 +23,7 @@ from typing import Any
 import numpy as np
 
 from unimo_pipe.pipeline.errors import UserError
-
-SCHEMA_VERSION = 1
-
-
-def load_manifest(shards_dir: Path, *, verify: bool = False) -> dict[str, Any]:
-    """The manifest of a `shard` output, checked; `verify` also compares every file's sha256."""
-    path = shards_dir / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"no manifest at {path}: is {shards_dir} a finished `unimo-pipe shard` output?") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{path} is corrupt (not JSON): rerun `unimo-pipe shard` with --overwrite") from None
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise UserError(f"{path} has schema version {manifest.get('schema_version')!r}, this unimo-pipe reads "
-                        f"{SCHEMA_VERSION}: rebuild the shards with this version")
-    for entry in manifest.get("files", []):
-        file = shards_dir / entry["path"]
-        if not file.is_file():
-            raise UserError(f"{file} is listed in {path} but missing: restore it or rebuild the shards")
-        if verify:
-            from unimo_pipe.stages.shard import sha256_of
-
-            if sha256_of(file) != entry["sha256"]:
-                raise UserError(f"{file} does not match its checksum in {path}: it changed or is corrupt; "
-                                "rebuild the shards")
-    return manifest
+from unimo_pipe.pipeline.formats import box_features_7d, load_manifest
 
 
 class Examples:
@@ -119,9 +93,8 @@ def read_regions(features, key: str, max_regions: int) -> dict[str, np.ndarray]:
     most max_regions."""
     dump = features.db[key]
     nbb = min(features.name2nbb[key], max_regions)
-    norm_bb = dump["norm_bb"][:nbb].astype(np.float16)
-    area = (norm_bb[:, 4:5].astype(np.float32) * norm_bb[:, 5:6].astype(np.float32)).astype(np.float16)
-    regions = {"features": dump["features"][:nbb].astype(np.float16), "boxes": np.concatenate([norm_bb, area], 1)}
+    boxes = box_features_7d(dump["norm_bb"][:nbb].astype(np.float16))
+    regions = {"features": dump["features"][:nbb].astype(np.float16), "boxes": boxes}
     if "soft_labels" in dump:  # the detector's class distribution, for masked region classification (KL)
         regions["soft_labels"] = dump["soft_labels"][:nbb].astype(np.float16)
     return regions

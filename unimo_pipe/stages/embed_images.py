@@ -18,8 +18,7 @@ from unimo_pipe.models.embedders import POOLING_MODES, ImageVectors, normalize_r
 from unimo_pipe.pipeline.config import option
 from unimo_pipe.pipeline.embedding_store import write_embedding_shard
 from unimo_pipe.pipeline.errors import RecordError, UserError
-from unimo_pipe.pipeline.runner import ShardContext
-from unimo_pipe.pipeline.stage import CommonOptions, Record, Stage
+from unimo_pipe.pipeline.stage import CommonOptions, Record, ShardContext, Stage
 
 
 @dataclass

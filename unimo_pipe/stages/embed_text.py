@@ -15,8 +15,7 @@ from unimo_pipe.pipeline.config import option
 from unimo_pipe.pipeline.embedding_store import write_embedding_shard
 from unimo_pipe.pipeline.errors import RecordError
 from unimo_pipe.pipeline.readers import iter_texts_input
-from unimo_pipe.pipeline.runner import ShardContext
-from unimo_pipe.pipeline.stage import CommonOptions, Record, Stage
+from unimo_pipe.pipeline.stage import CommonOptions, Record, RunContext, ShardContext, Stage
 from unimo_pipe.pipeline.text import normalize_text
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -37,17 +36,13 @@ class EmbedText(Stage):
     name = "embed-text"
     summary = "embed a text corpus with sentence-transformers into sharded float16 vectors with ids"
     options_class = EmbedTextOptions
-    _encoder: TextEncoder | None = None
 
     def iter_records(self, options: EmbedTextOptions) -> Iterator[Record]:
         for path in options.text_corpus:
             yield from iter_texts_input(path)
 
-    def encoder(self, options: EmbedTextOptions) -> TextEncoder:
-        if self._encoder is None:
-            self._encoder = TextEncoder(model=options.text_model, device=options.device,
-                                        batch_size=options.batch_size)
-        return self._encoder
+    def open(self, options: EmbedTextOptions, run: RunContext) -> None:
+        self.encoder = TextEncoder(model=options.text_model, device=options.device, batch_size=options.batch_size)
 
     def process_shard(self, records: list[Record], ctx: ShardContext) -> None:
         texts = [normalize_text(r.value) if isinstance(r.value, str) else "" for r in records]
@@ -55,7 +50,7 @@ class EmbedText(Stage):
         for i in sorted(set(range(len(records))) - set(keep)):
             with ctx.record(records[i].key):
                 raise RecordError("empty_text")
-        vectors, usable = normalize_rows(self.encoder(ctx.options).encode([texts[i] for i in keep]))
+        vectors, usable = normalize_rows(self.encoder.encode([texts[i] for i in keep]))
         rows = []
         for position, i in enumerate(keep):
             with ctx.record(records[i].key):

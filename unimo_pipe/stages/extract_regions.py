@@ -17,13 +17,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from unimo_pipe.pipeline.config import option
 from unimo_pipe.pipeline.errors import RecordError, UserError
 from unimo_pipe.pipeline.images import DEFAULT_MAX_PIXELS, list_images
-from unimo_pipe.pipeline.runner import ShardContext
-from unimo_pipe.pipeline.stage import CommonOptions, Record, Stage
+from unimo_pipe.pipeline.stage import CommonOptions, Record, RunContext, ShardContext, Stage
 
 DETECTORS = ("butd-r101", "tiny")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -66,8 +63,6 @@ class ExtractRegions(Stage):
     summary = "bottom-up-attention Faster R-CNN region features into UNITER's LMDB layout"
     options_class = ExtractRegionsOptions
 
-    def __init__(self) -> None:
-        self._detector = None
 
     def check(self, options: ExtractRegionsOptions) -> list[str]:
         problems = []
@@ -89,12 +84,10 @@ class ExtractRegions(Stage):
         return [f"extract-regions: detector {options.detector} with RANDOM weights (seed {options.seed}): "
                 "boxes and features are not meaningful, only the pipeline is exercised"]
 
-    def detector(self, options: ExtractRegionsOptions):
-        if self._detector is None:
-            from unimo_pipe.models.extractor import RegionExtractor
+    def open(self, options: ExtractRegionsOptions, run: RunContext) -> None:
+        from unimo_pipe.models.extractor import RegionExtractor
 
-            self._detector = RegionExtractor.from_options(options)
-        return self._detector
+        self.extractor = RegionExtractor.from_options(options)
 
     def process_shard(self, records: list[Record], ctx: ShardContext) -> None:
         options: ExtractRegionsOptions = ctx.options
@@ -102,7 +95,7 @@ class ExtractRegions(Stage):
 
         db_args = (options.conf_threshold, options.max_boxes, options.min_boxes)
         with RegionFeatureWriter(ctx.work_dir, conf_th=db_args[0], max_bb=db_args[1], min_bb=db_args[2]) as writer:
-            for key, outcome in self.detector(options).run([(r.key, Path(r.value)) for r in records]):
+            for key, outcome in self.extractor.run([(r.key, Path(r.value)) for r in records]):
                 with ctx.record(key):
                     if isinstance(outcome, RecordError):
                         raise outcome
@@ -132,22 +125,3 @@ def _image_entries(options: ExtractRegionsOptions) -> list[tuple[str, Path]]:
             seen.add(key)
             entries.append((key, path))
     return entries
-
-
-def region_arrays(detections, width: int, height: int) -> dict[str, np.ndarray]:
-    """UNITER's per-box arrays from one image's detections (original-image pixel boxes)."""
-    boxes = detections.boxes.cpu().numpy().astype(np.float32)
-    probs = detections.class_probs.cpu().numpy()
-    widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    norm_bb = np.stack([boxes[:, 0] / width, boxes[:, 1] / height, boxes[:, 2] / width, boxes[:, 3] / height,
-                        widths / width, heights / height], axis=1)
-    return {
-        "features": detections.features.cpu().numpy().astype(np.float16),
-        "norm_bb": norm_bb.astype(np.float16),
-        "conf": detections.conf.cpu().numpy().astype(np.float16),
-        "soft_labels": np.concatenate([probs[:, -1:], probs[:, :-1]], axis=1).astype(np.float16),
-        "boxes": boxes,
-        "object_ids": detections.object_ids.cpu().numpy().astype(np.int32),
-        "attr_ids": detections.attr_ids.cpu().numpy().astype(np.int32),
-        "attr_conf": detections.attr_conf.cpu().numpy().astype(np.float16),
-    }

@@ -14,12 +14,10 @@ from pathlib import Path
 
 from unimo_pipe.pipeline.config import option
 from unimo_pipe.pipeline.errors import RecordError
+from unimo_pipe.pipeline.formats import SENTENCES_FILE
 from unimo_pipe.pipeline.readers import CORPUS_UNITS, iter_corpus
-from unimo_pipe.pipeline.runner import ShardContext
-from unimo_pipe.pipeline.stage import CommonOptions, Record, Stage
+from unimo_pipe.pipeline.stage import CommonOptions, Record, ShardContext, Stage
 from unimo_pipe.pipeline.text import normalize_text, truncate_text
-
-SENTENCES_FILE = "sentences.jsonl"
 
 
 @dataclass

@@ -16,8 +16,7 @@ from unimo_pipe.pipeline.config import option
 from unimo_pipe.pipeline.errors import RecordError, UserError
 from unimo_pipe.pipeline.feature_formats import parse_tsv_row, read_npz
 from unimo_pipe.pipeline.hdf5_store import iter_hdf5_items, read_hdf5_item
-from unimo_pipe.pipeline.runner import ShardContext
-from unimo_pipe.pipeline.stage import CommonOptions, Record, Stage
+from unimo_pipe.pipeline.stage import CommonOptions, Record, ShardContext, Stage
 
 FORMATS = ("auto", "tsv", "npz", "h5")
 

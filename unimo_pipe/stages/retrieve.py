@@ -34,22 +34,26 @@ from unimo_pipe.models.embedders import (
     resolve_device,
 )
 from unimo_pipe.models.vector_index import INDEX_KINDS, VectorIndex, build_index, choose_kind, measure_recall
-from unimo_pipe.pipeline.config import STAGE_RECORD, config_hash, option
+from unimo_pipe.pipeline.config import config_hash, option
 from unimo_pipe.pipeline.embedding_store import EmbeddingTable, load_embedding_output
-from unimo_pipe.pipeline.errors import UserError
+from unimo_pipe.pipeline.errors import RecordError, UserError
+from unimo_pipe.pipeline.formats import (
+    IMAGE_EMBEDDINGS_DIR,
+    RETRIEVAL_FILE,
+    RETRIEVAL_VIEW_FILE,
+    STAGE_RECORD,
+    SUMMARY_FILE,
+    TEXT_EMBEDDINGS_DIR,
+)
 from unimo_pipe.pipeline.jsonl import write_json_atomic
 from unimo_pipe.pipeline.readers import CAPTION_FORMATS, iter_pairs_input
-from unimo_pipe.pipeline.runner import ShardContext, run_stage
-from unimo_pipe.pipeline.sharding import resolve_selection
-from unimo_pipe.pipeline.stage import CommonOptions, Record, Stage
+from unimo_pipe.pipeline.stage import CommonOptions, Record, RunContext, ShardContext, Stage
 from unimo_pipe.pipeline.text import normalize_text
 from unimo_pipe.stages.embed_images import EmbedImages, EmbedImagesOptions
 from unimo_pipe.stages.embed_text import DEVICES, EmbedText, EmbedTextOptions
 
 logger = logging.getLogger("unimo_pipe")
 
-RESULTS_FILE = "retrieval.npz"
-VIEW_FILE = "retrieval.jsonl"
 INDEX_REPORT = "indexes.json"
 
 
@@ -100,9 +104,6 @@ class Retrieve(Stage):
     summary = "FAISS retrieval sets: related images (X_I) and sentences (X_T) for every pair"
     options_class = RetrieveOptions
 
-    def __init__(self) -> None:
-        self._ready = False
-
     def check(self, options: RetrieveOptions) -> list[str]:
         problems = []
         if not options.text_corpus and not options.image_collection:
@@ -121,7 +122,8 @@ class Retrieve(Stage):
 
     # -- set-up, once per process and only if some shard needs work --
 
-    def _prepare(self, options: RetrieveOptions) -> None:
+    def open(self, options: RetrieveOptions, run: RunContext) -> None:
+        self.run = run
         self.device = resolve_device(options.device)
         self.excluded_images, self.excluded_texts = _exclusions(options.exclude)
         self.text_side = self._text_side(options) if options.text_corpus else None
@@ -133,21 +135,20 @@ class Retrieve(Stage):
             self._check_image_dims(options)
         reports = {side: s.report for side, s in (("text", self.text_side), ("image", self.image_side)) if s}
         write_json_atomic(options.out / INDEX_REPORT, reports)
-        self._ready = True
 
     def _text_side(self, options: RetrieveOptions) -> _Side:
-        sub = EmbedTextOptions(out=options.out / "text_emb", text_corpus=options.text_corpus,
+        sub = EmbedTextOptions(out=options.out / TEXT_EMBEDDINGS_DIR, text_corpus=options.text_corpus,
                                text_model=options.text_model, device=options.device,
                                batch_size=options.batch_size, overwrite=options.overwrite)
-        table = _embedded(EmbedText(), sub, options, "text corpus")
+        table = _embedded(EmbedText(), sub, self.run, "text corpus")
         side = self._side(table, options, "text")
         side.text_keys = [_text_key(row["text"]) for row in table.rows]
         return side
 
     def _image_side(self, options: RetrieveOptions) -> _Side:
-        sub = EmbedImagesOptions(out=options.out / "image_emb", image_collection=options.image_collection,
+        sub = EmbedImagesOptions(out=options.out / IMAGE_EMBEDDINGS_DIR, image_collection=options.image_collection,
                                  pooling=options.image_pooling, overwrite=options.overwrite)
-        table = _embedded(EmbedImages(), sub, options, "image collection")
+        table = _embedded(EmbedImages(), sub, self.run, "image collection")
         self.pca = None
         if options.image_pca_dim:
             self.pca = _fit_pca(table.vectors, options.image_pca_dim, options.seed)
@@ -179,8 +180,6 @@ class Retrieve(Stage):
 
     def process_shard(self, records: list[Record], ctx: ShardContext) -> None:
         options: RetrieveOptions = ctx.options
-        if not self._ready:
-            self._prepare(options)
         text_results = self._search_texts(records, options, ctx) if self.text_side else None
         image_results = self._search_images(records, options, ctx) if self.image_side else None
         pair_ids, per_pair = [], []
@@ -213,10 +212,11 @@ class Retrieve(Stage):
 
     def _search_images(self, records: list[Record], options: RetrieveOptions, ctx: ShardContext):
         side = self.image_side
-        queries, found = [], []
+        queries, found, missing = [], [], []
         for record in records:
-            key = self.query_images.find(str(record.value.get("image") or ""))
+            key, reason = _resolved(self.query_images, record.value.get("image"))
             found.append(key)
+            missing.append(reason)
             queries.append(self.query_images.vector(key) if key else np.zeros(self.query_images.dim, np.float32))
         vectors = np.stack(queries) if queries else np.zeros((0, self.query_images.dim), np.float32)
         if self.pca is not None:
@@ -227,7 +227,7 @@ class Retrieve(Stage):
         results = []
         for i, record in enumerate(records):
             if found[i] is None or not usable[i]:
-                ctx.stats.count("image_missing_from_features" if found[i] is None else "image_unusable_for_search")
+                ctx.stats.count(missing[i] or "image_unusable_for_search")
                 results.append([])
                 continue
             own = {Path(found[i]).name, Path(str(record.value.get("image"))).name}
@@ -254,16 +254,16 @@ class Retrieve(Stage):
         return kept
 
 
-def _embedded(stage: Stage, sub_options: Any, options: RetrieveOptions, what: str) -> EmbeddingTable:
+def _embedded(stage: Stage, sub_options: Any, run: RunContext, what: str) -> EmbeddingTable:
     """Run (or reuse) an embedding stage and load its table; several workers must embed beforehand.
 
     A single worker runs the stage itself, so the runner's config check refuses embeddings made with
     another model or other inputs; several workers only read, after checking the same thing.
     """
-    if resolve_selection(options.shard).count > 1:
+    if run.selection.count > 1 or run.run_upstream is None:
         _require_embedded(stage, sub_options, what)
     else:
-        run_stage(stage, sub_options, env={})
+        run.run_upstream(stage, sub_options)
     table = load_embedding_output(sub_options.out)
     if len(table) == 0:
         raise UserError(f"the {what} has no usable entries: check {sub_options.out}/shards/*/stats.json")
@@ -274,9 +274,17 @@ def _require_embedded(stage: Stage, sub_options: Any, what: str) -> None:
     record = sub_options.out / STAGE_RECORD
     expected = config_hash(stage.name, stage.format_version, sub_options)
     made_by = json.loads(record.read_text()).get("config_hash") if record.is_file() else None
-    if made_by != expected or not (sub_options.out / "summary.json").is_file():
+    if made_by != expected or not (sub_options.out / SUMMARY_FILE).is_file():
         raise UserError(f"with several workers, embed the {what} first with the same inputs and model: run "
                         f"`unimo-pipe {stage.name}` into {sub_options.out} (it shards too), then retrieve")
+
+
+def _resolved(images: ImageVectors, image: Any) -> tuple[str | None, str | None]:
+    """(stored key, None), or (None, the counter naming why the pair's image has no vector)."""
+    try:
+        return images.resolve(image), None
+    except RecordError as exc:
+        return None, "image_missing_from_features" if exc.reason == "image_not_in_features" else exc.reason
 
 
 def _search_depth(k: int, size: int) -> int:
@@ -335,8 +343,8 @@ def _write_results(work_dir: Path, pair_ids: list[str], per_pair: list[tuple[lis
                 ids[i, j], scores[i, j] = hit["id"], hit["score"]
         arrays[f"{name}_ids"] = ids.astype(str)
         arrays[f"{name}_scores"] = scores
-    np.savez(work_dir / RESULTS_FILE, **arrays)
+    np.savez(work_dir / RETRIEVAL_FILE, **arrays)
     if view:
-        with (work_dir / VIEW_FILE).open("w", encoding="utf-8") as f:
+        with (work_dir / RETRIEVAL_VIEW_FILE).open("w", encoding="utf-8") as f:
             for pair_id, (images, texts) in zip(pair_ids, per_pair, strict=True):
                 f.write(json.dumps({"id": pair_id, "images": images, "texts": texts}, ensure_ascii=False) + "\n")

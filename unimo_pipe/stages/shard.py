@@ -9,29 +9,36 @@ OUT/manifest.json lists every file with its kind, record count and sha256, the s
 inputs and the options; the trainer's data layer (pipeline/training_data.py) reads it.
 
 Policy for missing pieces (always counted in stats, never silent): a pair whose image is not in
---image-features is dropped (failure `image_not_in_features`), since the trainer cannot load it; a pair
-without augmentation or retrieval results is kept with empty lists (counters `pairs_without_*`).
+--image-features is dropped (failure `image_not_in_features`, or `ambiguous_image` when its name matches
+several images), since the trainer cannot load it; a pair without augmentation or retrieval results is
+kept with empty lists (counters `pairs_without_*`). Retrieved items come from retrieve's retrieval.npz
+(its sentences by id from the retrieve folder's text_emb); a bad row of an augment or retrieve output is
+skipped and counted, with its file and line, under `input_problems` in summary.json.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unimo_pipe.pipeline.config import option, options_to_dict
-from unimo_pipe.pipeline.errors import RecordError
-from unimo_pipe.pipeline.jsonl import write_json_atomic
-from unimo_pipe.pipeline.readers import CAPTION_FORMATS, iter_pairs_input, iter_texts_input
-from unimo_pipe.pipeline.runner import ShardContext
-from unimo_pipe.pipeline.stage import CommonOptions, Record, Stage
+import numpy as np
 
-SCHEMA_VERSION = 1
-KIND_FILES = {"pair": "pairs.jsonl", "text": "texts.jsonl", "image": "images.jsonl"}
-MANIFEST = "manifest.json"
+from unimo_pipe.pipeline.config import option, options_to_dict
+from unimo_pipe.pipeline.errors import UserError
+from unimo_pipe.pipeline.formats import (
+    AUGMENT_FILE,
+    RETRIEVAL_FILE,
+    TEXT_EMBEDDINGS_DIR,
+    TRAINING_FILES,
+    ImageKeys,
+    manifest_entries,
+    write_manifest,
+)
+from unimo_pipe.pipeline.readers import CAPTION_FORMATS, iter_pairs_input, iter_texts_input
+from unimo_pipe.pipeline.stage import CommonOptions, Record, RunContext, ShardContext, Stage
 
 
 @dataclass
@@ -59,9 +66,6 @@ class Shard(Stage):
     summary = "join pairs, positives, negatives and retrieved items into training shards with a manifest"
     options_class = ShardOptions
 
-    def __init__(self) -> None:
-        self._ready = False
-
     def iter_records(self, options: ShardOptions) -> Iterator[Record]:
         for record in iter_pairs_input(options.pairs, options.pairs_format):
             yield record if record.error else Record(record.key, {"kind": "pair", **record.value})
@@ -74,21 +78,18 @@ class Shard(Stage):
             for key in sorted(open_feature_dir(path).name2nbb):
                 yield Record(key, {"kind": "image", "source": str(path)})
 
-    def _prepare(self, options: ShardOptions) -> None:
-        self.augmented = _load_by_id([p for d in options.augment for p in _stage_files(d, "augment.jsonl")])
-        self.retrieved = _load_by_id(_stage_files(options.retrieval, "retrieval.jsonl") if options.retrieval else [])
+    def open(self, options: ShardOptions, run: RunContext) -> None:
+        self.augmented = _augmentations(options.augment, run)
+        self.retrieved = _retrievals(options.retrieval, run) if options.retrieval else {}
         self.image_keys = None
         if options.image_features is not None:
             from unimo_pipe.pipeline.feature_store import open_feature_dir
 
-            names = open_feature_dir(options.image_features).name2nbb
-            self.image_keys = {**{Path(k).name: k for k in names}, **{k: k for k in names}}
-        self._ready = True
+            self.image_keys = ImageKeys(open_feature_dir(options.image_features).name2nbb,
+                                        store=str(options.image_features))
 
     def process_shard(self, records: list[Record], ctx: ShardContext) -> None:
         options: ShardOptions = ctx.options
-        if not self._ready:
-            self._prepare(options)
         outputs: dict[str, Any] = {}
         try:
             for record in records:
@@ -96,7 +97,7 @@ class Shard(Stage):
                 with ctx.record(record.key):
                     row = self._pair(record, options, ctx) if kind == "pair" else _plain(record)
                     if kind not in outputs:
-                        outputs[kind] = ctx.path(KIND_FILES[kind]).open("w", encoding="utf-8")
+                        outputs[kind] = ctx.path(TRAINING_FILES[kind]).open("w", encoding="utf-8")
                     outputs[kind].write(json.dumps(row, ensure_ascii=False) + "\n")
         finally:
             for handle in outputs.values():
@@ -106,10 +107,7 @@ class Shard(Stage):
         pair = record.value
         image = pair.get("image")
         if self.image_keys is not None:
-            found = self.image_keys.get(image) or self.image_keys.get(Path(str(image)).name)
-            if found is None:
-                raise RecordError("image_not_in_features", f"{image} is not in {options.image_features}")
-            image = found
+            image = self.image_keys.resolve(image)
         augmented = self.augmented.get(record.key, {})
         retrieved = self.retrieved.get(record.key, {})
         if not augmented:
@@ -122,12 +120,14 @@ class Shard(Stage):
             "negatives": [{"text": n["text"], "kind": n["kind"]} for n in augmented.get("negatives", [])
                           ][: options.max_negatives],
             "retrieved_images": retrieved.get("images", [])[: options.max_retrieved],
-            "retrieved_texts": [{"text": t["text"], "score": t["score"]} for t in retrieved.get("texts", [])
-                                ][: options.max_retrieved],
+            "retrieved_texts": retrieved.get("texts", [])[: options.max_retrieved],
         }
 
     def finalize(self, options: ShardOptions, shard_dirs: list[Path]) -> None:
-        write_manifest(options, shard_dirs)
+        write_manifest(options.out, manifest_entries(options.out, shard_dirs),
+                       image_features=str(options.image_features) if options.image_features else None,
+                       image_collections=[str(p) for p in options.image_collection],
+                       options=options_to_dict(options))
 
 
 def _plain(record: Record) -> dict:
@@ -135,46 +135,75 @@ def _plain(record: Record) -> dict:
     return {"id": record.key, **value}
 
 
-def _stage_files(out: Path, name: str) -> list[Path]:
-    from unimo_pipe.pipeline.outputs import complete_shard_dirs
-
-    return [d / name for d in complete_shard_dirs(out) if (d / name).is_file()]
-
-
-def _load_by_id(files: list[Path]) -> dict[str, dict]:
-    """Rows of stage outputs by id; a later file adds the fields an earlier one lacks."""
-    from unimo_pipe.pipeline.jsonl import iter_jsonl
+def _augmentations(folders: list[Path], run: RunContext) -> dict[str, dict]:
+    """augment.jsonl rows by pair id; a later folder adds the fields an earlier one lacks."""
+    from unimo_pipe.pipeline.outputs import iter_output_rows
 
     rows: dict[str, dict] = {}
-    for path in files:
-        for _, row, problem in iter_jsonl(path):
-            if not problem and isinstance(row, dict) and "id" in row:
+    for folder in folders:
+        _require_stage(folder, "augment", "--augment")
+        for where, row, problem in iter_output_rows(folder, AUGMENT_FILE):
+            if problem:
+                run.input_problem(where, problem)
+            else:
                 rows.setdefault(str(row["id"]), {}).update(row)
     return rows
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _retrievals(folder: Path, run: RunContext) -> dict[str, dict]:
+    """{"images": [{"id", "score"}], "texts": [{"text", "score"}]} by pair id, from retrieval.npz files."""
+    from unimo_pipe.pipeline.outputs import complete_shard_dirs
+
+    _require_stage(folder, "retrieve", "--retrieval")
+    results = {}
+    for shard in complete_shard_dirs(folder):
+        results.update(_read_retrieval_npz(shard / RETRIEVAL_FILE))
+    texts = _texts_by_id(folder / TEXT_EMBEDDINGS_DIR, {t for r in results.values() for t, _ in r["texts"]}, run)
+    return {pair: {"images": [{"id": i, "score": s} for i, s in r["images"]],
+                   "texts": [{"text": texts[t], "score": s} for t, s in r["texts"] if t in texts]}
+            for pair, r in results.items()}
 
 
-def write_manifest(options: ShardOptions, shard_dirs: list[Path]) -> None:
-    files = []
-    for shard in shard_dirs:
-        for kind, name in KIND_FILES.items():
-            path = shard / name
-            if path.is_file():
-                with path.open("rb") as f:
-                    count = sum(1 for _ in f)
-                files.append({"path": path.relative_to(options.out).as_posix(), "kind": kind, "records": count,
-                              "sha256": sha256_of(path)})
-    totals = {kind: sum(f["records"] for f in files if f["kind"] == kind) for kind in KIND_FILES}
-    write_json_atomic(options.out / MANIFEST, {
-        "schema_version": SCHEMA_VERSION, "totals": totals, "files": files,
-        "image_features": str(options.image_features) if options.image_features else None,
-        "image_collections": [str(p) for p in options.image_collection],
-        "options": options_to_dict(options),
-    })
+def _read_retrieval_npz(path: Path) -> dict[str, dict[str, list[tuple[str, float]]]]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+        pair_ids = arrays["pair_ids"].tolist()
+        sides = {side: (arrays[f"{side}_ids"].tolist(), arrays[f"{side}_scores"].tolist())
+                 for side in ("image", "text")}
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        raise UserError(f"{path} is unreadable ({type(exc).__name__}): rerun `unimo-pipe retrieve` with "
+                        "--overwrite") from None
+    results = {}
+    for row, pair in enumerate(pair_ids):
+        results[str(pair)] = {
+            key: [(str(i), round(float(s), 5)) for i, s in zip(ids[row], scores[row], strict=True) if i]
+            for key, (ids, scores) in (("images", sides["image"]), ("texts", sides["text"]))}
+    return results
+
+
+def _texts_by_id(text_embeddings: Path, wanted: set[str], run: RunContext) -> dict[str, str]:
+    """The sentences retrieve's results name, from its embedded corpus (only those asked for)."""
+    from unimo_pipe.pipeline.formats import EMBEDDING_ROWS_FILE
+    from unimo_pipe.pipeline.outputs import iter_output_rows
+
+    if not wanted:
+        return {}
+    texts = {}
+    for where, row, problem in iter_output_rows(text_embeddings, EMBEDDING_ROWS_FILE, required=("id", "text")):
+        if problem:
+            run.input_problem(where, problem)
+        elif str(row["id"]) in wanted:
+            texts[str(row["id"])] = row["text"]
+    return texts
+
+
+def _require_stage(folder: Path, stage: str, flag: str) -> None:
+    from unimo_pipe.pipeline.formats import STAGE_RECORD
+    from unimo_pipe.pipeline.jsonl import read_json
+
+    record = folder / STAGE_RECORD
+    made_by = read_json(record).get("stage") if record.is_file() else None
+    if made_by != stage:
+        what = f"output of `{made_by}`" if made_by else "not a stage output"
+        raise UserError(f"{flag} {folder} is {what}: pass the --out folder of a `unimo-pipe {stage}` run")

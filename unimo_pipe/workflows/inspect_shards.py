@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from unimo_pipe.pipeline.training_data import load_manifest
+from unimo_pipe.pipeline.formats import load_manifest
 
 
 def _short(row: dict) -> str:

@@ -1,0 +1,175 @@
+"""Every on-disk contract between stages, defined once: file names, row shapes, schema versions, the
+training manifest, UNITER's region layout, and how a pair's image name finds its region features.
+
+A stage's output folder (the runner writes the layout, stages write the files inside a shard):
+    OUT/stage.json, OUT/config.yaml, OUT/summary.json, OUT/shards/NNNNN/{stats.json, the stage's files}
+
+Rows of the per-shard files that other stages read:
+    import-pairs   pairs.jsonl      {"id", "image", "caption", ...}
+    import-corpus  sentences.jsonl  {"id", "text", ...}
+    augment        augment.jsonl    {"id", "caption", "positives": [{"text", "pivot", "method", "similarity"?}],
+                                     "graph", "negatives": [{"text", "kind", "from", "to"}]} (parts as asked)
+    retrieve       retrieval.npz    pair_ids (n,); image_ids, image_scores, text_ids, text_scores (n, k),
+                                    best first, padded with '' / NaN; text ids are rows of OUT/text_emb
+                   retrieval.jsonl  (optional, for people) {"id", "images": [{"id", "score"}],
+                                     "texts": [{"text", "id", "score"}]}
+    embed-*        embeddings.npy + rows.jsonl  row i describes vector i: {"id", "text"} or {"id", "source"}
+    shard          pairs.jsonl / texts.jsonl / images.jsonl, listed in OUT/manifest.json (TRAINING_SCHEMA_VERSION)
+
+Region features are UNITER's: per box `norm_bb` = [x1/W, y1/H, x2/W, y2/H, w/W, h/H], the trainer's 7-d
+location feature is norm_bb plus the normalised area, and soft labels put the background class first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unimo_pipe.pipeline.errors import RecordError, UserError
+
+# -- the runner's layout of every stage output --
+STAGE_RECORD = "stage.json"
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "summary.json"
+SHARDS_DIR = "shards"
+STATS_FILE = "stats.json"
+PARTIAL_SUFFIX = ".partial"
+
+# -- per-shard files other stages read --
+PAIRS_FILE = "pairs.jsonl"
+SENTENCES_FILE = "sentences.jsonl"
+AUGMENT_FILE = "augment.jsonl"
+RETRIEVAL_FILE = "retrieval.npz"
+RETRIEVAL_VIEW_FILE = "retrieval.jsonl"
+TEXT_EMBEDDINGS_DIR = "text_emb"  # retrieve's embedded corpus, whose row ids retrieval.npz's text_ids name
+IMAGE_EMBEDDINGS_DIR = "image_emb"
+EMBEDDINGS_FILE = "embeddings.npy"
+EMBEDDING_ROWS_FILE = "rows.jsonl"
+
+# -- training shards --
+TRAINING_SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+TRAINING_FILES = {"pair": "pairs.jsonl", "text": "texts.jsonl", "image": "images.jsonl"}
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest_entries(out: Path, shard_dirs: list[Path]) -> list[dict[str, Any]]:
+    """One manifest entry per training file of the shards: path (relative to `out`), kind, records, sha256."""
+    files = []
+    for shard in shard_dirs:
+        for kind, name in TRAINING_FILES.items():
+            path = shard / name
+            if path.is_file():
+                with path.open("rb") as f:
+                    count = sum(1 for _ in f)
+                files.append({"path": path.relative_to(out).as_posix(), "kind": kind, "records": count,
+                              "sha256": sha256_of(path)})
+    return files
+
+
+def write_manifest(out: Path, files: list[dict[str, Any]], **fields: Any) -> None:
+    """OUT/manifest.json: the schema version, totals per kind, every file, and the given fields."""
+    from unimo_pipe.pipeline.jsonl import write_json_atomic
+
+    totals = {kind: sum(f["records"] for f in files if f["kind"] == kind) for kind in TRAINING_FILES}
+    write_json_atomic(out / MANIFEST_FILE, {"schema_version": TRAINING_SCHEMA_VERSION, "totals": totals,
+                                            "files": files, **fields})
+
+
+def load_manifest(shards_dir: Path, *, verify: bool = False) -> dict[str, Any]:
+    """The manifest of a `shard` output, checked; `verify` also compares every file's sha256."""
+    path = shards_dir / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"no manifest at {path}: is {shards_dir} a finished `unimo-pipe shard` output?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path} is corrupt (not JSON): rerun `unimo-pipe shard` with --overwrite") from None
+    if manifest.get("schema_version") != TRAINING_SCHEMA_VERSION:
+        raise UserError(f"{path} has schema version {manifest.get('schema_version')!r}, this unimo-pipe reads "
+                        f"{TRAINING_SCHEMA_VERSION}: rebuild the shards with this version")
+    for entry in manifest.get("files", []):
+        file = shards_dir / entry["path"]
+        if not file.is_file():
+            raise UserError(f"{file} is listed in {path} but missing: restore it or rebuild the shards")
+        if verify and sha256_of(file) != entry["sha256"]:
+            raise UserError(f"{file} does not match its checksum in {path}: it changed or is corrupt; "
+                            "rebuild the shards")
+    return manifest
+
+
+# -- UNITER's region layout --
+
+def norm_boxes(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
+    """UNITER's norm_bb (float32): [x1/W, y1/H, x2/W, y2/H, w/W, h/H] of pixel xyxy boxes."""
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    return np.stack([boxes[:, 0] / width, boxes[:, 1] / height, boxes[:, 2] / width, boxes[:, 3] / height,
+                     w / width, h / height], axis=1)
+
+
+def box_features_7d(norm_bb: np.ndarray) -> np.ndarray:
+    """UNITER's 7-d location feature: norm_bb plus the normalised area (w/W * h/H), in norm_bb's dtype
+    (the area is computed in float32, so float16 boxes lose nothing more than their own rounding)."""
+    wide = norm_bb.astype(np.float32)
+    return np.concatenate([norm_bb, (wide[:, 4:5] * wide[:, 5:6]).astype(norm_bb.dtype)], axis=1)
+
+
+def uniter_soft_labels(class_probs: np.ndarray) -> np.ndarray:
+    """Class distributions in UNITER's column order, background first (the BUTD detector puts it last)."""
+    return np.concatenate([class_probs[:, -1:], class_probs[:, :-1]], axis=1)
+
+
+# -- image keys --
+
+class ImageKeys:
+    """Find the store key of an image a pair names: the exact key, else the one key with the same file
+    name ("val2014/x.jpg" ~ "x.jpg"), else the one key with the same file stem ("x.jpg" ~ "x.npz").
+
+    More than one candidate at a step is an `ambiguous_image` failure naming them, never a silent pick.
+    """
+
+    def __init__(self, keys: Iterable[str], *, store: str = "the feature store"):
+        self.store = store
+        self._exact = set(keys)
+        self._by_name: dict[str, list[str]] = {}
+        self._by_stem: dict[str, list[str]] = {}
+        for key in sorted(self._exact):
+            self._by_name.setdefault(Path(key).name, []).append(key)
+            self._by_stem.setdefault(Path(key).stem, []).append(key)
+
+    def __len__(self) -> int:
+        return len(self._exact)
+
+    def resolve(self, image: Any) -> str:
+        """The store key for `image`; RecordError `image_not_in_features` or `ambiguous_image` otherwise."""
+        name = str(image or "")
+        if name in self._exact:
+            return name
+        for candidates in (self._by_name.get(Path(name).name), self._by_stem.get(Path(name).stem)):
+            if candidates and len(candidates) == 1:
+                return candidates[0]
+            if candidates:
+                shown = ", ".join(candidates[:5]) + (", ..." if len(candidates) > 5 else "")
+                raise RecordError("ambiguous_image", f"{name} matches several images of {self.store}: {shown}; "
+                                  "name the image by its full key")
+        raise RecordError("image_not_in_features", f"{name} is not in {self.store}")
+
+    def find(self, image: Any) -> str | None:
+        """The store key for `image`, or None when it is missing or ambiguous."""
+        try:
+            return self.resolve(image)
+        except RecordError:
+            return None
