@@ -82,11 +82,6 @@ class OptionSpec:
     def is_list(self) -> bool:
         return typing.get_origin(self.base_type) is list
 
-    @property
-    def is_path(self) -> bool:
-        tp = self.base_type
-        return tp is Path or (self.is_list and typing.get_args(tp)[0] is Path)
-
 
 @functools.cache
 def option_specs(options_class: type) -> dict[str, OptionSpec]:
