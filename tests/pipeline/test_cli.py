@@ -8,7 +8,9 @@ import pytest
 import yaml
 
 from tests.conftest import write_jsonl
-from unimo_pipe.pipeline.cli import main
+from unimo_pipe.pipeline.cli import build_parser, command_table, main
+from unimo_pipe.pipeline.config import option_specs
+from unimo_pipe.pipeline.stage import STAGES
 
 
 @pytest.fixture
@@ -28,6 +30,23 @@ def test_help_lists_every_command(capsys):
     out = capsys.readouterr().out
     for command in ("import-pairs", "import-corpus", "validate", "run", "demo", "merge"):
         assert command in out
+
+
+def subparsers() -> dict:
+    (action,) = [a for a in build_parser()._actions if a.dest == "command"]
+    return action.choices
+
+
+def test_the_command_table_builds_the_parser_and_the_dispatch():
+    table = command_table()
+    parsers = subparsers()
+    assert [command.name for command in table] == list(parsers)
+    assert set(STAGES.names()) < set(parsers)
+    for command in table:
+        assert parsers[command.name].get_default("handler") is command.handler
+        if command.options_class is not None:
+            flags = {option for action in parsers[command.name]._actions for option in action.option_strings}
+            assert {spec.flag for spec in option_specs(command.options_class).values()} <= flags
 
 
 def test_stage_help_shows_defaults(capsys):
