@@ -86,6 +86,28 @@ def test_unknown_flag_is_a_clean_error(capsys):
     assert "unrecognized arguments: --shard-sise" in line
 
 
+@pytest.mark.parametrize("command, kind, suggested", [
+    ("import-features", "file", "--source"),
+    ("import-pairs", "file", "--captions"),
+    ("shard", "folder", "--pairs"),
+    ("extract-regions", "folder", "--images"),
+    ("finetune-classifier", "file", "--train"),
+    ("evaluate", "folder", "--model {path} or --shards"),
+])
+def test_a_bare_input_path_suggests_its_flag(tmp_path, capsys, command, kind, suggested):
+    path = tmp_path / "input"
+    path.mkdir() if kind == "folder" else path.write_text("{}\n")
+    assert main([command, str(path), "--out", str(tmp_path / "out")]) == 2
+    (line,) = error_lines(capsys)
+    assert line == (f"unimo-pipe: error: {path} is a path, not a key=value override: "
+                    f"did you mean {suggested.format(path=path)} {path}?")
+
+
+def test_a_bare_word_that_is_no_path_is_still_a_malformed_override(tmp_path, capsys):
+    assert main(["import-features", "nothing-here", "--out", str(tmp_path / "out")]) == 2
+    assert "override 'nothing-here' is not key=value" in error_lines(capsys)[0]
+
+
 def test_debug_shows_the_traceback(tmp_path, capsys):
     assert main(["import-pairs", "--debug", "--captions", str(tmp_path / "x.jsonl"), "--out", "o"]) == 2
     assert "Traceback" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from unimo_pipe import __version__
-from unimo_pipe.pipeline.config import OptionSpec, Source, load_yaml, option_specs, parse_overrides
+from unimo_pipe.pipeline.config import OptionSpec, Source, likely_input_flags, load_yaml, option_specs, parse_overrides
 from unimo_pipe.pipeline.errors import ConfigError, UserError
 from unimo_pipe.pipeline.stage import STAGES, Stage, get_stage, resolve_stage_options
 
@@ -198,6 +198,7 @@ def _tiny_models_arguments(parser: argparse.ArgumentParser) -> None:
 
 def option_sources(options_class: type, name: str, args: argparse.Namespace) -> list[Source]:
     """Defaults < --config YAML < flags < key=value overrides."""
+    _refuse_stray_paths(options_class, args.overrides)
     sources = []
     config_path = getattr(args, "config", None)
     if config_path is not None:
@@ -210,6 +211,18 @@ def option_sources(options_class: type, name: str, args: argparse.Namespace) -> 
     sources.append(Source("flags", flags, from_strings=True))
     sources.append(parse_overrides(args.overrides))
     return sources
+
+
+def _refuse_stray_paths(options_class: type, overrides: list[str]) -> None:
+    """A bare existing path among the overrides is an input given without its flag, not a malformed override."""
+    for item in overrides:
+        path = Path(item).expanduser()
+        if "=" in item or not path.exists():
+            continue
+        flags = likely_input_flags(options_class, path)
+        if flags:
+            suggestions = " or ".join(f"{flag} {item}" for flag in flags)
+            raise UserError(f"{item} is a path, not a key=value override: did you mean {suggestions}?")
 
 
 def options_from_args(stage: Stage, args: argparse.Namespace) -> Any:
