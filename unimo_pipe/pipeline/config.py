@@ -83,11 +83,6 @@ class OptionSpec:
     def is_list(self) -> bool:
         return typing.get_origin(self.base_type) is list
 
-    @property
-    def is_path(self) -> bool:
-        tp = self.base_type
-        return tp is Path or (self.is_list and typing.get_args(tp)[0] is Path)
-
 
 @functools.cache
 def option_specs(options_class: type) -> dict[str, OptionSpec]:
@@ -111,6 +106,19 @@ def option_specs(options_class: type) -> dict[str, OptionSpec]:
             metavar=meta.get("metavar"),
         )
     return specs
+
+
+def likely_input_flags(options_class: type, path: Path) -> list[str]:
+    """The flags a bare `path` on the command line most likely meant, best first; empty when none takes a path.
+
+    Input options are the `must_exist` ones; the required ones are the likeliest. Among those, a file
+    is not offered to a DIR option nor a folder to a FILE one, unless nothing else is left.
+    """
+    inputs = [spec for spec in option_specs(options_class).values() if spec.must_exist]
+    likely = [spec for spec in inputs if spec.required] or inputs
+    wrong_metavar = "FILE" if path.is_dir() else "DIR"
+    fitting = [spec for spec in likely if spec.metavar != wrong_metavar]
+    return [spec.flag for spec in fitting or likely]
 
 
 @dataclass
