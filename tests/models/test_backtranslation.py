@@ -4,8 +4,9 @@ import random
 
 import pytest
 
+from tests.conftest import SHORT_MODEL_POSITIONS
 from unimo_pipe.models.backtranslation import BackTranslator, Noise, Quality, add_noise, is_degenerate, rejection
-from unimo_pipe.models.translator import Decoding, build_engine, length_batches
+from unimo_pipe.models.translator import Decoding, TranslationReport, build_engine, length_batches
 from unimo_pipe.pipeline.errors import UserError
 
 
@@ -16,7 +17,7 @@ class FakeEngine:
         self.table = table
         self.calls = []
 
-    def translate(self, texts, decoding, outputs=1):
+    def translate(self, texts, decoding, outputs=1, *, report=None):
         self.calls.append(list(texts))
         return [[self.table(text, i, decoding.seed) for i in range(outputs)] for text in texts]
 
@@ -67,7 +68,7 @@ def round_trip(positives=3, rounds=3, variants=None, method="sample"):
 def test_each_distinct_caption_is_translated_once_and_positives_are_distinct():
     translator, forward, _ = round_trip()
     captions = ["a dog on a sofa", "a cat on a mat", "a dog on a sofa"]
-    positives, rejected = translator.run(captions)
+    positives = translator.run(captions).positives
     assert [len(p) for p in positives] == [3, 3, 3]
     assert positives[0] == positives[2]
     assert forward.calls[0] == ["a dog on a sofa", "a cat on a mat"]
@@ -77,7 +78,8 @@ def test_each_distinct_caption_is_translated_once_and_positives_are_distinct():
 
 def test_shortfall_draws_more_rounds_then_stops_without_padding():
     translator, forward, _ = round_trip(positives=3, variants=lambda text, i, seed: f"{text} pivot{min(i, 1)}")
-    positives, rejected = translator.run(["a dog on a sofa"])
+    done = translator.run(["a dog on a sofa"])
+    positives, rejected = done.positives, done.rejected
     assert len(positives[0]) == 2  # only two distinct candidates exist
     assert len(forward.calls) == 3  # the budget: three rounds
     assert rejected["duplicate"] > 0
@@ -86,7 +88,7 @@ def test_shortfall_draws_more_rounds_then_stops_without_padding():
 def test_noised_beam_noises_the_forward_beam_output():
     translator, forward, backward = round_trip(method="noised-beam",
                                                variants=lambda text, i, seed: "one two three four five six seven")
-    positives, _ = translator.run(["a b c d e f g"])
+    positives = translator.run(["a b c d e f g"]).positives
     assert all(p["method"] == "noised-beam" for p in positives[0])
     assert len({p["text"] for p in positives[0]}) == len(positives[0]) >= 1
 
@@ -99,7 +101,8 @@ def test_meaning_filter_with_the_real_sentence_encoder():
     backward = FakeEngine(lambda text, i, seed: candidates[int(text[1])])
     translator = BackTranslator(round_trips={"de": (forward, backward)}, decoding=Decoding(), positives=2,
                                 max_rounds=1, quality=Quality(0.1, 10.0, 0.5), encoder=TextEncoder(device="cpu"))
-    positives, rejected = translator.run(["A dog runs on the beach."])
+    done = translator.run(["A dog runs on the beach."])
+    positives, rejected = done.positives, done.rejected
     assert [p["text"] for p in positives[0]] == [candidates[0]] and positives[0][0]["similarity"] > 0.5
     assert rejected["low_similarity"] >= 1 and set(rejected) <= {"low_similarity", "duplicate"}
 
@@ -131,3 +134,20 @@ def test_bad_models_are_clear_errors(tmp_path):
         build_engine("transformers", str(bert), device="cpu")
     with pytest.raises(UserError, match="not a CTranslate2 model folder"):
         build_engine("ctranslate2", str(bert), device="cpu")
+
+
+@pytest.mark.parametrize("engine", ["transformers", "ctranslate2"])
+def test_engines_keep_to_the_model_positions(short_translators, engine):
+    """A 64-position model: a long source is cut (and counted), and generation stops within the decoder's
+    positions however many new tokens are asked for."""
+    folder = short_translators / f"{'translator' if engine == 'transformers' else 'ct2'}-en-de"
+    translator = build_engine(engine, str(folder), device="cpu")
+    long_caption = "A bird on a branch near a small red house. " * 12  # far over 64 tokens
+    medium_caption = "A bird on a branch near a small red house. " * 3  # fits, but 2x its length does not
+    report = TranslationReport()
+    translations = translator.translate([long_caption, medium_caption, "A dog."],
+                                        Decoding(method="beam", beam_size=2, max_new_tokens=500), report=report)
+    assert [len(t) for t in translations] == [1, 1, 1]
+    assert report.sources_truncated == 1
+    tokenizer = translator.tokenizer
+    assert max(len(tokenizer(t[0])["input_ids"]) for t in translations) <= SHORT_MODEL_POSITIONS + 1

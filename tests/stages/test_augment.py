@@ -311,3 +311,16 @@ def test_a_dead_worker_process_is_one_clear_error(tmp_path, capsys):
             workers.run([negative_workers.CaptionJob(str(i), "A dog on a sofa.") for i in range(600)])
     finally:
         workers.close()
+
+
+@pytest.mark.parametrize("engine", ["transformers", "ctranslate2"])
+def test_captions_longer_than_the_translation_model_are_cut_and_counted(tmp_path, short_translators, engine):
+    long_caption = {"id": "long", "image": "l.jpg", "caption": "A bird on a branch near a small red house. " * 12}
+    captions = write_jsonl(tmp_path / "caps.jsonl", [long_caption, *CAPTIONS[:2]])
+    out = tmp_path / "aug"
+    prefix = "translator" if engine == "transformers" else "ct2"
+    assert main(["augment", "--captions", str(captions), *bt_args(short_translators, prefix), *RELAXED,
+                 "--bt-engine", engine, "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failed"] == 0 and summary["counters"]["sources_truncated"] >= 1
+    assert [r["id"] for r in iter_output_jsonl(out, "augment.jsonl")] == ["long", "1", "2"]

@@ -5,7 +5,8 @@ output with words dropped (p 0.1), blanked (p 0.1) and shuffled within 3 positio
 hypotheses. The backward pass is plain beam search. Candidates are filtered (empty, equal to the caption or
 to each other after normalisation, degenerate repetition, length-ratio outliers, and optionally a meaning
 check: cosine to the caption with a sentence-transformers model); when too few survive, further rounds
-draw more, up to a budget. Shortfalls are reported, never padded with duplicates.
+draw more, up to a budget. Shortfalls are reported, never padded with duplicates, and so are the texts
+cut to a translation model's input limit.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from __future__ import annotations
 import random
 import zlib
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from unimo_pipe.models.negatives import normalise_for_comparison
-from unimo_pipe.models.translator import Decoding, oversample
+from unimo_pipe.models.translator import Decoding, TranslationReport, oversample
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,15 @@ class Quality:
     max_length_ratio: float = 2.0
     min_similarity: float | None = None  # None: no meaning filter
     drop_degenerate: bool = True
+
+
+@dataclass
+class RoundTrips:
+    """What `BackTranslator.run` made of its captions."""
+
+    positives: list[list[dict]]  # per caption: {"text", "pivot", "method", "similarity"?}
+    rejected: Counter = field(default_factory=Counter)  # candidates dropped, by reason
+    sources_truncated: int = 0  # texts (captions or pivots) cut to a translation model's input limit
 
 
 def add_noise(text: str, noise: Noise, rng: random.Random) -> str:
@@ -89,8 +99,8 @@ class BackTranslator:
         self.quality = quality
         self.encoder = encoder
 
-    def run(self, captions: list[str]) -> tuple[list[list[dict]], Counter]:
-        """Positives per caption ({"text", "pivot", "method", "similarity"?}) and rejection counts.
+    def run(self, captions: list[str]) -> RoundTrips:
+        """Positives per caption, with what was rejected or cut on the way.
 
         Each distinct caption is translated once, whatever its number of occurrences.
         """
@@ -98,22 +108,23 @@ class BackTranslator:
         accepted: dict[str, list[dict]] = {c: [] for c in unique}
         seen: dict[str, set[str]] = {c: set() for c in unique}
         rejected: Counter = Counter()
+        report = TranslationReport()
         for round_index in range(self.max_rounds):
             open_captions = [c for c in unique if len(accepted[c]) < self.positives]
             if not open_captions:
                 break
-            for caption, candidate in self._candidates(open_captions, round_index):
+            for caption, candidate in self._candidates(open_captions, round_index, report):
                 self._consider(caption, candidate, accepted, seen, rejected)
-        return [[dict(p) for p in accepted[c]] for c in captions], rejected
+        return RoundTrips([[dict(p) for p in accepted[c]] for c in captions], rejected, report.sources_truncated)
 
-    def _candidates(self, captions: list[str], round_index: int):
+    def _candidates(self, captions: list[str], round_index: int, report: TranslationReport):
         needed = self.positives
         for pivot, (forward, backward) in self.round_trips.items():
             k = oversample(needed, len(self.round_trips), round_index)
-            pivots = self._forward(forward, captions, k, round_index)
+            pivots = self._forward(forward, captions, k, round_index, report)
             distinct = sorted({p for group in pivots for p in group})
-            back = dict(zip(distinct, (r[0] for r in backward.translate(distinct, self._beam(round_index))),
-                            strict=True))
+            translated = backward.translate(distinct, self._beam(round_index), report=report)
+            back = dict(zip(distinct, (r[0] for r in translated), strict=True))
             for caption, group in zip(captions, pivots, strict=True):
                 for pivot_text in group:
                     yield caption, {"text": back[pivot_text], "pivot": pivot, "method": self.method}
@@ -121,13 +132,14 @@ class BackTranslator:
     def _beam(self, round_index: int) -> Decoding:
         return replace(self.decoding, method="beam", seed=self.decoding.seed + round_index)
 
-    def _forward(self, engine, captions: list[str], k: int, round_index: int) -> list[list[str]]:
+    def _forward(self, engine, captions: list[str], k: int, round_index: int,
+                 report: TranslationReport) -> list[list[str]]:
         if self.method == "sample":
             return engine.translate(captions, replace(self.decoding, method="sample",
-                                                      seed=self.decoding.seed + round_index), k)
+                                                      seed=self.decoding.seed + round_index), k, report=report)
         if self.method == "beam":
-            return engine.translate(captions, self._beam(round_index), k)
-        best = engine.translate(captions, self._beam(0), 1)
+            return engine.translate(captions, self._beam(round_index), k, report=report)
+        best = engine.translate(captions, self._beam(0), 1, report=report)
         noised = []
         for caption, (text,) in zip(captions, best, strict=True):
             rng = random.Random(zlib.crc32(f"{self.decoding.seed}:{round_index}:{caption}".encode()))

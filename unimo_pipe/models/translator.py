@@ -2,7 +2,9 @@
 
 `translate(texts, decoding, outputs)` returns `outputs` translations per text. Inputs are sorted by length
 and cut into batches by a token budget (padding stays small; no per-sentence Python in the hot path);
-on GPU the transformers engine runs in fp16/bf16 under `torch.inference_mode`.
+on GPU the transformers engine runs in fp16/bf16 under `torch.inference_mode`. Each model's position limits
+hold: sources longer than its encoder takes are cut (and counted), generation stops within its decoder's
+positions.
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ from pathlib import Path
 
 from unimo_pipe.models.tokenizers import load_tokenizer
 from unimo_pipe.pipeline.errors import UserError
+from unimo_pipe.pipeline.jsonl import read_json, write_json_atomic
 from unimo_pipe.pipeline.registry import Registry
 
 ENGINES = Registry("translation engine")
 DECODING_METHODS = ("sample", "noised-beam", "beam")
+DEFAULT_SOURCE_TOKENS = 512  # when neither the model nor its tokenizer states a limit
+POSITION_LIMITS_FILE = "position_limits.json"  # in a CTranslate2 folder: the limits of the model it came from
+_UNSET_LIMIT = 1_000_000  # tokenizers without a stated limit report a huge sentinel (int(1e30))
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,52 @@ class Decoding:
     temperature: float = 1.0
     max_new_tokens: int = 128
     seed: int = 0
+
+
+@dataclass
+class TranslationReport:
+    """What `translate` calls met, added up over the calls it is passed to."""
+
+    sources_truncated: int = 0  # texts cut to the model's input limit
+
+
+@dataclass(frozen=True)
+class PositionLimits:
+    source_tokens: int  # the encoder's input, special tokens included
+    target_tokens: int | None  # the decoder's positions; None: unknown, only the decoding settings cap output
+
+
+def model_positions(config) -> tuple[int | None, int | None]:
+    """The encoder's and the decoder's positions from a transformers config (None where it does not say)."""
+    shared = _stated(getattr(config, "max_position_embeddings", None))
+    source = _stated(getattr(config, "max_source_positions", None)) or shared
+    target = _stated(getattr(config, "max_target_positions", None)) or shared
+    return source, target
+
+
+def position_limits(tokenizer, source: int | None, target: int | None) -> PositionLimits:
+    """The model's limits, the source also within what its tokenizer was made for."""
+    stated = [n for n in (source, _stated(getattr(tokenizer, "model_max_length", None))) if n]
+    return PositionLimits(min(stated, default=DEFAULT_SOURCE_TOKENS), target)
+
+
+def _stated(value) -> int | None:
+    return value if isinstance(value, int) and 0 < value < _UNSET_LIMIT else None
+
+
+def encode_sources(tokenizer, texts: list[str], max_tokens: int) -> tuple[list[list[int]], int]:
+    """Token ids of each text, cut to `max_tokens` by the tokenizer (so the end token stays), and how many
+    were cut."""
+    if not texts:
+        return [], 0
+    # One token of room shows which texts are too long without tokenizing them untruncated.
+    encoded = tokenizer(texts, truncation=True, max_length=max_tokens + 1)["input_ids"]
+    too_long = [i for i, ids in enumerate(encoded) if len(ids) > max_tokens]
+    if too_long:
+        cut = tokenizer([texts[i] for i in too_long], truncation=True, max_length=max_tokens)["input_ids"]
+        for i, ids in zip(too_long, cut, strict=True):
+            encoded[i] = ids
+    return encoded, len(too_long)
 
 
 def length_batches(lengths: list[int], max_batch_tokens: int, max_batch_size: int = 512) -> list[list[int]]:
@@ -62,34 +114,44 @@ class TransformersEngine:
             raise UserError(f"{model!r} is a {config.model_type} model, not a translation (encoder-decoder) model")
         dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else None
         self.model = AutoModelForSeq2SeqLM.from_pretrained(model, dtype=dtype).to(device).eval()
+        self.limits = position_limits(self.tokenizer, *model_positions(config))
         self.device = device
         self.max_batch_tokens = max_batch_tokens
 
-    def translate(self, texts: list[str], decoding: Decoding, outputs: int = 1) -> list[list[str]]:
-        import torch
-
-        encoded = [self.tokenizer(t, truncation=True, max_length=512)["input_ids"] for t in texts]
+    def translate(self, texts: list[str], decoding: Decoding, outputs: int = 1, *,
+                  report: TranslationReport | None = None) -> list[list[str]]:
+        """`outputs` translations per text; what was cut is added to `report`."""
+        encoded, truncated = encode_sources(self.tokenizer, texts, self.limits.source_tokens)
+        if report is not None:
+            report.sources_truncated += truncated
         results: list[list[str]] = [[] for _ in texts]
         budget = max(1, self.max_batch_tokens // max(outputs, 1))
         for batch in length_batches([len(e) for e in encoded], budget):
-            inputs = self.tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(self.device)
-            torch.manual_seed(decoding.seed)
-            longest = max(len(encoded[i]) for i in batch)
-            with torch.inference_mode():
-                generated = self.model.generate(**inputs, **_generate_args(decoding, outputs, longest))
-            texts_out = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
-            for position, i in enumerate(batch):
-                results[i] = texts_out[position * outputs : (position + 1) * outputs]
+            translated = self._generate([encoded[i] for i in batch], decoding, outputs)
+            for i, translations in zip(batch, translated, strict=True):
+                results[i] = translations
         return results
 
+    def _generate(self, sources: list[list[int]], decoding: Decoding, outputs: int) -> list[list[str]]:
+        import torch
 
-def output_budget(decoding: Decoding, source_tokens: int) -> int:
-    """Generated tokens allowed: longer outputs would fail the length-ratio filter anyway."""
-    return min(decoding.max_new_tokens, 2 * source_tokens + 8)
+        inputs = self.tokenizer.pad({"input_ids": sources}, return_tensors="pt").to(self.device)
+        torch.manual_seed(decoding.seed)
+        new_tokens = output_budget(decoding, max(map(len, sources)), self.limits.target_tokens)
+        with torch.inference_mode():
+            generated = self.model.generate(**inputs, **_generate_args(decoding, outputs, new_tokens))
+        texts_out = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        return [texts_out[k * outputs : (k + 1) * outputs] for k in range(len(sources))]
 
 
-def _generate_args(decoding: Decoding, outputs: int, source_tokens: int) -> dict:
-    args = {"max_new_tokens": output_budget(decoding, source_tokens), "num_return_sequences": outputs}
+def output_budget(decoding: Decoding, source_tokens: int, target_tokens: int | None = None) -> int:
+    """Generated tokens allowed: longer outputs would fail the length-ratio filter anyway, and none may need a
+    decoder position the model lacks (the start token takes position 0, the last new token is never fed)."""
+    return min(decoding.max_new_tokens, 2 * source_tokens + 8, target_tokens or decoding.max_new_tokens)
+
+
+def _generate_args(decoding: Decoding, outputs: int, new_tokens: int) -> dict:
+    args = {"max_new_tokens": new_tokens, "num_return_sequences": outputs}
     if decoding.method == "sample":
         args.update(do_sample=True, top_k=decoding.top_k, top_p=decoding.top_p, temperature=decoding.temperature,
                     num_beams=1)
@@ -113,11 +175,16 @@ class CTranslate2Engine:
         self.tokenizer = load_tokenizer(model, of="translation model")
         compute_type = "bfloat16" if device.startswith("cuda") else "default"
         self.translator = ctranslate2.Translator(str(path), device=device.split(":")[0], compute_type=compute_type)
+        self.limits = position_limits(self.tokenizer, *_converted_positions(path))
         self.max_batch_tokens = max_batch_tokens
 
-    def translate(self, texts: list[str], decoding: Decoding, outputs: int = 1) -> list[list[str]]:
-        tokens = [self.tokenizer.convert_ids_to_tokens(self.tokenizer(t, truncation=True, max_length=512)["input_ids"])
-                  for t in texts]
+    def translate(self, texts: list[str], decoding: Decoding, outputs: int = 1, *,
+                  report: TranslationReport | None = None) -> list[list[str]]:
+        """`outputs` translations per text; what was cut is added to `report`."""
+        encoded, truncated = encode_sources(self.tokenizer, texts, self.limits.source_tokens)
+        if report is not None:
+            report.sources_truncated += truncated
+        tokens = [self.tokenizer.convert_ids_to_tokens(ids) for ids in encoded]
         sampling = decoding.method == "sample"
         results = self.translator.translate_batch(
             tokens, max_batch_size=self.max_batch_tokens, batch_type="tokens",
@@ -125,10 +192,22 @@ class CTranslate2Engine:
             sampling_topk=decoding.top_k if sampling else 1, sampling_topp=decoding.top_p if sampling else 1.0,
             sampling_temperature=decoding.temperature,
             # transformers spends the last position on the forced end-of-sentence (Marian, FSMT): match it
-            max_decoding_length=output_budget(decoding, max((len(t) for t in tokens), default=1)) - 1,
+            max_decoding_length=output_budget(decoding, max((len(t) for t in tokens), default=1),
+                                              self.limits.target_tokens) - 1,
             return_scores=False)
         decode = self.tokenizer.convert_tokens_to_ids
         return [[self.tokenizer.decode(decode(h), skip_special_tokens=True) for h in r.hypotheses] for r in results]
+
+
+def _converted_positions(folder: Path) -> tuple[int | None, int | None]:
+    """The positions recorded at conversion; folders converted before they were recorded have none."""
+    try:
+        limits = read_json(folder / POSITION_LIMITS_FILE)
+    except (OSError, ValueError):
+        return None, None
+    if not isinstance(limits, dict):
+        return None, None
+    return _stated(limits.get("source_tokens")), _stated(limits.get("target_tokens"))
 
 
 def build_engine(engine: str, model: str, *, device: str, max_batch_tokens: int = 8192):
@@ -138,13 +217,17 @@ def build_engine(engine: str, model: str, *, device: str, max_batch_tokens: int 
 def convert_for_ctranslate2(model: str, out: Path, *, quantization: str | None = None) -> Path:
     """Convert a transformers translation model for the CTranslate2 engine (tokenizer files copied along)."""
     from ctranslate2.converters import TransformersConverter
+    from transformers import AutoConfig
 
     tokenizer = load_tokenizer(model, of="translation model")
     try:
         TransformersConverter(model).convert(str(out), quantization=quantization, force=True)
+        source, target = model_positions(AutoConfig.from_pretrained(model))
     except Exception as exc:
         raise UserError(f"cannot convert {model!r} for CTranslate2 ({type(exc).__name__}: {exc})") from None
     tokenizer.save_pretrained(str(out))
+    # CTranslate2's own config does not keep them, and its engine needs them to stay within the model.
+    write_json_atomic(out / POSITION_LIMITS_FILE, {"source_tokens": source, "target_tokens": target})
     return out
 
 

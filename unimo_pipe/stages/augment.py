@@ -193,13 +193,14 @@ class Augment(Stage):
     def _backtranslate(self, texts: list[str], ctx: ShardContext) -> list[list[dict]]:
         if self.backtranslator is None:
             return [[] for _ in texts]
-        positives, rejected = self.backtranslator.run(texts)
-        for reason, count in rejected.items():
+        done = self.backtranslator.run(texts)
+        for reason, count in done.rejected.items():
             ctx.stats.count(f"positives_rejected_{reason}", count)
-        ctx.stats.count("positives", sum(map(len, positives)))
+        ctx.stats.count("positives", sum(map(len, done.positives)))
         ctx.stats.count("captions_with_positive_shortfall",
-                        sum(len(p) < self.backtranslator.positives for p in positives))
-        return positives
+                        sum(len(p) < self.backtranslator.positives for p in done.positives))
+        ctx.stats.count("sources_truncated", done.sources_truncated)
+        return done.positives
 
     def _forbidden(self, key: str, positives: list[dict]) -> frozenset[str]:
         return frozenset(self.positives.get(key, set()) | {p["text"] for p in positives})
