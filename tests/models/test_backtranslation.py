@@ -11,15 +11,24 @@ from unimo_pipe.pipeline.errors import UserError
 
 
 class FakeEngine:
-    """Deterministic 'translations': records its inputs, returns variants from a fixed list."""
+    """Deterministic 'translations': records its inputs, returns variants from a fixed list; texts that
+    contain `fails_on` fail, as a real engine reports them."""
 
-    def __init__(self, table):
+    def __init__(self, table, fails_on=None):
         self.table = table
+        self.fails_on = fails_on
         self.calls = []
 
     def translate(self, texts, decoding, outputs=1, *, report=None):
         self.calls.append(list(texts))
-        return [[self.table(text, i, decoding.seed) for i in range(outputs)] for text in texts]
+        results = []
+        for text in texts:
+            if self.fails_on is not None and self.fails_on in text:
+                report.failures[text] = "ValueError: cannot translate this"
+                results.append([])
+            else:
+                results.append([self.table(text, i, decoding.seed) for i in range(outputs)])
+        return results
 
 
 def test_length_batches_respect_the_token_budget_and_cover_everything():
@@ -56,10 +65,10 @@ def test_noise_drops_blanks_and_shuffles_locally():
     assert add_noise("a b c d", Noise(), random.Random(3)) == add_noise("a b c d", Noise(), random.Random(3))
 
 
-def round_trip(positives=3, rounds=3, variants=None, method="sample"):
+def round_trip(positives=3, rounds=3, variants=None, method="sample", forward_fails_on=None, backward_fails_on=None):
     variants = variants or (lambda text, i, seed: f"{text} pivot{(i + seed) % 4}")
-    forward = FakeEngine(variants)
-    backward = FakeEngine(lambda text, i, seed: text.replace("pivot", "variant number "))
+    forward = FakeEngine(variants, forward_fails_on)
+    backward = FakeEngine(lambda text, i, seed: text.replace("pivot", "variant number "), backward_fails_on)
     translator = BackTranslator(round_trips={"de": (forward, backward)}, method=method,
                                 decoding=Decoding(seed=0), positives=positives, max_rounds=rounds)
     return translator, forward, backward
@@ -83,6 +92,22 @@ def test_shortfall_draws_more_rounds_then_stops_without_padding():
     assert len(positives[0]) == 2  # only two distinct candidates exist
     assert len(forward.calls) == 3  # the budget: three rounds
     assert rejected["duplicate"] > 0
+
+
+@pytest.mark.parametrize("method", ["sample", "noised-beam"])
+def test_a_caption_whose_translation_fails_is_reported_and_the_rest_go_on(method):
+    translator, forward, _ = round_trip(positives=500, method=method, forward_fails_on="cat")  # 500: more rounds
+    done = translator.run(["a dog on a sofa", "a cat on a mat", "a dog on a sofa"])
+    assert done.failures == [None, "ValueError: cannot translate this", None]
+    assert done.positives[1] == [] and done.positives[0] and done.positives[0] == done.positives[2]
+    assert len(forward.calls) > 1 and all("cat" not in text for call in forward.calls[1:] for text in call)
+
+
+def test_a_failed_way_back_fails_the_caption_it_came_from():
+    translator, _, _ = round_trip(rounds=1, variants=lambda text, i, seed: f"{text} pivot{i}",
+                                  backward_fails_on="cat on a mat pivot1")
+    done = translator.run(["a dog on a sofa", "a cat on a mat"])
+    assert done.failures == [None, "ValueError: cannot translate this"] and done.positives[1] == []
 
 
 def test_noised_beam_noises_the_forward_beam_output():
@@ -148,6 +173,53 @@ def test_engines_keep_to_the_model_positions(short_translators, engine):
     translations = translator.translate([long_caption, medium_caption, "A dog."],
                                         Decoding(method="beam", beam_size=2, max_new_tokens=500), report=report)
     assert [len(t) for t in translations] == [1, 1, 1]
-    assert report.sources_truncated == 1
+    assert report.sources_truncated == 1 and report.failures == {}
     tokenizer = translator.tokenizer
     assert max(len(tokenizer(t[0])["input_ids"]) for t in translations) <= SHORT_MODEL_POSITIONS + 1
+
+
+def fail_on_text(engine, text: str, monkeypatch) -> list[int]:
+    """Make the engine's model raise for any batch holding `text`; returns the sizes of the batches it got."""
+    source_ids = engine.tokenizer(text)["input_ids"]
+    sizes = []
+    if hasattr(engine, "model"):
+        generate = engine.model.generate
+
+        def failing_generate(**inputs):
+            rows = [row[mask.bool()].tolist() for row, mask in zip(inputs["input_ids"], inputs["attention_mask"],
+                                                                   strict=True)]
+            sizes.append(len(rows))
+            if source_ids in rows:
+                raise RuntimeError("CUDA out of memory (simulated)")
+            return generate(**inputs)
+
+        monkeypatch.setattr(engine.model, "generate", failing_generate)
+    else:
+        source_tokens = engine.tokenizer.convert_ids_to_tokens(source_ids)
+        engine.translator = FailingTranslator(engine.translator, source_tokens, sizes)
+    return sizes
+
+
+class FailingTranslator:
+    def __init__(self, translator, source_tokens, sizes):
+        self.translator, self.source_tokens, self.sizes = translator, source_tokens, sizes
+
+    def translate_batch(self, tokens, **options):
+        self.sizes.append(len(tokens))
+        if self.source_tokens in tokens:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return self.translator.translate_batch(tokens, **options)
+
+
+@pytest.mark.parametrize("engine", ["transformers", "ctranslate2"])
+def test_a_failing_batch_is_halved_until_only_the_bad_text_fails(tiny_translators, monkeypatch, engine):
+    folder = tiny_translators / f"{'translator' if engine == 'transformers' else 'ct2'}-en-de"
+    translator = build_engine(engine, str(folder), device="cpu")
+    texts = ["A dog runs on the beach.", "Two cats sleep on a red sofa.", "A bird sings.", "A horse eats hay."]
+    sizes = fail_on_text(translator, texts[1], monkeypatch)
+    report = TranslationReport()
+    translations = translator.translate(texts, Decoding(method="beam", beam_size=2, max_new_tokens=10),
+                                        report=report)
+    assert [len(t) for t in translations] == [1, 0, 1, 1]
+    assert report.failures == {texts[1]: "RuntimeError: CUDA out of memory (simulated)"}
+    assert sorted(sizes) == [1, 1, 2, 2, 4]

@@ -324,3 +324,30 @@ def test_captions_longer_than_the_translation_model_are_cut_and_counted(tmp_path
     summary = json.loads((out / "summary.json").read_text())
     assert summary["failed"] == 0 and summary["counters"]["sources_truncated"] >= 1
     assert [r["id"] for r in iter_output_jsonl(out, "augment.jsonl")] == ["long", "1", "2"]
+
+
+def test_a_caption_whose_translation_fails_is_a_counted_failure_and_the_run_goes_on(tmp_path, tiny_translators,
+                                                                                    monkeypatch):
+    from transformers import AutoTokenizer, MarianMTModel
+
+    bad = CAPTIONS[1]["caption"]
+    bad_ids = AutoTokenizer.from_pretrained(tiny_translators / "translator-en-de")(bad)["input_ids"]
+    generate = MarianMTModel.generate
+
+    def fail_on_the_bad_caption(self, **inputs):
+        rows = [row[mask.bool()].tolist() for row, mask in zip(inputs["input_ids"], inputs["attention_mask"],
+                                                               strict=True)]
+        if bad_ids in rows:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return generate(self, **inputs)
+
+    monkeypatch.setattr(MarianMTModel, "generate", fail_on_the_bad_caption)
+    out = tmp_path / "aug"
+    assert main(["augment", "--captions", str(write_jsonl(tmp_path / "caps.jsonl", CAPTIONS[:3])),
+                 *bt_args(tiny_translators), *RELAXED, "--out", str(out)]) == 0
+    assert [r["id"] for r in iter_output_jsonl(out, "augment.jsonl")] == ["1", "3"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failure_reasons"] == {"translation_failed": 1}
+    example = json.loads((out / "shards" / "00000" / "stats.json").read_text())["failure_examples"][0]
+    assert example == {"record": "2", "reason": "translation_failed",
+                       "detail": "RuntimeError: CUDA out of memory (simulated)"}

@@ -4,13 +4,15 @@
 and cut into batches by a token budget (padding stays small; no per-sentence Python in the hot path);
 on GPU the transformers engine runs in fp16/bf16 under `torch.inference_mode`. Each model's position limits
 hold: sources longer than its encoder takes are cut (and counted), generation stops within its decoder's
-positions.
+positions. A batch whose translation raises (CUDA out of memory, a model error) is split in halves and
+tried again, down to single texts; the texts that still fail get no translations and are reported.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from unimo_pipe.models.tokenizers import load_tokenizer
@@ -41,6 +43,7 @@ class TranslationReport:
     """What `translate` calls met, added up over the calls it is passed to."""
 
     sources_truncated: int = 0  # texts cut to the model's input limit
+    failures: dict[str, str] = field(default_factory=dict)  # text -> why it has no translation
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,40 @@ def encode_sources(tokenizer, texts: list[str], max_tokens: int) -> tuple[list[l
     return encoded, len(too_long)
 
 
+def translate_in_halves(batch: list[int], translate: Callable[[list[int]], list[list[str]]]
+                        ) -> tuple[dict[int, list[str]], dict[int, str]]:
+    """`translate` over the indices of `batch`: a part that raises is split in halves and tried again, so a
+    bad text (or a batch too big for memory) costs only itself. Returns translations and failures by index."""
+    pending, translated, failed = [batch] if batch else [], {}, {}
+    while pending:
+        part = pending.pop()
+        error = _try_part(part, translate, translated)
+        if error is None:
+            continue
+        if len(part) == 1:
+            failed[part[0]] = error
+        else:
+            half = len(part) // 2
+            pending += [part[half:], part[:half]]
+    return translated, failed
+
+
+def _try_part(part: list[int], translate, translated: dict[int, list[str]]) -> str | None:
+    """Why `part` failed, or None. The exception goes when this returns, so the memory its frames hold (a CUDA
+    out of memory's tensors) is free before the halves run."""
+    try:
+        outputs = translate(part)
+    except Exception as exc:  # any failure of generation is the batch's, not the run's
+        return f"{type(exc).__name__}: {exc}"
+    translated.update(zip(part, outputs, strict=True))
+    return None
+
+
+def _record_failures(texts: list[str], failed: dict[int, str], report: TranslationReport | None) -> None:
+    if report is not None:
+        report.failures.update((texts[i], why) for i, why in failed.items())
+
+
 def length_batches(lengths: list[int], max_batch_tokens: int, max_batch_size: int = 512) -> list[list[int]]:
     """Indices grouped into batches of similar length whose padded size stays within the token budget."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
@@ -120,16 +157,19 @@ class TransformersEngine:
 
     def translate(self, texts: list[str], decoding: Decoding, outputs: int = 1, *,
                   report: TranslationReport | None = None) -> list[list[str]]:
-        """`outputs` translations per text; what was cut is added to `report`."""
+        """`outputs` translations per text (none for a text that failed); what was cut or failed is added to
+        `report`."""
         encoded, truncated = encode_sources(self.tokenizer, texts, self.limits.source_tokens)
         if report is not None:
             report.sources_truncated += truncated
         results: list[list[str]] = [[] for _ in texts]
         budget = max(1, self.max_batch_tokens // max(outputs, 1))
         for batch in length_batches([len(e) for e in encoded], budget):
-            translated = self._generate([encoded[i] for i in batch], decoding, outputs)
-            for i, translations in zip(batch, translated, strict=True):
+            translated, failed = translate_in_halves(
+                batch, lambda part: self._generate([encoded[i] for i in part], decoding, outputs))
+            for i, translations in translated.items():
                 results[i] = translations
+            _record_failures(texts, failed, report)
         return results
 
     def _generate(self, sources: list[list[int]], decoding: Decoding, outputs: int) -> list[list[str]]:
@@ -180,11 +220,18 @@ class CTranslate2Engine:
 
     def translate(self, texts: list[str], decoding: Decoding, outputs: int = 1, *,
                   report: TranslationReport | None = None) -> list[list[str]]:
-        """`outputs` translations per text; what was cut is added to `report`."""
+        """`outputs` translations per text (none for a text that failed); what was cut or failed is added to
+        `report`."""
         encoded, truncated = encode_sources(self.tokenizer, texts, self.limits.source_tokens)
         if report is not None:
             report.sources_truncated += truncated
         tokens = [self.tokenizer.convert_ids_to_tokens(ids) for ids in encoded]
+        translated, failed = translate_in_halves(
+            list(range(len(texts))), lambda part: self._translate_tokens([tokens[i] for i in part], decoding, outputs))
+        _record_failures(texts, failed, report)
+        return [translated.get(i, []) for i in range(len(texts))]
+
+    def _translate_tokens(self, tokens: list[list[str]], decoding: Decoding, outputs: int) -> list[list[str]]:
         sampling = decoding.method == "sample"
         results = self.translator.translate_batch(
             tokens, max_batch_size=self.max_batch_tokens, batch_type="tokens",
