@@ -21,7 +21,6 @@ from unimo_pipe.pipeline.jsonl import read_json, write_json_atomic
 from unimo_pipe.pipeline.registry import Registry
 
 ENGINES = Registry("translation engine")
-DECODING_METHODS = ("sample", "noised-beam", "beam")
 DEFAULT_SOURCE_TOKENS = 512  # when neither the model nor its tokenizer states a limit
 POSITION_LIMITS_FILE = "position_limits.json"  # in a CTranslate2 folder: the limits of the model it came from
 _UNSET_LIMIT = 1_000_000  # tokenizers without a stated limit report a huge sentinel (int(1e30))
