@@ -223,3 +223,33 @@ def test_a_failing_batch_is_halved_until_only_the_bad_text_fails(tiny_translator
     assert [len(t) for t in translations] == [1, 0, 1, 1]
     assert report.failures == {texts[1]: "RuntimeError: CUDA out of memory (simulated)"}
     assert sorted(sizes) == [1, 1, 2, 2, 4]
+
+
+def cpu_runs_bfloat16() -> bool:
+    import torch
+
+    try:
+        return bool((torch.ones(2, 2, dtype=torch.bfloat16) @ torch.ones(2, 2, dtype=torch.bfloat16)).sum() == 8)
+    except RuntimeError:
+        return False
+
+
+@pytest.mark.skipif(not cpu_runs_bfloat16(), reason="this torch has no bfloat16 matmul on CPU")
+def test_transformers_engine_translates_in_bfloat16_on_cpu(tiny_translators):
+    """The precision GPUs get, on CPU: dtype mistakes in the translation path show without a GPU."""
+    import torch
+
+    folder = str(tiny_translators / "translator-en-de")
+    assert next(build_engine("transformers", folder, device="cpu").model.parameters()).dtype == torch.float32
+    translator = build_engine("transformers", folder, device="cpu", precision="bfloat16")
+    assert next(translator.model.parameters()).dtype == torch.bfloat16
+    texts = ["A dog runs on the beach.", "Two cats sleep on a red sofa near the window."]
+    assert [len(t) for t in translator.translate(texts, Decoding(method="beam", beam_size=2, max_new_tokens=12))] \
+        == [1, 1]
+    sampled = translator.translate(texts, Decoding(method="sample", max_new_tokens=12), 3)
+    assert [len(t) for t in sampled] == [3, 3] and all(isinstance(s, str) for t in sampled for s in t)
+
+
+def test_an_unknown_precision_is_a_clear_error(tiny_translators):
+    with pytest.raises(UserError, match="precision 'float8'"):
+        build_engine("transformers", str(tiny_translators / "translator-en-de"), device="cpu", precision="float8")

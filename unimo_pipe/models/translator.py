@@ -2,7 +2,8 @@
 
 `translate(texts, decoding, outputs)` returns `outputs` translations per text. Inputs are sorted by length
 and cut into batches by a token budget (padding stays small; no per-sentence Python in the hot path);
-on GPU the transformers engine runs in fp16/bf16 under `torch.inference_mode`. Each model's position limits
+on GPU the engines run in bf16 (where supported) under `torch.inference_mode`; `precision="bfloat16"` asks for it
+on CPU too. Each model's position limits
 hold: sources longer than its encoder takes are cut (and counted), generation stops within its decoder's
 positions. A batch whose translation raises (CUDA out of memory, a model error) is split in halves and
 tried again, down to single texts; the texts that still fail get no translations and are reported.
@@ -23,6 +24,7 @@ from unimo_pipe.pipeline.registry import Registry
 ENGINES = Registry("translation engine")
 DEFAULT_SOURCE_TOKENS = 512  # when neither the model nor its tokenizer states a limit
 POSITION_LIMITS_FILE = "position_limits.json"  # in a CTranslate2 folder: the limits of the model it came from
+PRECISIONS = ("auto", "float32", "bfloat16")  # auto: bfloat16 on GPU, else the model's own
 _UNSET_LIMIT = 1_000_000  # tokenizers without a stated limit report a huge sentinel (int(1e30))
 
 
@@ -136,8 +138,7 @@ def length_batches(lengths: list[int], max_batch_tokens: int, max_batch_size: in
 
 @ENGINES.register("transformers")
 class TransformersEngine:
-    def __init__(self, *, model: str, device: str = "cpu", max_batch_tokens: int = 8192):
-        import torch
+    def __init__(self, *, model: str, device: str = "cpu", max_batch_tokens: int = 8192, precision: str = "auto"):
         from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
         self.name = model
@@ -148,7 +149,7 @@ class TransformersEngine:
             raise UserError(f"cannot load translation model {model!r} ({type(exc).__name__})") from None
         if not getattr(config, "is_encoder_decoder", False):
             raise UserError(f"{model!r} is a {config.model_type} model, not a translation (encoder-decoder) model")
-        dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else None
+        dtype = _torch_dtype(precision, device)
         self.model = AutoModelForSeq2SeqLM.from_pretrained(model, dtype=dtype).to(device).eval()
         self.limits = position_limits(self.tokenizer, *model_positions(config))
         self.device = device
@@ -183,6 +184,28 @@ class TransformersEngine:
         return [texts_out[k * outputs : (k + 1) * outputs] for k in range(len(sources))]
 
 
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise UserError(f"translation precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+
+
+def _torch_dtype(precision: str, device: str):
+    """The dtype to load a transformers model in; None: as its checkpoint stores it."""
+    import torch
+
+    _check_precision(precision)
+    if precision == "auto":
+        return torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else None
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[precision]
+
+
+def _ct2_compute_type(precision: str, device: str) -> str:
+    _check_precision(precision)
+    if precision == "auto":
+        return "bfloat16" if device.startswith("cuda") else "default"
+    return precision
+
+
 def output_budget(decoding: Decoding, source_tokens: int, target_tokens: int | None = None) -> int:
     """Generated tokens allowed: longer outputs would fail the length-ratio filter anyway, and none may need a
     decoder position the model lacks (the start token takes position 0, the last new token is never fed)."""
@@ -203,7 +226,7 @@ def _generate_args(decoding: Decoding, outputs: int, new_tokens: int) -> dict:
 class CTranslate2Engine:
     """A model converted with `unimo-pipe convert-translator`; the folder also holds the tokenizer files."""
 
-    def __init__(self, *, model: str, device: str = "cpu", max_batch_tokens: int = 8192):
+    def __init__(self, *, model: str, device: str = "cpu", max_batch_tokens: int = 8192, precision: str = "auto"):
         import ctranslate2
 
         path = Path(model)
@@ -212,8 +235,12 @@ class CTranslate2Engine:
                             "`unimo-pipe convert-translator MODEL OUT`")
         self.name = model
         self.tokenizer = load_tokenizer(model, of="translation model")
-        compute_type = "bfloat16" if device.startswith("cuda") else "default"
-        self.translator = ctranslate2.Translator(str(path), device=device.split(":")[0], compute_type=compute_type)
+        compute_type = _ct2_compute_type(precision, device)
+        try:
+            self.translator = ctranslate2.Translator(str(path), device=device.split(":")[0],
+                                                     compute_type=compute_type)
+        except ValueError as exc:  # a compute type this device lacks
+            raise UserError(f"CTranslate2 cannot run {model} in {compute_type} on {device}: {exc}") from None
         self.limits = position_limits(self.tokenizer, *_converted_positions(path))
         self.max_batch_tokens = max_batch_tokens
 
@@ -256,8 +283,9 @@ def _converted_positions(folder: Path) -> tuple[int | None, int | None]:
     return _stated(limits.get("source_tokens")), _stated(limits.get("target_tokens"))
 
 
-def build_engine(engine: str, model: str, *, device: str, max_batch_tokens: int = 8192):
-    return ENGINES.get(engine)(model=model, device=device, max_batch_tokens=max_batch_tokens)
+def build_engine(engine: str, model: str, *, device: str, max_batch_tokens: int = 8192, precision: str = "auto"):
+    """A registered translation engine; `precision` is one of PRECISIONS."""
+    return ENGINES.get(engine)(model=model, device=device, max_batch_tokens=max_batch_tokens, precision=precision)
 
 
 def convert_for_ctranslate2(model: str, out: Path, *, quantization: str | None = None) -> Path:
