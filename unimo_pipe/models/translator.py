@@ -2,11 +2,11 @@
 
 `translate(texts, decoding, outputs)` returns `outputs` translations per text. Inputs are sorted by length
 and cut into batches by a token budget (padding stays small; no per-sentence Python in the hot path);
-on GPU the engines run in bf16 (where supported) under `torch.inference_mode`; `precision="bfloat16"` asks for it
-on CPU too. Each model's position limits
-hold: sources longer than its encoder takes are cut (and counted), generation stops within its decoder's
-positions. A batch whose translation raises (CUDA out of memory, a model error) is split in halves and
-tried again, down to single texts; the texts that still fail get no translations and are reported.
+on GPU the engines run in bf16 (where supported) under `torch.inference_mode`, and `precision="bfloat16"`
+asks for it on CPU too. Each model's position limits hold: sources longer than its encoder takes are cut
+(and counted), generation stops within its decoder's positions. A batch whose translation raises (CUDA out
+of memory, a model error) is split in halves and tried again, down to single texts; the texts that still
+fail get no translations and are reported.
 """
 
 from __future__ import annotations
