@@ -14,6 +14,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+SHORT_MODEL_POSITIONS = 64
 SCHEDULER_VARIABLES = ("RANK", "WORLD_SIZE", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN")
 
 
@@ -59,5 +60,22 @@ def tiny_translators(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny-models")
     make_tiny_models(root)
     for direction in ("en-de", "de-en"):
+        convert_for_ctranslate2(str(root / f"translator-{direction}"), root / f"ct2-{direction}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def short_translators(tmp_path_factory):
+    """Tiny Marian en-de / de-en with only 64 positions (shorter than many captions), plus CTranslate2 copies."""
+    from unimo_pipe.models.tiny_translation import build_tiny_marian
+    from unimo_pipe.models.translator import convert_for_ctranslate2
+    from unimo_pipe.workflows import demo_data_dir
+
+    root = tmp_path_factory.mktemp("short-translators")
+    texts = (demo_data_dir() / "corpus.txt").read_text(encoding="utf-8").splitlines()
+    for seed, direction in enumerate(("en-de", "de-en")):
+        source, target = direction.split("-")
+        build_tiny_marian(root / f"translator-{direction}", source=source, target=target, texts=texts, seed=seed,
+                          max_positions=SHORT_MODEL_POSITIONS)
         convert_for_ctranslate2(str(root / f"translator-{direction}"), root / f"ct2-{direction}")
     return root

@@ -4,21 +4,31 @@ import random
 
 import pytest
 
+from tests.conftest import SHORT_MODEL_POSITIONS
 from unimo_pipe.models.backtranslation import BackTranslator, Noise, Quality, add_noise, is_degenerate, rejection
-from unimo_pipe.models.translator import Decoding, build_engine, length_batches
+from unimo_pipe.models.translator import Decoding, TranslationReport, build_engine, length_batches
 from unimo_pipe.pipeline.errors import UserError
 
 
 class FakeEngine:
-    """Deterministic 'translations': records its inputs, returns variants from a fixed list."""
+    """Deterministic 'translations': records its inputs, returns variants from a fixed list; texts that
+    contain `fails_on` fail, as a real engine reports them."""
 
-    def __init__(self, table):
+    def __init__(self, table, fails_on=None):
         self.table = table
+        self.fails_on = fails_on
         self.calls = []
 
-    def translate(self, texts, decoding, outputs=1):
+    def translate(self, texts, decoding, outputs=1, *, report=None):
         self.calls.append(list(texts))
-        return [[self.table(text, i, decoding.seed) for i in range(outputs)] for text in texts]
+        results = []
+        for text in texts:
+            if self.fails_on is not None and self.fails_on in text:
+                report.failures[text] = "ValueError: cannot translate this"
+                results.append([])
+            else:
+                results.append([self.table(text, i, decoding.seed) for i in range(outputs)])
+        return results
 
 
 def test_length_batches_respect_the_token_budget_and_cover_everything():
@@ -55,10 +65,10 @@ def test_noise_drops_blanks_and_shuffles_locally():
     assert add_noise("a b c d", Noise(), random.Random(3)) == add_noise("a b c d", Noise(), random.Random(3))
 
 
-def round_trip(positives=3, rounds=3, variants=None, method="sample"):
+def round_trip(positives=3, rounds=3, variants=None, method="sample", forward_fails_on=None, backward_fails_on=None):
     variants = variants or (lambda text, i, seed: f"{text} pivot{(i + seed) % 4}")
-    forward = FakeEngine(variants)
-    backward = FakeEngine(lambda text, i, seed: text.replace("pivot", "variant number "))
+    forward = FakeEngine(variants, forward_fails_on)
+    backward = FakeEngine(lambda text, i, seed: text.replace("pivot", "variant number "), backward_fails_on)
     translator = BackTranslator(round_trips={"de": (forward, backward)}, method=method,
                                 decoding=Decoding(seed=0), positives=positives, max_rounds=rounds)
     return translator, forward, backward
@@ -67,7 +77,7 @@ def round_trip(positives=3, rounds=3, variants=None, method="sample"):
 def test_each_distinct_caption_is_translated_once_and_positives_are_distinct():
     translator, forward, _ = round_trip()
     captions = ["a dog on a sofa", "a cat on a mat", "a dog on a sofa"]
-    positives, rejected = translator.run(captions)
+    positives = translator.run(captions).positives
     assert [len(p) for p in positives] == [3, 3, 3]
     assert positives[0] == positives[2]
     assert forward.calls[0] == ["a dog on a sofa", "a cat on a mat"]
@@ -77,16 +87,33 @@ def test_each_distinct_caption_is_translated_once_and_positives_are_distinct():
 
 def test_shortfall_draws_more_rounds_then_stops_without_padding():
     translator, forward, _ = round_trip(positives=3, variants=lambda text, i, seed: f"{text} pivot{min(i, 1)}")
-    positives, rejected = translator.run(["a dog on a sofa"])
+    done = translator.run(["a dog on a sofa"])
+    positives, rejected = done.positives, done.rejected
     assert len(positives[0]) == 2  # only two distinct candidates exist
     assert len(forward.calls) == 3  # the budget: three rounds
     assert rejected["duplicate"] > 0
 
 
+@pytest.mark.parametrize("method", ["sample", "noised-beam"])
+def test_a_caption_whose_translation_fails_is_reported_and_the_rest_go_on(method):
+    translator, forward, _ = round_trip(positives=500, method=method, forward_fails_on="cat")  # 500: more rounds
+    done = translator.run(["a dog on a sofa", "a cat on a mat", "a dog on a sofa"])
+    assert done.failures == [None, "ValueError: cannot translate this", None]
+    assert done.positives[1] == [] and done.positives[0] and done.positives[0] == done.positives[2]
+    assert len(forward.calls) > 1 and all("cat" not in text for call in forward.calls[1:] for text in call)
+
+
+def test_a_failed_way_back_fails_the_caption_it_came_from():
+    translator, _, _ = round_trip(rounds=1, variants=lambda text, i, seed: f"{text} pivot{i}",
+                                  backward_fails_on="cat on a mat pivot1")
+    done = translator.run(["a dog on a sofa", "a cat on a mat"])
+    assert done.failures == [None, "ValueError: cannot translate this"] and done.positives[1] == []
+
+
 def test_noised_beam_noises_the_forward_beam_output():
     translator, forward, backward = round_trip(method="noised-beam",
                                                variants=lambda text, i, seed: "one two three four five six seven")
-    positives, _ = translator.run(["a b c d e f g"])
+    positives = translator.run(["a b c d e f g"]).positives
     assert all(p["method"] == "noised-beam" for p in positives[0])
     assert len({p["text"] for p in positives[0]}) == len(positives[0]) >= 1
 
@@ -99,7 +126,8 @@ def test_meaning_filter_with_the_real_sentence_encoder():
     backward = FakeEngine(lambda text, i, seed: candidates[int(text[1])])
     translator = BackTranslator(round_trips={"de": (forward, backward)}, decoding=Decoding(), positives=2,
                                 max_rounds=1, quality=Quality(0.1, 10.0, 0.5), encoder=TextEncoder(device="cpu"))
-    positives, rejected = translator.run(["A dog runs on the beach."])
+    done = translator.run(["A dog runs on the beach."])
+    positives, rejected = done.positives, done.rejected
     assert [p["text"] for p in positives[0]] == [candidates[0]] and positives[0][0]["similarity"] > 0.5
     assert rejected["low_similarity"] >= 1 and set(rejected) <= {"low_similarity", "duplicate"}
 
@@ -131,3 +159,97 @@ def test_bad_models_are_clear_errors(tmp_path):
         build_engine("transformers", str(bert), device="cpu")
     with pytest.raises(UserError, match="not a CTranslate2 model folder"):
         build_engine("ctranslate2", str(bert), device="cpu")
+
+
+@pytest.mark.parametrize("engine", ["transformers", "ctranslate2"])
+def test_engines_keep_to_the_model_positions(short_translators, engine):
+    """A 64-position model: a long source is cut (and counted), and generation stops within the decoder's
+    positions however many new tokens are asked for."""
+    folder = short_translators / f"{'translator' if engine == 'transformers' else 'ct2'}-en-de"
+    translator = build_engine(engine, str(folder), device="cpu")
+    long_caption = "A bird on a branch near a small red house. " * 12  # far over 64 tokens
+    medium_caption = "A bird on a branch near a small red house. " * 3  # fits, but 2x its length does not
+    report = TranslationReport()
+    translations = translator.translate([long_caption, medium_caption, "A dog."],
+                                        Decoding(method="beam", beam_size=2, max_new_tokens=500), report=report)
+    assert [len(t) for t in translations] == [1, 1, 1]
+    assert report.sources_truncated == 1 and report.failures == {}
+    tokenizer = translator.tokenizer
+    assert max(len(tokenizer(t[0])["input_ids"]) for t in translations) <= SHORT_MODEL_POSITIONS + 1
+
+
+def fail_on_text(engine, text: str, monkeypatch) -> list[int]:
+    """Make the engine's model raise for any batch holding `text`; returns the sizes of the batches it got."""
+    source_ids = engine.tokenizer(text)["input_ids"]
+    sizes = []
+    if hasattr(engine, "model"):
+        generate = engine.model.generate
+
+        def failing_generate(**inputs):
+            rows = [row[mask.bool()].tolist() for row, mask in zip(inputs["input_ids"], inputs["attention_mask"],
+                                                                   strict=True)]
+            sizes.append(len(rows))
+            if source_ids in rows:
+                raise RuntimeError("CUDA out of memory (simulated)")
+            return generate(**inputs)
+
+        monkeypatch.setattr(engine.model, "generate", failing_generate)
+    else:
+        source_tokens = engine.tokenizer.convert_ids_to_tokens(source_ids)
+        engine.translator = FailingTranslator(engine.translator, source_tokens, sizes)
+    return sizes
+
+
+class FailingTranslator:
+    def __init__(self, translator, source_tokens, sizes):
+        self.translator, self.source_tokens, self.sizes = translator, source_tokens, sizes
+
+    def translate_batch(self, tokens, **options):
+        self.sizes.append(len(tokens))
+        if self.source_tokens in tokens:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return self.translator.translate_batch(tokens, **options)
+
+
+@pytest.mark.parametrize("engine", ["transformers", "ctranslate2"])
+def test_a_failing_batch_is_halved_until_only_the_bad_text_fails(tiny_translators, monkeypatch, engine):
+    folder = tiny_translators / f"{'translator' if engine == 'transformers' else 'ct2'}-en-de"
+    translator = build_engine(engine, str(folder), device="cpu")
+    texts = ["A dog runs on the beach.", "Two cats sleep on a red sofa.", "A bird sings.", "A horse eats hay."]
+    sizes = fail_on_text(translator, texts[1], monkeypatch)
+    report = TranslationReport()
+    translations = translator.translate(texts, Decoding(method="beam", beam_size=2, max_new_tokens=10),
+                                        report=report)
+    assert [len(t) for t in translations] == [1, 0, 1, 1]
+    assert report.failures == {texts[1]: "RuntimeError: CUDA out of memory (simulated)"}
+    assert sorted(sizes) == [1, 1, 2, 2, 4]
+
+
+def cpu_runs_bfloat16() -> bool:
+    import torch
+
+    try:
+        return bool((torch.ones(2, 2, dtype=torch.bfloat16) @ torch.ones(2, 2, dtype=torch.bfloat16)).sum() == 8)
+    except RuntimeError:
+        return False
+
+
+@pytest.mark.skipif(not cpu_runs_bfloat16(), reason="this torch has no bfloat16 matmul on CPU")
+def test_transformers_engine_translates_in_bfloat16_on_cpu(tiny_translators):
+    """The precision GPUs get, on CPU: dtype mistakes in the translation path show without a GPU."""
+    import torch
+
+    folder = str(tiny_translators / "translator-en-de")
+    assert next(build_engine("transformers", folder, device="cpu").model.parameters()).dtype == torch.float32
+    translator = build_engine("transformers", folder, device="cpu", precision="bfloat16")
+    assert next(translator.model.parameters()).dtype == torch.bfloat16
+    texts = ["A dog runs on the beach.", "Two cats sleep on a red sofa near the window."]
+    assert [len(t) for t in translator.translate(texts, Decoding(method="beam", beam_size=2, max_new_tokens=12))] \
+        == [1, 1]
+    sampled = translator.translate(texts, Decoding(method="sample", max_new_tokens=12), 3)
+    assert [len(t) for t in sampled] == [3, 3] and all(isinstance(s, str) for t in sampled for s in t)
+
+
+def test_an_unknown_precision_is_a_clear_error(tiny_translators):
+    with pytest.raises(UserError, match="precision 'float8'"):
+        build_engine("transformers", str(tiny_translators / "translator-en-de"), device="cpu", precision="float8")

@@ -316,3 +316,43 @@ def test_a_dead_worker_process_is_one_clear_error(tmp_path, capsys):
             workers.run([negative_workers.CaptionJob(str(i), "A dog on a sofa.") for i in range(600)])
     finally:
         workers.close()
+
+
+@pytest.mark.parametrize("engine", ["transformers", "ctranslate2"])
+def test_captions_longer_than_the_translation_model_are_cut_and_counted(tmp_path, short_translators, engine):
+    long_caption = {"id": "long", "image": "l.jpg", "caption": "A bird on a branch near a small red house. " * 12}
+    captions = write_jsonl(tmp_path / "caps.jsonl", [long_caption, *CAPTIONS[:2]])
+    out = tmp_path / "aug"
+    prefix = "translator" if engine == "transformers" else "ct2"
+    assert main(["augment", "--captions", str(captions), *bt_args(short_translators, prefix), *RELAXED,
+                 "--bt-engine", engine, "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failed"] == 0 and summary["counters"]["sources_truncated"] >= 1
+    assert [r["id"] for r in iter_output_jsonl(out, "augment.jsonl")] == ["long", "1", "2"]
+
+
+def test_a_caption_whose_translation_fails_is_a_counted_failure_and_the_run_goes_on(tmp_path, tiny_translators,
+                                                                                    monkeypatch):
+    from transformers import AutoTokenizer, MarianMTModel
+
+    bad = CAPTIONS[1]["caption"]
+    bad_ids = AutoTokenizer.from_pretrained(tiny_translators / "translator-en-de")(bad)["input_ids"]
+    generate = MarianMTModel.generate
+
+    def fail_on_the_bad_caption(self, **inputs):
+        rows = [row[mask.bool()].tolist() for row, mask in zip(inputs["input_ids"], inputs["attention_mask"],
+                                                               strict=True)]
+        if bad_ids in rows:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return generate(self, **inputs)
+
+    monkeypatch.setattr(MarianMTModel, "generate", fail_on_the_bad_caption)
+    out = tmp_path / "aug"
+    assert main(["augment", "--captions", str(write_jsonl(tmp_path / "caps.jsonl", CAPTIONS[:3])),
+                 *bt_args(tiny_translators), *RELAXED, "--out", str(out)]) == 0
+    assert [r["id"] for r in iter_output_jsonl(out, "augment.jsonl")] == ["1", "3"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failure_reasons"] == {"translation_failed": 1}
+    example = json.loads((out / "shards" / "00000" / "stats.json").read_text())["failure_examples"][0]
+    assert example == {"record": "2", "reason": "translation_failed",
+                       "detail": "RuntimeError: CUDA out of memory (simulated)"}

@@ -5,7 +5,9 @@ output with words dropped (p 0.1), blanked (p 0.1) and shuffled within 3 positio
 hypotheses. The backward pass is plain beam search. Candidates are filtered (empty, equal to the caption or
 to each other after normalisation, degenerate repetition, length-ratio outliers, and optionally a meaning
 check: cosine to the caption with a sentence-transformers model); when too few survive, further rounds
-draw more, up to a budget. Shortfalls are reported, never padded with duplicates.
+draw more, up to a budget. Shortfalls are reported, never padded with duplicates, and so are the texts
+cut to a translation model's input limit. A caption whose translation (or one of whose pivots' way back)
+failed gets no positives, only the reason.
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ from __future__ import annotations
 import random
 import zlib
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from unimo_pipe.models.negatives import normalise_for_comparison
-from unimo_pipe.models.translator import Decoding, oversample
+from unimo_pipe.models.translator import Decoding, TranslationReport, oversample
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,16 @@ class Quality:
     max_length_ratio: float = 2.0
     min_similarity: float | None = None  # None: no meaning filter
     drop_degenerate: bool = True
+
+
+@dataclass
+class RoundTrips:
+    """What `BackTranslator.run` made of its captions."""
+
+    positives: list[list[dict]]  # per caption: {"text", "pivot", "method", "similarity"?}
+    rejected: Counter = field(default_factory=Counter)  # candidates dropped, by reason
+    sources_truncated: int = 0  # texts (captions or pivots) cut to a translation model's input limit
+    failures: list[str | None] = field(default_factory=list)  # per caption: why its translation failed, or None
 
 
 def add_noise(text: str, noise: Noise, rng: random.Random) -> str:
@@ -89,50 +101,73 @@ class BackTranslator:
         self.quality = quality
         self.encoder = encoder
 
-    def run(self, captions: list[str]) -> tuple[list[list[dict]], Counter]:
-        """Positives per caption ({"text", "pivot", "method", "similarity"?}) and rejection counts.
+    def run(self, captions: list[str]) -> RoundTrips:
+        """Positives per caption, with what was rejected, cut or failed on the way.
 
-        Each distinct caption is translated once, whatever its number of occurrences.
+        Each distinct caption is translated once, whatever its number of occurrences; a failed one is not
+        tried again.
         """
         unique = list(dict.fromkeys(captions))
         accepted: dict[str, list[dict]] = {c: [] for c in unique}
         seen: dict[str, set[str]] = {c: set() for c in unique}
         rejected: Counter = Counter()
+        tally = TranslationReport()
+        failed: dict[str, str] = {}
         for round_index in range(self.max_rounds):
-            open_captions = [c for c in unique if len(accepted[c]) < self.positives]
+            open_captions = [c for c in unique if len(accepted[c]) < self.positives and c not in failed]
             if not open_captions:
                 break
-            for caption, candidate in self._candidates(open_captions, round_index):
+            for caption, candidate in self._candidates(open_captions, round_index, tally, failed):
                 self._consider(caption, candidate, accepted, seen, rejected)
-        return [[dict(p) for p in accepted[c]] for c in captions], rejected
+        positives = [[] if c in failed else [dict(p) for p in accepted[c]] for c in captions]
+        return RoundTrips(positives, rejected, tally.sources_truncated, [failed.get(c) for c in captions])
 
-    def _candidates(self, captions: list[str], round_index: int):
+    def _candidates(self, captions: list[str], round_index: int, tally: TranslationReport, failed: dict[str, str]):
+        """(caption, candidate) pairs; captions whose translations fail go into `failed` instead."""
         needed = self.positives
         for pivot, (forward, backward) in self.round_trips.items():
+            captions = [c for c in captions if c not in failed]
             k = oversample(needed, len(self.round_trips), round_index)
-            pivots = self._forward(forward, captions, k, round_index)
+            pivots, forward_failed = self._forward(forward, captions, k, round_index, tally)
+            failed.update(forward_failed)
             distinct = sorted({p for group in pivots for p in group})
-            back = dict(zip(distinct, (r[0] for r in backward.translate(distinct, self._beam(round_index))),
-                            strict=True))
+            translated, back_failed = self._translate(backward, distinct, self._beam(round_index), 1, tally)
+            back = dict(zip(distinct, translated, strict=True))
             for caption, group in zip(captions, pivots, strict=True):
+                why = next((back_failed[p] for p in group if p in back_failed), None)
+                if why is not None:
+                    failed[caption] = why
+                    continue
                 for pivot_text in group:
-                    yield caption, {"text": back[pivot_text], "pivot": pivot, "method": self.method}
+                    yield caption, {"text": back[pivot_text][0], "pivot": pivot, "method": self.method}
+
+    @staticmethod
+    def _translate(engine, texts: list[str], decoding: Decoding, outputs: int,
+                   tally: TranslationReport) -> tuple[list[list[str]], dict[str, str]]:
+        """The engine's translations and its failures by text; what it cut is added to `tally`. A report per
+        call keeps a caption's failure apart from a pivot text that happens to read the same."""
+        call = TranslationReport()
+        translations = engine.translate(texts, decoding, outputs, report=call)
+        tally.sources_truncated += call.sources_truncated
+        return translations, call.failures
 
     def _beam(self, round_index: int) -> Decoding:
         return replace(self.decoding, method="beam", seed=self.decoding.seed + round_index)
 
-    def _forward(self, engine, captions: list[str], k: int, round_index: int) -> list[list[str]]:
+    def _forward(self, engine, captions: list[str], k: int, round_index: int,
+                 tally: TranslationReport) -> tuple[list[list[str]], dict[str, str]]:
+        """Pivot texts per caption (none for a failed one) and the failures by caption."""
         if self.method == "sample":
-            return engine.translate(captions, replace(self.decoding, method="sample",
-                                                      seed=self.decoding.seed + round_index), k)
+            sampling = replace(self.decoding, method="sample", seed=self.decoding.seed + round_index)
+            return self._translate(engine, captions, sampling, k, tally)
         if self.method == "beam":
-            return engine.translate(captions, self._beam(round_index), k)
-        best = engine.translate(captions, self._beam(0), 1)
+            return self._translate(engine, captions, self._beam(round_index), k, tally)
+        best, failures = self._translate(engine, captions, self._beam(0), 1, tally)
         noised = []
-        for caption, (text,) in zip(captions, best, strict=True):
+        for caption, group in zip(captions, best, strict=True):
             rng = random.Random(zlib.crc32(f"{self.decoding.seed}:{round_index}:{caption}".encode()))
-            noised.append([add_noise(text, self.noise, rng) for _ in range(k)])
-        return noised
+            noised.append([add_noise(text, self.noise, rng) for text in group for _ in range(k)])
+        return noised, failures
 
     def _consider(self, caption: str, candidate: dict, accepted, seen, rejected) -> None:
         if len(accepted[caption]) >= self.positives:

@@ -15,7 +15,8 @@ TINY_MARKER = "TINY_RANDOM_MODEL"
 
 
 def build_tiny_marian(out: Path, *, source: str, target: str, texts: list[str], seed: int = 0,
-                      vocab_size: int = 400) -> Path:
+                      vocab_size: int = 400, max_positions: int = 256) -> Path:
+    """A tiny Marian in `out`; `max_positions` bounds both its source and its generated tokens."""
     import sentencepiece as spm
     import torch
     from transformers import MarianConfig, MarianMTModel, MarianTokenizer
@@ -40,7 +41,7 @@ def build_tiny_marian(out: Path, *, source: str, target: str, texts: list[str], 
     tokenizer.save_pretrained(str(out))
     config = MarianConfig(vocab_size=len(vocab), d_model=32, encoder_layers=1, decoder_layers=1,
                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
-                          decoder_ffn_dim=64, max_position_embeddings=256, pad_token_id=vocab["<pad>"],
+                          decoder_ffn_dim=64, max_position_embeddings=max_positions, pad_token_id=vocab["<pad>"],
                           eos_token_id=vocab["</s>"], decoder_start_token_id=vocab["<pad>"],
                           forced_eos_token_id=vocab["</s>"])
     state = torch.random.get_rng_state()

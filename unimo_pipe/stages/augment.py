@@ -162,7 +162,9 @@ class Augment(Stage):
         cleaned = [_clean(r.value.get("caption"), options) for r in records]
         usable = [i for i, (text, _) in enumerate(cleaned) if text]
         texts = [cleaned[i][0] for i in usable]
-        positives = dict(zip(usable, self._backtranslate(texts, ctx), strict=True))
+        translated, translation_failures = self._backtranslate(texts, ctx)
+        positives = dict(zip(usable, translated, strict=True))
+        failures = dict(zip(usable, translation_failures, strict=True))
         negatives = {}
         if options.scene_graph:
             from unimo_pipe.models.negative_workers import CaptionJob
@@ -175,6 +177,8 @@ class Augment(Stage):
                 with ctx.record(record.key):
                     if i not in positives:
                         raise RecordError("empty_caption")
+                    if failures[i] is not None:
+                        raise RecordError("translation_failed", failures[i])
                     if cleaned[i][1]:
                         ctx.stats.count("captions_truncated")
                     row = {"id": record.key, "caption": cleaned[i][0]}
@@ -184,16 +188,19 @@ class Augment(Stage):
                         row.update(self._negatives(negatives[i], ctx))
                     out.write(orjson.dumps(row) + b"\n")
 
-    def _backtranslate(self, texts: list[str], ctx: ShardContext) -> list[list[dict]]:
+    def _backtranslate(self, texts: list[str], ctx: ShardContext) -> tuple[list[list[dict]], list[str | None]]:
+        """Positives per text and, per text, why its translation failed (or None); the rest goes to stats."""
         if self.backtranslator is None:
-            return [[] for _ in texts]
-        positives, rejected = self.backtranslator.run(texts)
-        for reason, count in rejected.items():
+            return [[] for _ in texts], [None for _ in texts]
+        done = self.backtranslator.run(texts)
+        for reason, count in done.rejected.items():
             ctx.stats.count(f"positives_rejected_{reason}", count)
-        ctx.stats.count("positives", sum(map(len, positives)))
+        ctx.stats.count("positives", sum(map(len, done.positives)))
         ctx.stats.count("captions_with_positive_shortfall",
-                        sum(len(p) < self.backtranslator.positives for p in positives))
-        return positives
+                        sum(len(p) < self.backtranslator.positives
+                            for p, failure in zip(done.positives, done.failures, strict=True) if failure is None))
+        ctx.stats.count("sources_truncated", done.sources_truncated)
+        return done.positives, done.failures
 
     def _forbidden(self, key: str, positives: list[dict]) -> frozenset[str]:
         return frozenset(self.positives.get(key, set()) | {p["text"] for p in positives})
