@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from torchvision.ops import nms
+from torchvision.ops import box_iou, nms
 
 from unimo_pipe.models.detector import (
     BottomUpAttention,
@@ -94,9 +94,10 @@ def caffe_max_conf(boxes, fg_probs, nms_iou):
 
 
 def random_rois(n, classes, seed, peak):
+    """RoIs at the real scale (up to 1333 px) with scores over `classes` foreground classes."""
     generator = torch.Generator().manual_seed(seed)
-    xy = torch.rand(n, 2, generator=generator) * 200
-    wh = torch.rand(n, 2, generator=generator) * 80 + 5
+    xy = torch.rand(n, 2, generator=generator) * 1000
+    wh = torch.rand(n, 2, generator=generator) * 330 + 5
     boxes = torch.cat([xy, xy + wh], dim=1)
     logits = torch.randn(n, classes + 1, generator=generator) * peak
     return boxes, logits.softmax(dim=1)[:, :-1]
@@ -105,7 +106,7 @@ def random_rois(n, classes, seed, peak):
 @pytest.mark.parametrize("peak", [6.0, 0.5])  # 6: many boxes pass 0.2; 0.5: the min-boxes fallback decides
 def test_class_nms_matches_the_caffe_loop(peak):
     settings = TestSettings()
-    boxes, fg = random_rois(150, 40, seed=3, peak=peak)
+    boxes, fg = random_rois(150, 1600, seed=3, peak=peak)
     ours = max_conf_after_class_nms(boxes, fg, settings)
     reference = caffe_max_conf(boxes, fg, settings.class_nms)
     kept_ours, kept_reference = choose_boxes(ours, settings), choose_boxes(reference, settings)
@@ -113,6 +114,21 @@ def test_class_nms_matches_the_caffe_loop(peak):
     torch.testing.assert_close(ours[kept_ours], reference[kept_reference])
     if peak == 0.5:
         assert int((reference >= 0.2).sum()) < 10 and len(kept_ours) == 10
+
+
+@pytest.mark.parametrize(("second_x1", "widest_x2"), [(815.38, 1333.0), (815.4, 1215.4)])
+def test_class_nms_is_exact_where_a_class_offset_would_round(second_x1, widest_x2):
+    """Two boxes of the last of 1600 classes whose IoU is within 1e-4 of the 0.3 threshold (just above,
+    then just below). Offsetting boxes by class x (max coordinate + 1), about 2e6, rounds float32
+    coordinates to 1/8 px, which flips both decisions."""
+    boxes = torch.tensor([[600.0, 400.0, 1000.0, 700.0], [second_x1, 400.0, second_x1 + 400, 700.0],
+                          [1000.0, 0.0, widest_x2, 100.0]])
+    assert abs(float(box_iou(boxes[:1], boxes[1:2])) - 0.3) < 1e-4
+    fg = torch.zeros(3, 1600)
+    fg[0, 1599], fg[1, 1599], fg[2, 0] = 0.9, 0.8, 0.7
+    settings = TestSettings(min_boxes=1)
+    ours = max_conf_after_class_nms(boxes, fg, settings)
+    assert ours.tolist() == caffe_max_conf(boxes, fg, settings.class_nms).tolist()
 
 
 def test_choose_boxes_bounds_and_order():
