@@ -14,6 +14,7 @@ from unimo_pipe.models.detector import (
     choose_boxes,
     max_conf_after_class_nms,
 )
+from unimo_pipe.pipeline.images import shortest_edge_size
 
 
 def expected_butd_shapes() -> dict[str, tuple[int, ...]]:
@@ -149,9 +150,10 @@ def test_batched_results_equal_single_image_results():
     batch = torch.zeros(3, 3, 130, 140)
     for i, image in enumerate(images):
         batch[i, :, : sizes[i][0], : sizes[i][1]] = image
-    batched = model.detect(batch, sizes, [1.0, 2.0, 1.0])
+    originals = [(96, 140), (65, 35), (60, 60)]
+    batched = model.detect(batch, sizes, originals)
     for i, image in enumerate(images):
-        alone = model.detect(image[None], [sizes[i]], [[1.0, 2.0, 1.0][i]])[0]
+        alone = model.detect(image[None], [sizes[i]], [originals[i]])[0]
         torch.testing.assert_close(batched[i].features, alone.features, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(batched[i].boxes, alone.boxes, atol=1e-3, rtol=1e-4)
         torch.testing.assert_close(batched[i].conf, alone.conf, atol=1e-5, rtol=1e-4)
@@ -160,22 +162,41 @@ def test_batched_results_equal_single_image_results():
 def test_detections_are_sane():
     model = build_detector("tiny")
     image = torch.rand(1, 3, 200, 300, generator=torch.Generator().manual_seed(1)) * 255
-    (found,) = model.detect(image, [(200, 300)], [0.5])
+    (found,) = model.detect(image, [(200, 300)], [(400, 600)])
     assert 10 <= len(found.conf) <= 100
     assert (found.conf[:-1] >= found.conf[1:]).all()
-    assert (found.boxes[:, 0] >= 0).all() and (found.boxes[:, 2] <= 600 + 1e-3).all()  # original pixels (1/0.5)
+    assert (found.boxes[:, 0] >= 0).all() and (found.boxes[:, 2] <= 600).all()  # original pixels
     assert found.class_probs.shape == (len(found.conf), 1601)
     torch.testing.assert_close(found.class_probs.sum(dim=1), torch.ones(len(found.conf)))
     assert found.features.shape == (len(found.conf), model.spec.feature_dim)
     assert (found.attr_ids < 400).all() and (found.object_ids < 1600).all()
 
 
+def test_boxes_go_back_per_axis_and_are_clipped_to_the_image():
+    """45 x 68 with the shorter side resized to 64 gives 64 x 97 (96.7 rounds up), so x scales back by
+    68/97 and y by 45/64; one scale for both would put the resized border 0.2 px outside the image."""
+    model = build_detector("tiny")
+    height, width = 45, 68
+    new_h, new_w = shortest_edge_size(height, width, 64, 200)
+    assert (new_h, new_w) == (64, 97)
+    proposals, captured = model._proposals, []
+    model._proposals = lambda *args: captured.append(proposals(*args)) or captured[-1]
+    image = torch.rand(1, 3, new_h, new_w, generator=torch.Generator().manual_seed(3)) * 255
+    (found,) = model.detect(image, [(new_h, new_w)], [(height, width)])
+    scale = torch.tensor([width / new_w, height / new_h] * 2)
+    expected = torch.minimum((captured[0][:, 1:] * scale).clamp(min=0), torch.tensor([float(width), float(height)] * 2))
+    distance_to_expected = (found.boxes[:, None] - expected[None]).abs().amax(dim=2).amin(dim=1)
+    assert (distance_to_expected < 1e-4).all()
+    assert (found.boxes >= 0).all() and (found.boxes[:, 0::2] <= width).all() and (found.boxes[:, 1::2] <= height).all()
+    assert (found.boxes[:, 2] == width).any() and (found.boxes[:, 3] == height).any()  # the border case is exercised
+
+
 def test_folded_norms_give_the_same_result_as_separate_ones():
     model = build_detector("tiny")
     image = torch.rand(1, 3, 120, 100, generator=torch.Generator().manual_seed(2)) * 255
-    folded = model.detect(image, [(120, 100)], [1.0])[0]
+    folded = model.detect(image, [(120, 100)], [(120, 100)])[0]
     model.set_fold_norms(False)
-    separate = model.detect(image, [(120, 100)], [1.0])[0]
+    separate = model.detect(image, [(120, 100)], [(120, 100)])[0]
     torch.testing.assert_close(folded.features, separate.features, atol=1e-4, rtol=1e-3)
     assert folded.conf.shape == separate.conf.shape
 
@@ -184,7 +205,7 @@ def test_folded_norms_give_the_same_result_as_separate_ones():
 def test_gpu_bf16_batches_match_cpu_fp32():
     from unimo_pipe.models.extractor import RegionExtractor
 
-    images = [(torch.randint(0, 255, (3, h, w), dtype=torch.uint8), 1.0, (w, h)) for h, w in ((600, 800), (600, 450))]
+    images = [(torch.randint(0, 255, (3, h, w), dtype=torch.uint8), (w, h)) for h, w in ((600, 800), (600, 450))]
     cpu = RegionExtractor(model=build_detector("butd-r101"), device="cpu", precision="fp32", batch_size=1,
                           workers=0, min_size=600, max_size=1000, max_pixels=10**9)
     gpu = RegionExtractor(model=build_detector("butd-r101"), device="cuda", precision="bf16", batch_size=2,

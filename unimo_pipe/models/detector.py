@@ -287,8 +287,10 @@ class BottomUpAttention(nn.Module):
                 module.fold_norm = fold
 
     @torch.inference_mode()
-    def detect(self, images: torch.Tensor, sizes: list[tuple[int, int]], scales: list[float]) -> list[Detections]:
-        """images: (B, 3, H, W) float BGR 0..255, zero outside each (h, w) in `sizes`; scales: resize factors."""
+    def detect(self, images: torch.Tensor, sizes: list[tuple[int, int]],
+               original_sizes: list[tuple[int, int]]) -> list[Detections]:
+        """images: (B, 3, H, W) float BGR 0..255, zero outside each resized (h, w) in `sizes`;
+        original_sizes: each image's (height, width) before resizing, where the boxes are returned."""
         x = _mask(images - self.pixel_mean, sizes)
         features, feature_sizes = self.backbone(x, sizes)
         rois = self._proposals(features, feature_sizes, sizes)
@@ -296,10 +298,10 @@ class BottomUpAttention(nn.Module):
         class_logits, attr_logits = self.roi_heads.box_predictor(pooled)
         image_of_roi = rois[:, 0].long()
         results = []
-        for i in range(len(sizes)):
+        for i, (resized, original) in enumerate(zip(sizes, original_sizes, strict=True)):
             mine = image_of_roi == i
-            results.append(self._select(rois[mine, 1:].float() / scales[i], pooled[mine], class_logits[mine].float(),
-                                        attr_logits[mine].float()))
+            boxes = to_original_pixels(rois[mine, 1:].float(), resized, original)
+            results.append(self._select(boxes, pooled[mine], class_logits[mine].float(), attr_logits[mine].float()))
         return results
 
     def _proposals(self, features, feature_sizes, image_sizes) -> torch.Tensor:
@@ -352,6 +354,15 @@ def apply_deltas(deltas, boxes, weights, clamp: float = math.log(1000.0 / 16)) -
 def clip_boxes(boxes, height: int, width: int) -> torch.Tensor:
     return torch.stack([boxes[:, 0].clamp(0, width), boxes[:, 1].clamp(0, height),
                         boxes[:, 2].clamp(0, width), boxes[:, 3].clamp(0, height)], dim=1)
+
+
+def to_original_pixels(boxes: torch.Tensor, resized: tuple[int, int], original: tuple[int, int]) -> torch.Tensor:
+    """Boxes in resized-image pixels mapped back to the original (height, width), as detectron2's
+    detector_postprocess does: each axis by its own scale (the resize rounds each side separately), then
+    clipped to the image."""
+    (new_h, new_w), (height, width) = resized, original
+    scale = boxes.new_tensor([width / new_w, height / new_h, width / new_w, height / new_h])
+    return clip_boxes(boxes * scale, height, width)
 
 
 def max_conf_after_class_nms(boxes: torch.Tensor, fg_probs: torch.Tensor, s: TestSettings) -> torch.Tensor:
