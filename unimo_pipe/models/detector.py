@@ -262,7 +262,10 @@ class Detections:
 
     boxes: torch.Tensor  # (N, 4) xyxy
     features: torch.Tensor  # (N, D)
-    conf: torch.Tensor  # (N,) max foreground class probability that survived NMS
+    # conf and object_ids can name different classes (about 6% of real boxes, as in the port and Caffe):
+    # conf is the best score among the classes where the box survived per-class NMS, while object_ids is
+    # the top foreground class overall, whether or not the box survived NMS in it.
+    conf: torch.Tensor  # (N,)
     class_probs: torch.Tensor  # (N, C+1) softmax, background LAST as in the checkpoint
     object_ids: torch.Tensor  # (N,) argmax over foreground classes
     attr_ids: torch.Tensor  # (N,)
