@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 from unimo_pipe.models.detector import build_detector
@@ -28,3 +30,19 @@ def test_boxes_and_norm_bb_stay_inside_an_image_whose_resize_rounds_per_axis(tmp
     assert (boxes >= 0).all() and (boxes[:, 0::2] <= 68).all() and (boxes[:, 1::2] <= 45).all()
     assert (boxes[:, 2] == 68).any()  # a box at the right border lands on it, not past it
     assert (norm_bb >= 0).all() and (norm_bb <= 1).all()
+
+
+@pytest.mark.skipif(not torch.amp.is_autocast_available("cpu"), reason="this torch has no CPU autocast")
+def test_bf16_autocast_on_cpu_gives_float32_outputs_and_unrounded_boxes():
+    """The GPU precision path on CPU, so dtype mistakes show without a GPU."""
+    image = (torch.randint(0, 255, (3, 64, 80), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)),
+             (80, 64))  # already at the resized size: boxes stay in the proposals' pixels
+    (found,) = extractor("bf16").detect([image])
+    (reference,) = extractor("fp32").detect([image])
+    assert 10 <= len(found.conf) <= 100
+    for name in ("boxes", "features", "conf", "class_probs", "attr_conf"):
+        assert getattr(found, name).dtype == torch.float32, name
+    assert not torch.equal(found.boxes, found.boxes.bfloat16().float())  # coordinates not rounded to bf16
+    assert torch.isfinite(found.features).all()
+    cosine = torch.nn.functional.cosine_similarity(found.features.mean(0), reference.features.mean(0), dim=0)
+    assert float(cosine) > 0.9
