@@ -1,9 +1,10 @@
 """The bottom-up-attention Faster R-CNN (ResNet-101 C4, res5 box head, VG 1600 classes / 400 attributes).
 
 Module names equal the detectron2 port's parameter names (backbone.res4.22.conv2.norm.running_var, ...),
-so the community checkpoint loads by name (see models/detector_weights.py). Numerics follow
-shared/BUTD_CHECKPOINT.md: FrozenBN (eps 1e-5), stride in the 1x1 convs, caffe max-pool (pad 0, ceil),
-12 size-major anchors at stride 16, RoIPool 14x14, res5 with stride 1 and dilation 2, mean-pooled 2048-d.
+so the community checkpoint loads by name (see models/detector_weights.py). Numerics are the port's
+(its VG-Detection attr_caffemaxpool config): FrozenBN (eps 1e-5), stride in the 1x1 convs, caffe max-pool
+(pad 0, ceil), 12 size-major anchors at stride 16, RoIPool 14x14, res5 with stride 1 and dilation 2,
+mean-pooled 2048-d.
 
 Batching: images are zero-padded to a common size, and every layer's output is re-zeroed outside each
 image's valid area. Zero padding is then exactly what a single image sees at its border, so a batched
