@@ -254,9 +254,9 @@ class RoiHeads(nn.Module):
         self.box_predictor = BoxPredictor(spec)
 
     def pooled_features(self, features, rois):
-        # RoIPool in float32, as torchvision's CUDA autocast does: its CPU kernel has no bf16, and bf16 RoIs
-        # would move box edges by up to 2 px at 600 px.
-        return self.res5(self.pooler(features.float(), rois.float())).mean(dim=(2, 3))
+        # RoIPool in float32, as torchvision's CUDA autocast does: its CPU kernel has no bf16. The RoIs stay
+        # float32 (bf16 would move box edges by up to 2 px at 600 px), so only the features are cast.
+        return self.res5(self.pooler(features.float(), rois)).mean(dim=(2, 3))
 
 
 @dataclass
