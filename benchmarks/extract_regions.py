@@ -42,9 +42,9 @@ def naive(model, items, device: str) -> float:
     model.set_fold_norms(False)
     start = time.perf_counter()
     for i in range(len(items)):
-        _, (tensor, scale, _) = decode[i]
+        _, (tensor, (width, height)) = decode[i]
         batch = tensor[None].float().to(device)
-        model.detect(batch, [(tensor.shape[1], tensor.shape[2])], [scale])
+        model.detect(batch, [(tensor.shape[1], tensor.shape[2])], [(height, width)])
     _sync(device)
     model.set_fold_norms(True)
     return time.perf_counter() - start

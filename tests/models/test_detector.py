@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from torchvision.ops import nms
+from torchvision.ops import box_iou, nms
 
 from unimo_pipe.models.detector import (
     BottomUpAttention,
@@ -14,10 +14,12 @@ from unimo_pipe.models.detector import (
     choose_boxes,
     max_conf_after_class_nms,
 )
+from unimo_pipe.pipeline.images import shortest_edge_size
 
 
 def expected_butd_shapes() -> dict[str, tuple[int, ...]]:
-    """The parameter table of the community checkpoint (shared/BUTD_CHECKPOINT.md section 2), rebuilt here."""
+    """The community checkpoint's names and shapes (536 float32 tensors, 262,180,856 bytes: the 262 MB
+    download of faster_rcnn_from_caffe_attr.pkl), rebuilt here independently of the model code."""
     table: dict[str, tuple[int, ...]] = {}
 
     def conv(prefix, cin, cout, k):
@@ -94,9 +96,10 @@ def caffe_max_conf(boxes, fg_probs, nms_iou):
 
 
 def random_rois(n, classes, seed, peak):
+    """RoIs at the real scale (up to 1333 px) with scores over `classes` foreground classes."""
     generator = torch.Generator().manual_seed(seed)
-    xy = torch.rand(n, 2, generator=generator) * 200
-    wh = torch.rand(n, 2, generator=generator) * 80 + 5
+    xy = torch.rand(n, 2, generator=generator) * 1000
+    wh = torch.rand(n, 2, generator=generator) * 330 + 5
     boxes = torch.cat([xy, xy + wh], dim=1)
     logits = torch.randn(n, classes + 1, generator=generator) * peak
     return boxes, logits.softmax(dim=1)[:, :-1]
@@ -105,7 +108,7 @@ def random_rois(n, classes, seed, peak):
 @pytest.mark.parametrize("peak", [6.0, 0.5])  # 6: many boxes pass 0.2; 0.5: the min-boxes fallback decides
 def test_class_nms_matches_the_caffe_loop(peak):
     settings = TestSettings()
-    boxes, fg = random_rois(150, 40, seed=3, peak=peak)
+    boxes, fg = random_rois(150, 1600, seed=3, peak=peak)
     ours = max_conf_after_class_nms(boxes, fg, settings)
     reference = caffe_max_conf(boxes, fg, settings.class_nms)
     kept_ours, kept_reference = choose_boxes(ours, settings), choose_boxes(reference, settings)
@@ -113,6 +116,21 @@ def test_class_nms_matches_the_caffe_loop(peak):
     torch.testing.assert_close(ours[kept_ours], reference[kept_reference])
     if peak == 0.5:
         assert int((reference >= 0.2).sum()) < 10 and len(kept_ours) == 10
+
+
+@pytest.mark.parametrize(("second_x1", "widest_x2"), [(815.38, 1333.0), (815.4, 1215.4)])
+def test_class_nms_is_exact_where_a_class_offset_would_round(second_x1, widest_x2):
+    """Two boxes of the last of 1600 classes whose IoU is within 1e-4 of the 0.3 threshold (just above,
+    then just below). Offsetting boxes by class x (max coordinate + 1), about 2e6, rounds float32
+    coordinates to 1/8 px, which flips both decisions."""
+    boxes = torch.tensor([[600.0, 400.0, 1000.0, 700.0], [second_x1, 400.0, second_x1 + 400, 700.0],
+                          [1000.0, 0.0, widest_x2, 100.0]])
+    assert abs(float(box_iou(boxes[:1], boxes[1:2])) - 0.3) < 1e-4
+    fg = torch.zeros(3, 1600)
+    fg[0, 1599], fg[1, 1599], fg[2, 0] = 0.9, 0.8, 0.7
+    settings = TestSettings(min_boxes=1)
+    ours = max_conf_after_class_nms(boxes, fg, settings)
+    assert ours.tolist() == caffe_max_conf(boxes, fg, settings.class_nms).tolist()
 
 
 def test_choose_boxes_bounds_and_order():
@@ -133,9 +151,10 @@ def test_batched_results_equal_single_image_results():
     batch = torch.zeros(3, 3, 130, 140)
     for i, image in enumerate(images):
         batch[i, :, : sizes[i][0], : sizes[i][1]] = image
-    batched = model.detect(batch, sizes, [1.0, 2.0, 1.0])
+    originals = [(96, 140), (65, 35), (60, 60)]
+    batched = model.detect(batch, sizes, originals)
     for i, image in enumerate(images):
-        alone = model.detect(image[None], [sizes[i]], [[1.0, 2.0, 1.0][i]])[0]
+        alone = model.detect(image[None], [sizes[i]], [originals[i]])[0]
         torch.testing.assert_close(batched[i].features, alone.features, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(batched[i].boxes, alone.boxes, atol=1e-3, rtol=1e-4)
         torch.testing.assert_close(batched[i].conf, alone.conf, atol=1e-5, rtol=1e-4)
@@ -144,22 +163,41 @@ def test_batched_results_equal_single_image_results():
 def test_detections_are_sane():
     model = build_detector("tiny")
     image = torch.rand(1, 3, 200, 300, generator=torch.Generator().manual_seed(1)) * 255
-    (found,) = model.detect(image, [(200, 300)], [0.5])
+    (found,) = model.detect(image, [(200, 300)], [(400, 600)])
     assert 10 <= len(found.conf) <= 100
     assert (found.conf[:-1] >= found.conf[1:]).all()
-    assert (found.boxes[:, 0] >= 0).all() and (found.boxes[:, 2] <= 600 + 1e-3).all()  # original pixels (1/0.5)
+    assert (found.boxes[:, 0] >= 0).all() and (found.boxes[:, 2] <= 600).all()  # original pixels
     assert found.class_probs.shape == (len(found.conf), 1601)
     torch.testing.assert_close(found.class_probs.sum(dim=1), torch.ones(len(found.conf)))
     assert found.features.shape == (len(found.conf), model.spec.feature_dim)
     assert (found.attr_ids < 400).all() and (found.object_ids < 1600).all()
 
 
+def test_boxes_go_back_per_axis_and_are_clipped_to_the_image():
+    """45 x 68 with the shorter side resized to 64 gives 64 x 97 (96.7 rounds up), so x scales back by
+    68/97 and y by 45/64; one scale for both would put the resized border 0.2 px outside the image."""
+    model = build_detector("tiny")
+    height, width = 45, 68
+    new_h, new_w = shortest_edge_size(height, width, 64, 200)
+    assert (new_h, new_w) == (64, 97)
+    proposals, captured = model._proposals, []
+    model._proposals = lambda *args: captured.append(proposals(*args)) or captured[-1]
+    image = torch.rand(1, 3, new_h, new_w, generator=torch.Generator().manual_seed(3)) * 255
+    (found,) = model.detect(image, [(new_h, new_w)], [(height, width)])
+    scale = torch.tensor([width / new_w, height / new_h] * 2)
+    expected = torch.minimum((captured[0][:, 1:] * scale).clamp(min=0), torch.tensor([float(width), float(height)] * 2))
+    distance_to_expected = (found.boxes[:, None] - expected[None]).abs().amax(dim=2).amin(dim=1)
+    assert (distance_to_expected < 1e-4).all()
+    assert (found.boxes >= 0).all() and (found.boxes[:, 0::2] <= width).all() and (found.boxes[:, 1::2] <= height).all()
+    assert (found.boxes[:, 2] == width).any() and (found.boxes[:, 3] == height).any()  # the border case is exercised
+
+
 def test_folded_norms_give_the_same_result_as_separate_ones():
     model = build_detector("tiny")
     image = torch.rand(1, 3, 120, 100, generator=torch.Generator().manual_seed(2)) * 255
-    folded = model.detect(image, [(120, 100)], [1.0])[0]
+    folded = model.detect(image, [(120, 100)], [(120, 100)])[0]
     model.set_fold_norms(False)
-    separate = model.detect(image, [(120, 100)], [1.0])[0]
+    separate = model.detect(image, [(120, 100)], [(120, 100)])[0]
     torch.testing.assert_close(folded.features, separate.features, atol=1e-4, rtol=1e-3)
     assert folded.conf.shape == separate.conf.shape
 
@@ -168,7 +206,7 @@ def test_folded_norms_give_the_same_result_as_separate_ones():
 def test_gpu_bf16_batches_match_cpu_fp32():
     from unimo_pipe.models.extractor import RegionExtractor
 
-    images = [(torch.randint(0, 255, (3, h, w), dtype=torch.uint8), 1.0, (w, h)) for h, w in ((600, 800), (600, 450))]
+    images = [(torch.randint(0, 255, (3, h, w), dtype=torch.uint8), (w, h)) for h, w in ((600, 800), (600, 450))]
     cpu = RegionExtractor(model=build_detector("butd-r101"), device="cpu", precision="fp32", batch_size=1,
                           workers=0, min_size=600, max_size=1000, max_pixels=10**9)
     gpu = RegionExtractor(model=build_detector("butd-r101"), device="cuda", precision="bf16", batch_size=2,

@@ -24,7 +24,7 @@ def detectron2_pickle(path, state, **extra_top_level):
 
 def outputs(model):
     image = torch.rand(1, 3, 90, 120, generator=torch.Generator().manual_seed(0)) * 255
-    return model.detect(image, [(90, 120)], [1.0])[0]
+    return model.detect(image, [(90, 120)], [(90, 120)])[0]
 
 
 def test_generated_butd_checkpoint_loads_with_the_real_names(tmp_path):

@@ -173,3 +173,16 @@ def test_weights_written_by_make_tiny_models_load(tmp_path, image_dir):
     with_file = open_feature_dir(tmp_path / "w").db["same.jpg"]["features"]
     random = open_feature_dir(tmp_path / "r").db["same.jpg"]["features"]
     np.testing.assert_array_equal(with_file, random)  # same seed 0 weights, through the file
+
+
+def test_an_image_without_proposals_is_written_empty_and_counted(tmp_path, image_dir, monkeypatch):
+    import torch
+
+    from unimo_pipe.models import detector as detector_module
+
+    monkeypatch.setattr(detector_module.BottomUpAttention, "_proposals", lambda self, *args: torch.zeros(0, 5))
+    out = tmp_path / "feats"
+    assert main(["extract-regions", "--images", str(image_dir / "a"), "--out", str(out), *FAST]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ok"] == 1 and summary["counters"] == {"images_without_boxes": 1}
+    assert open_feature_dir(out).name2nbb == {"same.jpg": 0}

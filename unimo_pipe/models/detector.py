@@ -1,9 +1,10 @@
 """The bottom-up-attention Faster R-CNN (ResNet-101 C4, res5 box head, VG 1600 classes / 400 attributes).
 
 Module names equal the detectron2 port's parameter names (backbone.res4.22.conv2.norm.running_var, ...),
-so the community checkpoint loads by name (see models/detector_weights.py). Numerics follow
-shared/BUTD_CHECKPOINT.md: FrozenBN (eps 1e-5), stride in the 1x1 convs, caffe max-pool (pad 0, ceil),
-12 size-major anchors at stride 16, RoIPool 14x14, res5 with stride 1 and dilation 2, mean-pooled 2048-d.
+so the community checkpoint loads by name (see models/detector_weights.py). Numerics are the port's
+(its VG-Detection attr_caffemaxpool config): FrozenBN (eps 1e-5), stride in the 1x1 convs, caffe max-pool
+(pad 0, ceil), 12 size-major anchors at stride 16, RoIPool 14x14, res5 with stride 1 and dilation 2,
+mean-pooled 2048-d.
 
 Batching: images are zero-padded to a common size, and every layer's output is re-zeroed outside each
 image's valid area. Zero padding is then exactly what a single image sees at its border, so a batched
@@ -253,7 +254,9 @@ class RoiHeads(nn.Module):
         self.box_predictor = BoxPredictor(spec)
 
     def pooled_features(self, features, rois):
-        return self.res5(self.pooler(features, rois)).mean(dim=(2, 3))
+        # RoIPool in float32, as torchvision's CUDA autocast does: its CPU kernel has no bf16. The RoIs stay
+        # float32 (bf16 would move box edges by up to 2 px at 600 px), so only the features are cast.
+        return self.res5(self.pooler(features.float(), rois)).mean(dim=(2, 3))
 
 
 @dataclass
@@ -262,7 +265,10 @@ class Detections:
 
     boxes: torch.Tensor  # (N, 4) xyxy
     features: torch.Tensor  # (N, D)
-    conf: torch.Tensor  # (N,) max foreground class probability that survived NMS
+    # conf and object_ids can name different classes (about 6% of real boxes, as in the port and Caffe):
+    # conf is the best score among the classes where the box survived per-class NMS, while object_ids is
+    # the top foreground class overall, whether or not the box survived NMS in it.
+    conf: torch.Tensor  # (N,)
     class_probs: torch.Tensor  # (N, C+1) softmax, background LAST as in the checkpoint
     object_ids: torch.Tensor  # (N,) argmax over foreground classes
     attr_ids: torch.Tensor  # (N,)
@@ -287,8 +293,10 @@ class BottomUpAttention(nn.Module):
                 module.fold_norm = fold
 
     @torch.inference_mode()
-    def detect(self, images: torch.Tensor, sizes: list[tuple[int, int]], scales: list[float]) -> list[Detections]:
-        """images: (B, 3, H, W) float BGR 0..255, zero outside each (h, w) in `sizes`; scales: resize factors."""
+    def detect(self, images: torch.Tensor, sizes: list[tuple[int, int]],
+               original_sizes: list[tuple[int, int]]) -> list[Detections]:
+        """images: (B, 3, H, W) float BGR 0..255, zero outside each resized (h, w) in `sizes`;
+        original_sizes: each image's (height, width) before resizing, where the boxes are returned."""
         x = _mask(images - self.pixel_mean, sizes)
         features, feature_sizes = self.backbone(x, sizes)
         rois = self._proposals(features, feature_sizes, sizes)
@@ -296,14 +304,14 @@ class BottomUpAttention(nn.Module):
         class_logits, attr_logits = self.roi_heads.box_predictor(pooled)
         image_of_roi = rois[:, 0].long()
         results = []
-        for i in range(len(sizes)):
+        for i, (resized, original) in enumerate(zip(sizes, original_sizes, strict=True)):
             mine = image_of_roi == i
-            results.append(self._select(rois[mine, 1:].float() / scales[i], pooled[mine], class_logits[mine].float(),
-                                        attr_logits[mine].float()))
+            boxes = to_original_pixels(rois[mine, 1:], resized, original)
+            results.append(self._select(boxes, pooled[mine], class_logits[mine].float(), attr_logits[mine].float()))
         return results
 
     def _proposals(self, features, feature_sizes, image_sizes) -> torch.Tensor:
-        """RoIs (R, 5) = (image index, x1, y1, x2, y2) in resized-image pixels, per detectron2's RPN at test."""
+        """float32 RoIs (R, 5) = (image index, x1, y1, x2, y2) in resized-image pixels, per detectron2's RPN at test."""
         s = self.settings
         logits, deltas = self.proposal_generator.rpn_head(features)
         batch_boxes, batch_scores, batch_ids = [], [], []
@@ -325,7 +333,7 @@ class BottomUpAttention(nn.Module):
         for i in range(len(image_sizes)):
             mine = keep[ids[keep] == i][: s.post_nms_topk]
             rois.append(torch.cat([torch.full((len(mine), 1), float(i), device=boxes.device), boxes[mine]], dim=1))
-        return torch.cat(rois).to(features.dtype)
+        return torch.cat(rois)
 
     def _select(self, boxes, pooled, class_logits, attr_logits) -> Detections:
         probs = class_logits.softmax(dim=1)
@@ -354,6 +362,15 @@ def clip_boxes(boxes, height: int, width: int) -> torch.Tensor:
                         boxes[:, 2].clamp(0, width), boxes[:, 3].clamp(0, height)], dim=1)
 
 
+def to_original_pixels(boxes: torch.Tensor, resized: tuple[int, int], original: tuple[int, int]) -> torch.Tensor:
+    """Boxes in resized-image pixels mapped back to the original (height, width), as detectron2's
+    detector_postprocess does: each axis by its own scale (the resize rounds each side separately), then
+    clipped to the image."""
+    (new_h, new_w), (height, width) = resized, original
+    scale = boxes.new_tensor([width / new_w, height / new_h, width / new_w, height / new_h])
+    return clip_boxes(boxes * scale, height, width)
+
+
 def max_conf_after_class_nms(boxes: torch.Tensor, fg_probs: torch.Tensor, s: TestSettings) -> torch.Tensor:
     """Caffe generate_tsv: per class, NMS over the (unregressed) RoIs with that class's scores; a RoI's
     confidence is its best score among the classes where it survived.
@@ -368,12 +385,25 @@ def max_conf_after_class_nms(boxes: torch.Tensor, fg_probs: torch.Tensor, s: Tes
     while True:
         rows, classes = torch.nonzero(fg_probs >= threshold, as_tuple=True)
         scores = fg_probs[rows, classes]
-        keep = batched_nms(boxes[rows], scores, classes, s.class_nms)
+        keep = per_class_nms(boxes[rows], scores, classes, s.class_nms)
         conf = torch.zeros(len(boxes), device=boxes.device).scatter_reduce_(
             0, rows[keep], scores[keep], reduce="amax", include_self=True)
         if int((conf >= threshold).sum()) >= min(s.min_boxes, len(boxes)) or threshold <= 0:
             return conf
         threshold = threshold / 4 if threshold > 1e-6 else 0.0
+
+
+def per_class_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor,
+                  iou_threshold: float) -> torch.Tensor:
+    """Indices kept by NMS run separately within each class, best first.
+
+    torchvision's batched_nms keeps classes apart by offsetting each box by class x (max coordinate + 1).
+    With 1600 classes the offset reaches ~2e6, where float32 rounds coordinates to 1/8 px and flips IoUs
+    that sit at the threshold (0.3000085 became 0.2999727). In float64 the offset boxes keep their float32
+    coordinates to within 2^-30 px, so the IoUs are those of the boxes as given, at the cost of one NMS
+    call (one call per class measured 3x slower on CPU, and would sync a GPU once per class).
+    """
+    return batched_nms(boxes.double(), scores.double(), classes, iou_threshold)
 
 
 def choose_boxes(conf: torch.Tensor, s: TestSettings) -> torch.Tensor:

@@ -1,10 +1,12 @@
 """Loading detector weights: the community BUTD checkpoint (detectron2 format pickle), .pth or safetensors.
 
-The pickle is read by an unpickler that accepts only plain containers and numpy arrays, never code.
-Checkpoint names map to ours through `checkpoint_to_model_name` (the model is built with detectron2's
-names, so the map only strips wrappers); missing, unexpected and mis-shaped parameters are reported by
-name. Missing FrozenBN running statistics default to mean 0 / variance 1, and missing cell anchors are
-recomputed, as the port does (see shared/BUTD_CHECKPOINT.md).
+The community file is a latin-1 pickle in detectron2's model-zoo layout, {"model": {name: float32 ndarray},
+"__author__": ...}; the other top-level keys are metadata. It is read by an unpickler that accepts only
+plain containers and numpy arrays, never code. Checkpoint names map to ours through
+`checkpoint_to_model_name` (the model is built with detectron2's names, so the map only strips wrappers);
+missing, unexpected and mis-shaped parameters are reported by name. The port loads with strict=False, so
+buffers the file may lack keep their initial values there: FrozenBN running statistics mean 0 / variance 1,
+and cell anchors computed from the anchor settings. We fill exactly those two defaults.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from unimo_pipe.pipeline.images import load_rgb, shortest_edge_size
 
 
 class DecodedImages(Dataset):
-    """(key, BGR uint8 tensor (3, h, w) resized, scale, (width, height)) or (key, RecordError)."""
+    """(key, (BGR uint8 tensor (3, h, w) resized, original (width, height))) or (key, RecordError)."""
 
     def __init__(self, items: list[tuple[str, Path]], *, min_size: int, max_size: int, max_pixels: int):
         self.items = items
@@ -39,7 +39,7 @@ class DecodedImages(Dataset):
         new_h, new_w = shortest_edge_size(height, width, self.min_size, self.max_size)
         resized = np.asarray(image.resize((new_w, new_h), Image.BILINEAR))[:, :, ::-1]  # RGB -> BGR
         tensor = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)
-        return key, (tensor, new_h / height, (width, height))
+        return key, (tensor, (width, height))
 
 
 def _as_list(batch: list) -> list:
@@ -84,21 +84,22 @@ class RegionExtractor:
                 if isinstance(value, RecordError):
                     yield key, value
                     continue
-                width, height = value[2]
+                width, height = value[1]
                 yield key, (region_arrays(results[key], width, height), {"width": width, "height": height})
 
-    def detect(self, images: list[tuple[torch.Tensor, float, tuple[int, int]]]):
-        sizes = [(t.shape[1], t.shape[2]) for t, _, _ in images]
+    def detect(self, images: list[tuple[torch.Tensor, tuple[int, int]]]):
+        """Detections per (resized BGR tensor, original (width, height)), boxes in original pixels."""
+        sizes = [(t.shape[1], t.shape[2]) for t, _ in images]
         height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
         batch = torch.zeros(len(images), 3, height, width, dtype=torch.float32)
-        for i, (tensor, _, _) in enumerate(images):
+        for i, (tensor, _) in enumerate(images):
             batch[i, :, : sizes[i][0], : sizes[i][1]] = tensor
         batch = batch.to(self.device, non_blocking=True)
         if self.device.startswith("cuda"):
             batch = batch.contiguous(memory_format=torch.channels_last)
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"
         with torch.autocast(device_type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-            return self.model.detect(batch, sizes, [scale for _, scale, _ in images])
+            return self.model.detect(batch, sizes, [(height, width) for _, (width, height) in images])
 
 
 def region_arrays(detections, width: int, height: int) -> dict[str, np.ndarray]:

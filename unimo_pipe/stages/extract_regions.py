@@ -100,6 +100,8 @@ class ExtractRegions(Stage):
                     if isinstance(outcome, RecordError):
                         raise outcome
                     arrays, meta = outcome
+                    if len(arrays["features"]) == 0:  # no proposals survived: written empty, but reported
+                        ctx.stats.count("images_without_boxes")
                     writer.add(key, arrays, meta=meta)
 
     def finalize(self, options: ExtractRegionsOptions, shard_dirs: list[Path]) -> None:
