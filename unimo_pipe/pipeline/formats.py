@@ -2,7 +2,8 @@
 training manifest, UNITER's region layout, and how a pair's image name finds its region features.
 
 A stage's output folder (the runner writes the layout, stages write the files inside a shard):
-    OUT/stage.json, OUT/config.yaml, OUT/summary.json, OUT/shards/NNNNN/{stats.json, the stage's files}
+    OUT/stage.json, OUT/config.yaml, OUT/summary.json, OUT/input_problems.json (only when there are some),
+    OUT/shards/NNNNN/{stats.json, the stage's files}, OUT/shards/NNNNN.partial/ while a shard is written
 
 Rows of the per-shard files that other stages read:
     import-pairs   pairs.jsonl      {"id", "image", "caption", ...}
@@ -39,6 +40,7 @@ SUMMARY_FILE = "summary.json"
 SHARDS_DIR = "shards"
 STATS_FILE = "stats.json"
 PARTIAL_SUFFIX = ".partial"
+INPUT_PROBLEMS_FILE = "input_problems.json"  # bad rows of side inputs that `Stage.open` found
 
 # -- per-shard files other stages read --
 PAIRS_FILE = "pairs.jsonl"

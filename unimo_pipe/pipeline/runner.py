@@ -27,6 +27,7 @@ from unimo_pipe.pipeline.config import config_hash, options_to_dict, output_affe
 from unimo_pipe.pipeline.errors import UserError
 from unimo_pipe.pipeline.formats import (
     CONFIG_FILE,
+    INPUT_PROBLEMS_FILE,
     PARTIAL_SUFFIX,
     SHARDS_DIR,
     STAGE_RECORD,
@@ -41,7 +42,6 @@ from unimo_pipe.pipeline.stats import merge_stats
 
 logger = logging.getLogger("unimo_pipe")
 
-INPUT_PROBLEMS_FILE = "input_problems.json"  # bad rows of side inputs found by `Stage.open`
 
 
 @dataclass

@@ -60,13 +60,14 @@ def _classify_briefly(out: Path, models: Path) -> None:
     """A few steps of classification fine-tuning from the pretrained model, on a task made from the demo
     pairs: does this caption describe this image ("match") or another one ("mismatch")?"""
     from unimo_pipe.pipeline.config import Source, resolve_options
+    from unimo_pipe.pipeline.formats import PAIRS_FILE
     from unimo_pipe.pipeline.jsonl import write_jsonl
     from unimo_pipe.pipeline.outputs import iter_output_jsonl
     from unimo_pipe.workflows.classify import ClassifierRecipe
     from unimo_pipe.workflows.classify_options import ClassifierOptions
     from unimo_pipe.workflows.pretrain import run_pretraining
 
-    pairs = list(iter_output_jsonl(out / "pairs", "pairs.jsonl"))
+    pairs = list(iter_output_jsonl(out / "pairs", PAIRS_FILE))
     images = sorted({p["image"] for p in pairs})
     labelled = out / "classify" / "matches.jsonl"
     other = {image: [i for i in images if i != image] for image in images}
