@@ -122,3 +122,16 @@ def test_one_task_weights_draw_tasks_by_weight_and_keep_proportions_within_a_tas
     assert set(drawn) == {frozenset({"cmcl"}), frozenset({"language"}), frozenset({"visual", "classification"})}
     assert abs(drawn[frozenset({"cmcl"})] / 4000 - 0.5) < 0.03
     assert abs(drawn[frozenset({"language"})] / 4000 - 0.25) < 0.03
+
+
+def test_every_loss_is_weighted_by_its_named_objective_and_an_unnamed_loss_is_refused():
+    from dataclasses import fields
+
+    from unimo_pipe.models.pretraining import LOSS_WEIGHTS, weighted_total
+
+    assert set(LOSS_WEIGHTS.values()) == {f.name for f in fields(ObjectiveWeights)}
+    weights = ObjectiveWeights(cmcl=2.0, language=3.0, visual=5.0, classification=7.0)
+    losses = {"loss_cmcl": torch.tensor(1.0), "loss_text_mlm": torch.tensor(1.0), "loss_image_moc": torch.tensor(1.0)}
+    assert weighted_total(losses, weights).item() == 2.0 + 3.0 + 7.0
+    with pytest.raises(KeyError, match="loss_image_cmcl"):  # a suffix alone must not pick the weight
+        weighted_total({"loss_image_cmcl": torch.tensor(1.0)}, weights)

@@ -17,7 +17,12 @@ THINGS = ["car", "dog", "boat", "tree", "house", "bird"]
 @pytest.fixture(scope="module")
 def training_inputs(tmp_path_factory):
     """12 images whose features encode (colour, thing); each caption names both."""
-    root = tmp_path_factory.mktemp("pretrain")
+    return make_training_inputs(tmp_path_factory.mktemp("pretrain"))
+
+
+def make_training_inputs(root: Path, *, soft_labels: bool = True) -> Path:
+    """Shards and a tiny tokenizer under `root`: the 12 pairs, a text corpus, and their images (with
+    4-class soft labels, or none)."""
     rng = np.random.default_rng(0)
     basis = rng.standard_normal((12, 16))
     pairs = []
@@ -25,9 +30,9 @@ def training_inputs(tmp_path_factory):
         for i in range(12):
             colour, thing = COLOURS[i % 6], THINGS[(i + 2 * (i // 6)) % 6]  # 12 distinct captions
             n = 10 + i % 3
-            writer.add(f"img{i}.jpg", {"features": basis[i] + 0.1 * rng.standard_normal((n, 16)),
-                                       "norm_bb": np.tile([0.1, 0.1, 0.6, 0.6, 0.5, 0.5], (n, 1)),
-                                       "conf": np.ones(n), "soft_labels": np.full((n, 4), 0.25)})
+            regions = {"features": basis[i] + 0.1 * rng.standard_normal((n, 16)),
+                       "norm_bb": np.tile([0.1, 0.1, 0.6, 0.6, 0.5, 0.5], (n, 1)), "conf": np.ones(n)}
+            writer.add(f"img{i}.jpg", {**regions, "soft_labels": np.full((n, 4), 0.25)} if soft_labels else regions)
             pairs.append({"id": f"p{i}", "image": f"img{i}.jpg", "caption": f"a {colour} {thing} in the picture"})
     write_jsonl(root / "pairs.jsonl", pairs)
     (root / "corpus.txt").write_text("".join(f"the {c} {t} stands near the road\n" for c in COLOURS for t in THINGS))
@@ -257,3 +262,14 @@ def test_evaluate_names_a_bad_model_folder_or_tokenizer_in_one_line(training_inp
     assert main(["evaluate", "--model", str(tmp_path / "empty"), "--shards", shards,
                  "--tokenizer", str(tmp_path / "empty")]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_the_region_class_head_takes_its_width_from_the_feature_store(training_inputs, tmp_path):
+    import torch
+
+    plain = make_training_inputs(tmp_path / "plain", soft_labels=False)
+    for root, classes in ((training_inputs, 4), (plain, None)):  # no soft labels: no class head at all
+        out = tmp_path / f"classes-{classes}"
+        assert pretrain(root, out, "--steps", "1", "--warmup-steps", "1") == 0
+        state = torch.load(out / "checkpoints" / "step-00000001.pt", weights_only=True)["model"]
+        assert (state["class_head.weight"].shape[0] if "class_head.weight" in state else None) == classes

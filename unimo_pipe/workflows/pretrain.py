@@ -90,6 +90,7 @@ class PretrainRecipe:
         sampling = Sampling(o.positives, o.negatives, o.retrieved_images, o.retrieved_texts)
         self.dataset = PairDataset(self.examples, sampling=sampling, seed=o.seed)
         self.streams = {"pair": self._stream(self.dataset, self.examples, self.collator.pairs)}
+        self.region_examples = [self.examples]
         totals = load_manifest(o.shards)["totals"]
         if o.single_modal and o.weight_language and totals.get("text"):
             text = self._examples("text")
@@ -97,6 +98,7 @@ class PretrainRecipe:
         if o.single_modal and o.weight_visual and totals.get("image"):
             images = self._examples("image")
             self.streams["image"] = self._stream(ImageDataset(images), images, self.collator.images)
+            self.region_examples.append(images)
 
     def _examples(self, kind: str, shards: Path | None = None):
         from unimo_pipe.pipeline.training_data import Examples
@@ -120,7 +122,7 @@ class PretrainRecipe:
         o = self.options
         sample = self.examples.features.db[self.examples.keys[0]]
         region_dim = sample["features"].shape[1]
-        classes = sample["soft_labels"].shape[1] if "soft_labels" in sample else 1601
+        classes = soft_label_width(self.region_examples)
         torch.manual_seed(o.seed)
         if o.model is not None:
             model = UnifiedModel.from_pretrained(o.model)
@@ -301,6 +303,20 @@ class _Stream:
                 self.batch_in_epoch += 1
                 return batch
             self.seek(self.epoch + 1, 0)
+
+
+def soft_label_width(examples: list) -> int:
+    """How many classes the soft labels (the detector's class distributions) of these Examples' images
+    have, read from the first image of each; 0 where their stores have none."""
+    widths = set()
+    for each in examples:
+        first = each.features.db[each.keys[0]] if each.features is not None and each.keys else {}
+        if "soft_labels" in first:
+            widths.add(first["soft_labels"].shape[1])
+    if len(widths) > 1:
+        raise UserError(f"the shards' images have soft labels of {' and '.join(map(str, sorted(widths)))} classes: "
+                        "use region features from one detector")
+    return widths.pop() if widths else 0
 
 
 class FinetuneRecipe(PretrainRecipe):
