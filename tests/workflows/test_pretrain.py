@@ -74,18 +74,18 @@ def test_resume_reproduces_the_uninterrupted_losses(training_inputs, tmp_path, m
     args = ["--steps", "6", "--checkpoint-every", "3", "--log-every", "1", "--warmup-steps", "2"]
     assert pretrain(training_inputs, tmp_path / "whole", *args) == 0
 
-    from unimo_pipe.workflows import pretrain as recipe_module
+    from unimo_pipe.workflows.training_loop import TrainingLoop
 
-    original = recipe_module.PretrainRecipe._after_step
+    original = TrainingLoop._after_step
 
     def kill_after_step_4(self, row):
         original(self, row)
         if self.step == 4:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(recipe_module.PretrainRecipe, "_after_step", kill_after_step_4)
+    monkeypatch.setattr(TrainingLoop, "_after_step", kill_after_step_4)
     assert pretrain(training_inputs, tmp_path / "resumed", *args) == 130
-    monkeypatch.setattr(recipe_module.PretrainRecipe, "_after_step", original)
+    monkeypatch.setattr(TrainingLoop, "_after_step", original)
     assert pretrain(training_inputs, tmp_path / "resumed", *args) == 0  # restarts from the step-3 checkpoint
     whole = read_jsonl(tmp_path / "whole" / "metrics.jsonl")
     resumed = read_jsonl(tmp_path / "resumed" / "metrics.jsonl")
