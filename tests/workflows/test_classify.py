@@ -163,3 +163,17 @@ def test_image_text_data_needs_features(labelled_inputs, tmp_path, capsys):
                  str(labelled_inputs / "train.jsonl"), "--tokenizer", str(labelled_inputs / "tok"), "--out",
                  str(tmp_path / "a")]) == 2
     assert "pairs texts with images: pass --features DIR" in capsys.readouterr().err
+
+
+def test_a_classifier_run_that_stops_early_writes_no_model_and_resumes(labelled_inputs, tmp_path, monkeypatch,
+                                                                        caplog):
+    from tests.workflows.test_pretrain import assert_stopped_with_a_checkpoint, stop_during_step
+    from unimo_pipe.workflows.classify import ClassifierRecipe
+
+    out, args = tmp_path / "run", ["--steps", "4", "--checkpoint-every", "2", "--warmup-steps", "1"]
+    with monkeypatch.context() as patch:
+        stop_during_step(patch, ClassifierRecipe, 4, KeyboardInterrupt())
+        assert finetune(labelled_inputs, out, *args) == 130
+    assert_stopped_with_a_checkpoint(out, 2, caplog)
+    assert finetune(labelled_inputs, out, *args) == 0
+    assert (out / "model" / "classifier.json").is_file() and (out / "classification.json").is_file()

@@ -273,3 +273,56 @@ def test_the_region_class_head_takes_its_width_from_the_feature_store(training_i
         assert pretrain(root, out, "--steps", "1", "--warmup-steps", "1") == 0
         state = torch.load(out / "checkpoints" / "step-00000001.pt", weights_only=True)["model"]
         assert (state["class_head.weight"].shape[0] if "class_head.weight" in state else None) == classes
+
+
+def stop_during_step(monkeypatch, recipe_class, step: int, error: BaseException) -> None:
+    """Make `recipe_class`'s training step `step` (counted from 1) raise `error`."""
+    original = recipe_class._micro_batch_losses
+
+    def failing(self, generator):
+        if self.loop.step == step - 1:
+            raise error
+        return original(self, generator)
+
+    monkeypatch.setattr(recipe_class, "_micro_batch_losses", failing)
+
+
+def assert_stopped_with_a_checkpoint(out: Path, step: int, caplog) -> None:
+    assert not (out / "model").exists()  # a half-trained model is not the final one
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == step
+    [line] = [r.getMessage() for r in caplog.records if "rerun the same command to resume" in r.getMessage()]
+    assert str(out / "checkpoints" / f"step-{step:08d}.pt") in line
+
+
+@pytest.mark.parametrize("error", [RuntimeError("a failing step"), KeyboardInterrupt()])
+def test_a_run_that_stops_early_writes_no_model_and_resumes_from_its_checkpoint(training_inputs, tmp_path,
+                                                                                monkeypatch, caplog, error):
+    from unimo_pipe.workflows.pretrain import PretrainRecipe
+
+    out, args = tmp_path / "run", ["--steps", "5", "--checkpoint-every", "3", "--warmup-steps", "1"]
+    with monkeypatch.context() as patch:
+        stop_during_step(patch, PretrainRecipe, 5, error)
+        if isinstance(error, KeyboardInterrupt):
+            assert pretrain(training_inputs, out, *args) == 130
+        else:
+            with pytest.raises(RuntimeError, match="a failing step"):
+                pretrain(training_inputs, out, *args)
+    assert_stopped_with_a_checkpoint(out, 3, caplog)
+    assert pretrain(training_inputs, out, *args) == 0
+    assert (out / "model" / "model.safetensors").is_file() and (out / "zero_shot.json").is_file()
+
+
+def test_finetune_that_stops_early_writes_no_model(training_inputs, tmp_path, monkeypatch, caplog):
+    from unimo_pipe.workflows.pretrain import FinetuneRecipe
+
+    assert pretrain(training_inputs, tmp_path / "pretrained", "--steps", "1", "--warmup-steps", "1") == 0
+    out = tmp_path / "tuned"
+    command = ["finetune", "--shards", str(training_inputs / "shards"), "--tokenizer", str(training_inputs / "tok"),
+               "--model", str(tmp_path / "pretrained" / "model"), "--batch-size", "6", "--workers", "0", "--out",
+               str(out), "--steps", "3", "--checkpoint-every", "2", "--warmup-steps", "1"]
+    with monkeypatch.context() as patch:
+        stop_during_step(patch, FinetuneRecipe, 3, KeyboardInterrupt())
+        assert main(command) == 130
+    assert_stopped_with_a_checkpoint(out, 2, caplog)
+    assert main(command) == 0
+    assert (out / "model" / "config.json").is_file() and (out / "retrieval.json").is_file()

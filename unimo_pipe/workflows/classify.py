@@ -84,9 +84,10 @@ class ClassifierRecipe:
     # -- train --
 
     def train(self) -> list[dict[str, Any]]:
-        """Train to --steps, then score accuracy; the metric rows of the steps this run made."""
+        """Train to --steps, then score accuracy and save OUT/model; the metric rows of the steps this run made."""
         history = self.loop.train(self._micro_batch_losses, evaluate=self.evaluate)
-        self.loop.finish(history, self.evaluate(), scores_file=self.scores_file)
+        self.loop.finish(history, self.evaluate(), scores_file=self.scores_file,
+                         save_model=self.module.save_pretrained)
         return history
 
     def _micro_batch_losses(self, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], int]:
@@ -105,8 +106,6 @@ class ClassifierRecipe:
                                      batch_size=self.options.batch_size, device=self.loop.device)
 
     def cleanup(self) -> None:
-        if self.loop.rank == 0:
-            self.module.save_pretrained(self.options.out / "model")
         self.loop.close()
 
 

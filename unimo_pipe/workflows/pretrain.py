@@ -117,9 +117,11 @@ class PretrainRecipe:
     # -- train --
 
     def train(self) -> list[dict[str, Any]]:
-        """Train to --steps, then score retrieval; the metric rows of the steps this run made."""
+        """Train to --steps, then score retrieval and save OUT/model; the metric rows of the steps this run
+        made."""
         history = self.loop.train(self._micro_batch_losses, evaluate=self.evaluate)
-        self.loop.finish(history, self.evaluate(), scores_file=self.scores_file)
+        self.loop.finish(history, self.evaluate(), scores_file=self.scores_file,
+                         save_model=self.module.model.save_pretrained)
         return history
 
     def _micro_batch_losses(self, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], int]:
@@ -141,8 +143,6 @@ class PretrainRecipe:
         return retrieval_recall(images, texts, keys, prefix=self.metric_prefix)
 
     def cleanup(self) -> None:
-        if self.loop.rank == 0:
-            self.module.model.save_pretrained(self.options.out / "model")
         self.loop.close()
 
 

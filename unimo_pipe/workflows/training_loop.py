@@ -8,7 +8,8 @@ to train and, per micro-batch, that module's losses.
 Exact resume: every step seeds its own randomness from (seed, step, rank) and batches come from the data
 layer's BatchPlan at a saved (epoch, batch) position, so a run resumed from a checkpoint repeats the
 uninterrupted run's losses. Metrics go to OUT/metrics.jsonl (rank 0), rewritten on resume so no line is
-doubled; checkpoints to OUT/checkpoints/.
+doubled; checkpoints to OUT/checkpoints/. Only a run that finishes writes OUT/model: one that stops
+early keeps its last checkpoint, and rerunning the same command resumes from it.
 """
 
 from __future__ import annotations
@@ -48,10 +49,14 @@ class TrainingRecipe(Protocol):
 
 
 def run_recipe(recipe: TrainingRecipe) -> list[dict[str, Any]]:
-    """setup(), train(), cleanup(); the metric rows of the steps this run made."""
+    """setup(), train(), cleanup(); the metric rows of the steps this run made. A run that stops early (an
+    error, Ctrl-C) writes no OUT/model and logs which checkpoint a rerun resumes from."""
     recipe.setup()
     try:
         return recipe.train()
+    except BaseException:
+        recipe.loop.report_unfinished()
+        raise
     finally:
         recipe.cleanup()
 
@@ -216,13 +221,29 @@ class TrainingLoop:
 
     # -- the end --
 
-    def finish(self, history: list[dict[str, Any]], scores: dict[str, Any], *, scores_file: str) -> None:
-        """After the last step: the final `scores` to OUT/`scores_file` (rank 0) and onto the last row of
-        `history`."""
+    def finish(self, history: list[dict[str, Any]], scores: dict[str, Any], *, scores_file: str,
+               save_model: Callable[[Path], None]) -> None:
+        """After the last step: the final `scores` to OUT/`scores_file` and onto the last row of `history`,
+        and the trained model to OUT/model (rank 0 writes)."""
         if history:
             history[-1].update(scores)
         if self.rank == 0:
             write_json_atomic(self.options.out / scores_file, scores)
+            save_model(self.options.out / "model")
+
+    def report_unfinished(self) -> None:
+        """One log line for a run that stopped before finishing: which checkpoint a rerun resumes from."""
+        if self.rank != 0:
+            return
+        latest = self._latest_checkpoint()
+        model = self.options.out / "model"
+        if latest is None:
+            logger.warning("%s: stopped at step %d of %d, before its first checkpoint (%s was not written): "
+                           "rerun the same command to start again", self.name, self.step, self.options.steps, model)
+            return
+        logger.warning("%s: stopped at step %d of %d (%s was not written); its last checkpoint is %s (step %d): "
+                       "rerun the same command to resume from it", self.name, self.step, self.options.steps, model,
+                       self.checkpoint_dir / latest["path"], latest["step"])
 
     def close(self) -> None:
         if self.board is not None:
