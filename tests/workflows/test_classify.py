@@ -177,3 +177,13 @@ def test_a_classifier_run_that_stops_early_writes_no_model_and_resumes(labelled_
     assert_stopped_with_a_checkpoint(out, 2, caplog)
     assert finetune(labelled_inputs, out, *args) == 0
     assert (out / "model" / "classifier.json").is_file() and (out / "classification.json").is_file()
+
+
+@pytest.mark.skipif(not torch.amp.is_autocast_available("cpu"), reason="no CPU autocast in this torch")
+def test_a_classifier_step_in_bf16_on_cpu(labelled_inputs, tmp_path):
+    out = tmp_path / "bf16"
+    assert finetune(labelled_inputs, out, "--steps", "2", "--warmup-steps", "1", "--log-every", "1",
+                    "--precision", "bf16") == 0
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
+    assert json.loads((out / "classification.json").read_text())["examples"] == 32

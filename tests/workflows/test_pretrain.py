@@ -326,3 +326,17 @@ def test_finetune_that_stops_early_writes_no_model(training_inputs, tmp_path, mo
     assert_stopped_with_a_checkpoint(out, 2, caplog)
     assert main(command) == 0
     assert (out / "model" / "config.json").is_file() and (out / "retrieval.json").is_file()
+
+
+@pytest.mark.skipif(not __import__("torch").amp.is_autocast_available("cpu"), reason="no CPU autocast in this torch")
+def test_a_pretrain_step_in_bf16_on_cpu(training_inputs, tmp_path):
+    # bf16 is the GPU default; asking for it on CPU shows dtype mistakes in the whole step (every stream
+    # and objective, the optimizer, the checkpoint) without a GPU.
+    out = tmp_path / "bf16"
+    assert pretrain(training_inputs, out, "--steps", "2", "--warmup-steps", "1", "--log-every", "1",
+                    "--precision", "bf16", "--in-batch-negatives", "--weight-matching", "1",
+                    "--weight-classification", "1", "--weight-alignment", "0.1") == 0
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert {"loss_cmcl", "loss_mrm", "loss_moc", "loss_itm", "loss_wra", "loss_image_mrm", "loss_image_moc"} <= set(
+        rows[0]) and all(np.isfinite(v) for r in rows for k, v in r.items() if k.startswith("loss"))
+    assert (out / "model" / "model.safetensors").is_file()

@@ -71,7 +71,7 @@ class TrainingLoop:
                                    else "cpu")
         if self.world_size > 1 and not torch.distributed.is_initialized():
             torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-        self.bf16 = self.device.type == "cuda"
+        self.bf16 = options.precision == "bf16" or (options.precision == "auto" and self.device.type == "cuda")
         self.streams: dict[str, StepStream] = {}
         self.step = 0
         self.board = None
@@ -124,7 +124,7 @@ class TrainingLoop:
         return SummaryWriter(str(self.options.out / "tensorboard"), purge_step=self.step + 1)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast on GPU, nothing on CPU."""
+        """bf16 autocast where --precision asks for it (auto: on GPU only), else nothing."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     # -- checkpoints --
