@@ -62,6 +62,9 @@ def run_recipe(recipe: TrainingRecipe) -> list[dict[str, Any]]:
 
 
 class TrainingLoop:
+    """The task-independent part of training: a recipe adds its streams, prepares its module, then calls
+    train() with its micro-batch step and finish() with its final scores and model."""
+
     def __init__(self, options: TrainingLoopOptions, *, name: str):
         """Joins the torchrun process group, if any. `name` (the command) prefixes the log lines."""
         self.options, self.name = options, name
