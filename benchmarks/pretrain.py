@@ -64,7 +64,8 @@ def build(gpu: bool, args, device) -> tuple[UnifiedModel, UnimoPretraining]:
     else:
         encoder = tiny_encoder(1000, hidden=args.cpu_hidden, layers=2, heads=2)
     model = UnifiedModel(encoder, region_dim=2048)
-    module = UnimoPretraining(model, vocab_size=encoder.config.vocab_size, mask_id=4, special_ids=[0, 1, 2])
+    module = UnimoPretraining(model, vocab_size=encoder.config.vocab_size, mask_id=4, special_ids=[0, 1, 2],
+                              soft_label_classes=0)  # the synthetic batches have no soft labels
     return model, module.to(device)
 
 

@@ -122,3 +122,37 @@ def test_one_task_weights_draw_tasks_by_weight_and_keep_proportions_within_a_tas
     assert set(drawn) == {frozenset({"cmcl"}), frozenset({"language"}), frozenset({"visual", "classification"})}
     assert abs(drawn[frozenset({"cmcl"})] / 4000 - 0.5) < 0.03
     assert abs(drawn[frozenset({"language"})] / 4000 - 0.25) < 0.03
+
+
+def test_every_loss_is_weighted_by_its_named_objective_and_an_unnamed_loss_is_refused():
+    from dataclasses import fields
+
+    from unimo_pipe.models.pretraining import LOSS_WEIGHTS, weighted_total
+
+    assert set(LOSS_WEIGHTS.values()) == {f.name for f in fields(ObjectiveWeights)}
+    weights = ObjectiveWeights(cmcl=2.0, language=3.0, visual=5.0, classification=7.0)
+    losses = {"loss_cmcl": torch.tensor(1.0), "loss_text_mlm": torch.tensor(1.0), "loss_image_moc": torch.tensor(1.0)}
+    assert weighted_total(losses, weights).item() == 2.0 + 3.0 + 7.0
+    with pytest.raises(KeyError, match="loss_image_cmcl"):  # a suffix alone must not pick the weight
+        weighted_total({"loss_image_cmcl": torch.tensor(1.0)}, weights)
+
+
+@pytest.mark.skipif(not torch.amp.is_autocast_available("cpu"), reason="this torch has no CPU autocast")
+def test_every_objective_trains_under_bf16_autocast_on_cpu(shards, tokenizer):  # noqa: F811
+    """The dtype mix of a GPU step (bf16 activations, fp32 weights and losses), without a GPU."""
+    specials = [tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id]
+    weights = ObjectiveWeights(matching=1.0, classification=1.0, alignment=0.5)
+    for retrieval_loss in ("cmcl", "triplet"):
+        batch, model, pretraining = tiny_setup(shards, tokenizer, Sampling(1, 3, 1, 1), special_ids=specials,
+                                               in_batch_negatives=True, retrieval_loss=retrieval_loss)
+        seen = set()
+        for seed in range(2):  # seed 0 draws seq2seq, seed 1 MLM
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                losses = pretraining(batch, torch.Generator().manual_seed(seed), weights)
+            assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values()), losses
+            losses["loss"].backward()
+            seen |= set(losses)
+        assert {f"loss_{retrieval_loss}", "loss_mlm", "loss_seq2seq", "loss_mrm", "loss_moc", "loss_itm",
+                "loss_wra"} <= seen
+        assert all(p.grad is None or p.grad.dtype == torch.float32 for p in pretraining.parameters())
+        assert model.region_feature.weight.grad is not None

@@ -79,18 +79,18 @@ def test_classifier_learns_a_task_that_needs_image_and_text_and_evaluates_alone(
 def test_classifier_resume_reproduces_the_uninterrupted_losses(labelled_inputs, tmp_path, monkeypatch):
     args = ["--steps", "6", "--checkpoint-every", "3", "--log-every", "1", "--warmup-steps", "2"]
     assert finetune(labelled_inputs, tmp_path / "whole", *args) == 0
-    from unimo_pipe.workflows.classify import ClassifierRecipe
+    from unimo_pipe.workflows.training_loop import TrainingLoop
 
-    original = ClassifierRecipe._after_step
+    original = TrainingLoop._after_step
 
     def kill_after_step_4(self, row):
         original(self, row)
         if self.step == 4:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(ClassifierRecipe, "_after_step", kill_after_step_4)
+    monkeypatch.setattr(TrainingLoop, "_after_step", kill_after_step_4)
     assert finetune(labelled_inputs, tmp_path / "resumed", *args) == 130
-    monkeypatch.setattr(ClassifierRecipe, "_after_step", original)
+    monkeypatch.setattr(TrainingLoop, "_after_step", original)
     assert finetune(labelled_inputs, tmp_path / "resumed", *args) == 0
     whole = read_jsonl(tmp_path / "whole" / "metrics.jsonl")
     resumed = read_jsonl(tmp_path / "resumed" / "metrics.jsonl")
@@ -163,3 +163,27 @@ def test_image_text_data_needs_features(labelled_inputs, tmp_path, capsys):
                  str(labelled_inputs / "train.jsonl"), "--tokenizer", str(labelled_inputs / "tok"), "--out",
                  str(tmp_path / "a")]) == 2
     assert "pairs texts with images: pass --features DIR" in capsys.readouterr().err
+
+
+def test_a_classifier_run_that_stops_early_writes_no_model_and_resumes(labelled_inputs, tmp_path, monkeypatch,
+                                                                        caplog):
+    from tests.workflows.test_pretrain import assert_stopped_with_a_checkpoint, stop_during_step
+    from unimo_pipe.workflows.classify import ClassifierRecipe
+
+    out, args = tmp_path / "run", ["--steps", "4", "--checkpoint-every", "2", "--warmup-steps", "1"]
+    with monkeypatch.context() as patch:
+        stop_during_step(patch, ClassifierRecipe, 4, KeyboardInterrupt())
+        assert finetune(labelled_inputs, out, *args) == 130
+    assert_stopped_with_a_checkpoint(out, 2, caplog)
+    assert finetune(labelled_inputs, out, *args) == 0
+    assert (out / "model" / "classifier.json").is_file() and (out / "classification.json").is_file()
+
+
+@pytest.mark.skipif(not torch.amp.is_autocast_available("cpu"), reason="no CPU autocast in this torch")
+def test_a_classifier_step_in_bf16_on_cpu(labelled_inputs, tmp_path):
+    out = tmp_path / "bf16"
+    assert finetune(labelled_inputs, out, "--steps", "2", "--warmup-steps", "1", "--log-every", "1",
+                    "--precision", "bf16") == 0
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
+    assert json.loads((out / "classification.json").read_text())["examples"] == 32

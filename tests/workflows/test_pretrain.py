@@ -17,7 +17,12 @@ THINGS = ["car", "dog", "boat", "tree", "house", "bird"]
 @pytest.fixture(scope="module")
 def training_inputs(tmp_path_factory):
     """12 images whose features encode (colour, thing); each caption names both."""
-    root = tmp_path_factory.mktemp("pretrain")
+    return make_training_inputs(tmp_path_factory.mktemp("pretrain"))
+
+
+def make_training_inputs(root: Path, *, soft_labels: bool = True) -> Path:
+    """Shards and a tiny tokenizer under `root`: the 12 pairs, a text corpus, and their images (with
+    4-class soft labels, or none)."""
     rng = np.random.default_rng(0)
     basis = rng.standard_normal((12, 16))
     pairs = []
@@ -25,9 +30,9 @@ def training_inputs(tmp_path_factory):
         for i in range(12):
             colour, thing = COLOURS[i % 6], THINGS[(i + 2 * (i // 6)) % 6]  # 12 distinct captions
             n = 10 + i % 3
-            writer.add(f"img{i}.jpg", {"features": basis[i] + 0.1 * rng.standard_normal((n, 16)),
-                                       "norm_bb": np.tile([0.1, 0.1, 0.6, 0.6, 0.5, 0.5], (n, 1)),
-                                       "conf": np.ones(n), "soft_labels": np.full((n, 4), 0.25)})
+            regions = {"features": basis[i] + 0.1 * rng.standard_normal((n, 16)),
+                       "norm_bb": np.tile([0.1, 0.1, 0.6, 0.6, 0.5, 0.5], (n, 1)), "conf": np.ones(n)}
+            writer.add(f"img{i}.jpg", {**regions, "soft_labels": np.full((n, 4), 0.25)} if soft_labels else regions)
             pairs.append({"id": f"p{i}", "image": f"img{i}.jpg", "caption": f"a {colour} {thing} in the picture"})
     write_jsonl(root / "pairs.jsonl", pairs)
     (root / "corpus.txt").write_text("".join(f"the {c} {t} stands near the road\n" for c in COLOURS for t in THINGS))
@@ -69,18 +74,18 @@ def test_resume_reproduces_the_uninterrupted_losses(training_inputs, tmp_path, m
     args = ["--steps", "6", "--checkpoint-every", "3", "--log-every", "1", "--warmup-steps", "2"]
     assert pretrain(training_inputs, tmp_path / "whole", *args) == 0
 
-    from unimo_pipe.workflows import pretrain as recipe_module
+    from unimo_pipe.workflows.training_loop import TrainingLoop
 
-    original = recipe_module.PretrainRecipe._after_step
+    original = TrainingLoop._after_step
 
     def kill_after_step_4(self, row):
         original(self, row)
         if self.step == 4:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(recipe_module.PretrainRecipe, "_after_step", kill_after_step_4)
+    monkeypatch.setattr(TrainingLoop, "_after_step", kill_after_step_4)
     assert pretrain(training_inputs, tmp_path / "resumed", *args) == 130
-    monkeypatch.setattr(recipe_module.PretrainRecipe, "_after_step", original)
+    monkeypatch.setattr(TrainingLoop, "_after_step", original)
     assert pretrain(training_inputs, tmp_path / "resumed", *args) == 0  # restarts from the step-3 checkpoint
     whole = read_jsonl(tmp_path / "whole" / "metrics.jsonl")
     resumed = read_jsonl(tmp_path / "resumed" / "metrics.jsonl")
@@ -257,3 +262,81 @@ def test_evaluate_names_a_bad_model_folder_or_tokenizer_in_one_line(training_inp
     assert main(["evaluate", "--model", str(tmp_path / "empty"), "--shards", shards,
                  "--tokenizer", str(tmp_path / "empty")]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_the_region_class_head_takes_its_width_from_the_feature_store(training_inputs, tmp_path):
+    import torch
+
+    plain = make_training_inputs(tmp_path / "plain", soft_labels=False)
+    for root, classes in ((training_inputs, 4), (plain, None)):  # no soft labels: no class head at all
+        out = tmp_path / f"classes-{classes}"
+        assert pretrain(root, out, "--steps", "1", "--warmup-steps", "1") == 0
+        state = torch.load(out / "checkpoints" / "step-00000001.pt", weights_only=True)["model"]
+        assert (state["class_head.weight"].shape[0] if "class_head.weight" in state else None) == classes
+
+
+def stop_during_step(monkeypatch, recipe_class, step: int, error: BaseException) -> None:
+    """Make `recipe_class`'s training step `step` (counted from 1) raise `error`."""
+    original = recipe_class._micro_batch_losses
+
+    def failing(self, generator):
+        if self.loop.step == step - 1:
+            raise error
+        return original(self, generator)
+
+    monkeypatch.setattr(recipe_class, "_micro_batch_losses", failing)
+
+
+def assert_stopped_with_a_checkpoint(out: Path, step: int, caplog) -> None:
+    assert not (out / "model").exists()  # a half-trained model is not the final one
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == step
+    [line] = [r.getMessage() for r in caplog.records if "rerun the same command to resume" in r.getMessage()]
+    assert str(out / "checkpoints" / f"step-{step:08d}.pt") in line
+
+
+@pytest.mark.parametrize("error", [RuntimeError("a failing step"), KeyboardInterrupt()])
+def test_a_run_that_stops_early_writes_no_model_and_resumes_from_its_checkpoint(training_inputs, tmp_path,
+                                                                                monkeypatch, caplog, error):
+    from unimo_pipe.workflows.pretrain import PretrainRecipe
+
+    out, args = tmp_path / "run", ["--steps", "5", "--checkpoint-every", "3", "--warmup-steps", "1"]
+    with monkeypatch.context() as patch:
+        stop_during_step(patch, PretrainRecipe, 5, error)
+        if isinstance(error, KeyboardInterrupt):
+            assert pretrain(training_inputs, out, *args) == 130
+        else:
+            with pytest.raises(RuntimeError, match="a failing step"):
+                pretrain(training_inputs, out, *args)
+    assert_stopped_with_a_checkpoint(out, 3, caplog)
+    assert pretrain(training_inputs, out, *args) == 0
+    assert (out / "model" / "model.safetensors").is_file() and (out / "zero_shot.json").is_file()
+
+
+def test_finetune_that_stops_early_writes_no_model(training_inputs, tmp_path, monkeypatch, caplog):
+    from unimo_pipe.workflows.pretrain import FinetuneRecipe
+
+    assert pretrain(training_inputs, tmp_path / "pretrained", "--steps", "1", "--warmup-steps", "1") == 0
+    out = tmp_path / "tuned"
+    command = ["finetune", "--shards", str(training_inputs / "shards"), "--tokenizer", str(training_inputs / "tok"),
+               "--model", str(tmp_path / "pretrained" / "model"), "--batch-size", "6", "--workers", "0", "--out",
+               str(out), "--steps", "3", "--checkpoint-every", "2", "--warmup-steps", "1"]
+    with monkeypatch.context() as patch:
+        stop_during_step(patch, FinetuneRecipe, 3, KeyboardInterrupt())
+        assert main(command) == 130
+    assert_stopped_with_a_checkpoint(out, 2, caplog)
+    assert main(command) == 0
+    assert (out / "model" / "config.json").is_file() and (out / "retrieval.json").is_file()
+
+
+@pytest.mark.skipif(not __import__("torch").amp.is_autocast_available("cpu"), reason="no CPU autocast in this torch")
+def test_a_pretrain_step_in_bf16_on_cpu(training_inputs, tmp_path):
+    # bf16 is the GPU default; asking for it on CPU shows dtype mistakes in the whole step (every stream
+    # and objective, the optimizer, the checkpoint) without a GPU.
+    out = tmp_path / "bf16"
+    assert pretrain(training_inputs, out, "--steps", "2", "--warmup-steps", "1", "--log-every", "1",
+                    "--precision", "bf16", "--in-batch-negatives", "--weight-matching", "1",
+                    "--weight-classification", "1", "--weight-alignment", "0.1") == 0
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert {"loss_cmcl", "loss_mrm", "loss_moc", "loss_itm", "loss_wra", "loss_image_mrm", "loss_image_moc"} <= set(
+        rows[0]) and all(np.isfinite(v) for r in rows for k, v in r.items() if k.startswith("loss"))
+    assert (out / "model" / "model.safetensors").is_file()

@@ -1,6 +1,6 @@
 """UNIMO's pretraining objectives as tensor functions: CMCL, language masking, visual masking.
 
-CMCL (shared/MISSION.md): for a pair (V, W), with d = cosine of the [IMG] and [CLS] representations,
+CMCL (UNIMO, Li et al. 2021): for a pair (V, W), with d = cosine of the [IMG] and [CLS] representations,
     L = -log( sum_{X+ u X_I u X_T} exp(d/tau) / sum_{X- u X+ u X_I u X_T} exp(d/tau) )
 where X+ holds the pair itself and its positives, X- its hard negatives, X_I retrieved images paired with
 the original text, and X_T retrieved texts paired with the original image. Callers gather, per pair, the
@@ -12,11 +12,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-
-def cosine_scores(image_vectors: torch.Tensor, text_vectors: torch.Tensor) -> torch.Tensor:
-    """d(V, W) row by row: cosine of matching rows."""
-    return F.cosine_similarity(image_vectors.float(), text_vectors.float(), dim=-1)
 
 
 def cmcl_loss(positive_scores: torch.Tensor, positive_mask: torch.Tensor, negative_scores: torch.Tensor,

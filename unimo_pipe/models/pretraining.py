@@ -54,6 +54,22 @@ class ObjectiveWeights:
     alignment: float = 0.0
 
 
+LOSS_WEIGHTS = {  # each loss `forward` can return -> the ObjectiveWeights field that weighs it
+    "loss_cmcl": "cmcl", "loss_triplet": "cmcl",
+    "loss_mlm": "language", "loss_seq2seq": "language", "loss_text_mlm": "language", "loss_text_seq2seq": "language",
+    "loss_mrm": "visual", "loss_image_mrm": "visual",
+    "loss_moc": "classification", "loss_image_moc": "classification",
+    "loss_itm": "matching",
+    "loss_wra": "alignment",
+}
+
+
+def weighted_total(losses: dict[str, torch.Tensor], weights: ObjectiveWeights) -> torch.Tensor:
+    """The training loss: each loss times its objective's weight (LOSS_WEIGHTS). A loss missing from the
+    table is a KeyError, not a guess from its name."""
+    return sum(getattr(weights, LOSS_WEIGHTS[name]) * value for name, value in losses.items())
+
+
 _TASKS = {"cmcl": ("cmcl",), "language": ("language",), "regions": ("visual", "classification"),
           "matching": ("matching", "alignment")}  # objectives that share a task (and its forward passes)
 
@@ -71,14 +87,16 @@ def one_task_weights(weights: ObjectiveWeights, generator: torch.Generator) -> O
 
 class UnimoPretraining(nn.Module):
     def __init__(self, model: UnifiedModel, *, vocab_size: int, mask_id: int, special_ids: list[int],
-                 temperature: float = 0.07, in_batch_negatives: bool = False, soft_label_classes: int = 1601,
+                 soft_label_classes: int, temperature: float = 0.07, in_batch_negatives: bool = False,
                  retrieval_loss: str = "cmcl", margin: float = 0.2):
+        """`soft_label_classes`: the width of the feature store's soft labels (the detector's classes), which
+        the region classification head predicts; 0 for a store without soft labels (no such head)."""
         super().__init__()
         hidden = model.hidden_size
         self.model = model
         self.lm_head = nn.Linear(hidden, vocab_size)
         self.feature_head = nn.Linear(hidden, model.region_dim)
-        self.class_head = nn.Linear(hidden, soft_label_classes)
+        self.class_head = nn.Linear(hidden, soft_label_classes) if soft_label_classes else None
         self.match_head = nn.Linear(hidden, 2)
         self.vocab_size, self.mask_id = vocab_size, mask_id
         self.register_buffer("special_ids", torch.tensor(special_ids, dtype=torch.long), persistent=False)
@@ -183,6 +201,8 @@ class UnimoPretraining(nn.Module):
         regions = out["hidden"][:, 1 : out["image_length"]]
         predicted = self.feature_head(regions)
         if "region_soft_labels" in batch:
+            if self.class_head is None:
+                raise ValueError("this batch has soft labels but the model was built with soft_label_classes=0")
             logits, labels = self.class_head(regions), batch["region_soft_labels"]
             regression, kl = masked_region_losses(predicted, features, logits, labels, masked)
             return regression + kl, region_classification_loss(logits, labels, masked)
@@ -233,10 +253,7 @@ class UnimoPretraining(nn.Module):
             losses["loss_itm"], alignment = self.matching(batch, generator, alignment=bool(weights.alignment))
             if alignment is not None:
                 losses["loss_wra"] = alignment
-        scale = {"cmcl": weights.cmcl, "triplet": weights.cmcl, "mlm": weights.language, "seq2seq": weights.language,
-                 "mrm": weights.visual, "moc": weights.classification, "itm": weights.matching,
-                 "wra": weights.alignment}
-        losses["loss"] = sum(scale[name.rsplit("_", 1)[1]] * value for name, value in losses.items())
+        losses["loss"] = weighted_total(losses, weights)
         return losses
 
     def _add_region_losses(self, losses: dict, prefix: str, batch: dict, generator: torch.Generator) -> None:

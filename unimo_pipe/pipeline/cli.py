@@ -280,14 +280,15 @@ def _pretrain_command(args: argparse.Namespace) -> int:
     from unimo_pipe.pipeline.config import resolve_options
     from unimo_pipe.workflows.classify import ClassifierRecipe
     from unimo_pipe.workflows.classify_options import ClassifierOptions
-    from unimo_pipe.workflows.pretrain import FinetuneRecipe, PretrainRecipe, run_pretraining
+    from unimo_pipe.workflows.pretrain import FinetuneRecipe, PretrainRecipe
     from unimo_pipe.workflows.pretrain_options import FinetuneOptions, PretrainOptions
+    from unimo_pipe.workflows.training_loop import run_recipe
 
     options_class, recipe = {"pretrain": (PretrainOptions, PretrainRecipe),
                              "finetune": (FinetuneOptions, FinetuneRecipe),
                              "finetune-classifier": (ClassifierOptions, ClassifierRecipe)}[args.command]
     options = resolve_options(options_class, option_sources(options_class, args.command, args))
-    history = run_pretraining(options, recipe)
+    history = run_recipe(recipe(options))
     if history and int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps(history[-1]))
     return 0

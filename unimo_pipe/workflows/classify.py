@@ -7,8 +7,9 @@ model.
     unimo-pipe evaluate-classifier --model runs/snli-ve/model --data snli_ve_test.jsonl --features feats/ \
         --tokenizer roberta-base
 
-The training loop is pretrain's (DDP under torchrun, bf16 on GPU, accumulation, checkpoints with exact
-resume, metrics.jsonl, TensorBoard); only the data, the model and the evaluation differ. The classes are
+The recipe owns a TrainingLoop, as pretrain's does (DDP under torchrun, bf16 on GPU, accumulation,
+checkpoints with exact resume, metrics.jsonl, TensorBoard); it adds the labelled data, the classifier and
+its accuracy. The classes are
 the training file's labels, sorted, and are saved with the model (classifier.json).
 """
 
@@ -23,21 +24,30 @@ import torch
 from unimo_pipe.pipeline.errors import UserError
 from unimo_pipe.pipeline.training_data import batch_to_device
 from unimo_pipe.workflows.classify_options import ClassifierOptions, EvaluateClassifierOptions
-from unimo_pipe.workflows.pretrain import PretrainRecipe, _Stream
+from unimo_pipe.workflows.training_loop import TrainingLoop
 
 logger = logging.getLogger("unimo_pipe")
 
 
-class ClassifierRecipe(PretrainRecipe):
-    eval_file = "classification.json"
+class ClassifierRecipe:
+    command = "finetune-classifier"
+    scores_file = "classification.json"
 
     def __init__(self, options: ClassifierOptions):
         self.options = options
 
+    # -- setup --
+
+    def setup(self) -> None:
+        self.loop = TrainingLoop(self.options, name=self.command)
+        self._setup_data()
+        self._setup_model()
+        self.loop.prepare(self.module)
+
     def _setup_data(self) -> None:
         from unimo_pipe.models.tokenizers import load_tokenizer
         from unimo_pipe.pipeline.labelled_data import LabelledDataset, LabelledExamples, is_text_only
-        from unimo_pipe.pipeline.training_data import BatchPlan, Collator
+        from unimo_pipe.pipeline.training_data import Collator
 
         o = self.options
         self.tokenizer = load_tokenizer(o.tokenizer, of="--tokenizer")
@@ -53,9 +63,8 @@ class ClassifierRecipe(PretrainRecipe):
             held_out = LabelledExamples.load(o.eval, image_keys=image_keys, labels=train.labels)
             _log_left_out(held_out)
             self.eval_dataset = LabelledDataset(held_out, features, max_regions=o.max_regions)
-        plan = BatchPlan(train.text_lengths + self.dataset.box_counts(), batch_size=o.batch_size, rank=self.rank,
-                         world_size=self.world_size, seed=o.seed)
-        self.streams = {"pair": _Stream(self.dataset, plan, self.collator.labelled, o.workers)}
+        self.pairs = self.loop.add_stream("pair", self.dataset, train.text_lengths + self.dataset.box_counts(),
+                                          self.collator.labelled)
 
     def _setup_model(self) -> None:
         from unimo_pipe.models.classifier import PairClassifier
@@ -68,17 +77,24 @@ class ClassifierRecipe(PretrainRecipe):
         if model.region_dim != region_dim:
             raise UserError(f"{o.model} takes {model.region_dim}-d region features but {o.features} holds "
                             f"{region_dim}-d ones: use features from the detector the model was trained with")
-        self.module = PairClassifier(model, self.labels, with_image=self.with_image).to(self.device)
+        self.module = PairClassifier(model, self.labels, with_image=self.with_image).to(self.loop.device)
         if o.compile:
             model.compile()
-        self.trainer = self.module
-        if self.world_size > 1:
-            self.trainer = torch.nn.parallel.DistributedDataParallel(self.module)
+
+    # -- train --
+
+    def train(self) -> list[dict[str, Any]]:
+        """Train to --steps, then score accuracy and save OUT/model; the metric rows of the steps this run made."""
+        history = self.loop.train(self._micro_batch_losses, evaluate=self.evaluate)
+        self.loop.finish(history, self.evaluate(), scores_file=self.scores_file,
+                         save_model=self.module.save_pretrained)
+        return history
 
     def _micro_batch_losses(self, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], int]:
-        batch = batch_to_device(next(self.streams["pair"]), self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            losses = self.trainer(batch)
+        """The losses of the next labelled micro-batch, and how many examples it held."""
+        batch = batch_to_device(next(self.pairs), self.loop.device)
+        with self.loop.autocast():
+            losses = self.loop.trainer(batch)
         return losses, len(batch["index"])
 
     def evaluate(self) -> dict[str, float]:
@@ -87,10 +103,10 @@ class ClassifierRecipe(PretrainRecipe):
         if self.options.eval is None and self.options.eval_examples:
             count = min(count, self.options.eval_examples)
         return classification_scores(self.module, self.eval_dataset, self.collator, count=count,
-                                     batch_size=self.options.batch_size, device=self.device)
+                                     batch_size=self.options.batch_size, device=self.loop.device)
 
-    def save_model(self, folder: Path) -> None:
-        self.module.save_pretrained(folder)
+    def cleanup(self) -> None:
+        self.loop.close()
 
 
 @torch.no_grad()

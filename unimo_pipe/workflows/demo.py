@@ -39,14 +39,15 @@ def run_demo(out: Path) -> None:
 def _pretrain_briefly(out: Path, models: Path) -> None:
     """A few steps of the real recipe on the demo's shards: shows the loop, metrics and checkpoints work."""
     from unimo_pipe.pipeline.config import Source, resolve_options
-    from unimo_pipe.workflows.pretrain import run_pretraining
+    from unimo_pipe.workflows.pretrain import PretrainRecipe
     from unimo_pipe.workflows.pretrain_options import PretrainOptions
+    from unimo_pipe.workflows.training_loop import run_recipe
 
     options = resolve_options(PretrainOptions, [Source("demo", {
         "shards": str(out / "shards"), "tokenizer": str(models / "tokenizer-tiny"), "out": str(out / "pretrain"),
         "steps": 20, "batch_size": 8, "lr": 1e-3, "warmup_steps": 2, "log_every": 5, "checkpoint_every": 10,
         "workers": 0, "in_batch_negatives": True})])
-    history = run_pretraining(options)
+    history = run_recipe(PretrainRecipe(options))
     if not history:
         print(f"pretrain: already finished ({options.steps} steps) in {out / 'pretrain'}")
         return
@@ -65,7 +66,7 @@ def _classify_briefly(out: Path, models: Path) -> None:
     from unimo_pipe.pipeline.outputs import iter_output_jsonl
     from unimo_pipe.workflows.classify import ClassifierRecipe
     from unimo_pipe.workflows.classify_options import ClassifierOptions
-    from unimo_pipe.workflows.pretrain import run_pretraining
+    from unimo_pipe.workflows.training_loop import run_recipe
 
     pairs = list(iter_output_jsonl(out / "pairs", PAIRS_FILE))
     images = sorted({p["image"] for p in pairs})
@@ -78,7 +79,7 @@ def _classify_briefly(out: Path, models: Path) -> None:
         "model": str(out / "pretrain" / "model"), "train": str(labelled), "features": str(out / "features"),
         "tokenizer": str(models / "tokenizer-tiny"), "out": str(out / "classify"), "steps": 20, "batch_size": 8,
         "lr": 1e-3, "warmup_steps": 2, "log_every": 5, "checkpoint_every": 10, "workers": 0})])
-    history = run_pretraining(options, ClassifierRecipe)
+    history = run_recipe(ClassifierRecipe(options))
     if not history:
         print(f"finetune-classifier: already finished ({options.steps} steps) in {out / 'classify'}")
         return

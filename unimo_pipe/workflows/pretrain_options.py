@@ -29,6 +29,8 @@ class TrainingLoopOptions:
     eval_every: int = option(0, help="steps between evaluations (0: at the end only)", minimum=0)
     seed: int = option(0, help="seed of everything random")
     workers: int = option(2, help="DataLoader workers", minimum=0)
+    precision: str = option("auto", help="autocast of the training steps: auto (bf16 on GPU, fp32 on CPU), bf16 "
+                            "(on CPU too, where torch supports it) or fp32", choices=("auto", "bf16", "fp32"))
     compile: bool = option(False, help="torch.compile the transformer layers (faster steps on GPU after a "
                            "warm-up of a minute or two; checkpoints are unchanged)")
 
