@@ -55,7 +55,7 @@ def build(root: Path, images: int) -> tuple[Path, Path]:
 
 
 def measure(shards: Path, tokenizer, workers: int, batch_size: int) -> tuple[float, float]:
-    examples = Examples(shards, "pair", tokenizer=tokenizer)
+    examples = Examples(shards, "pair")
     plan = BatchPlan(examples.text_lengths + examples.box_counts(), batch_size=batch_size)
     loader = make_loader(PairDataset(examples), plan, Collator(tokenizer).pairs, workers=workers, pin_memory=False)
     start = time.perf_counter()

@@ -21,7 +21,7 @@ def test_group_pads_scores_by_owner():
 
 def tiny_setup(shards, tokenizer, sampling: Sampling, *, hidden: int = 32, **options):  # noqa: F811
     """A batch of 4 pairs from the test shards, and a tiny model with its objectives."""
-    dataset = PairDataset(Examples(shards, "pair", tokenizer=tokenizer), sampling=sampling)
+    dataset = PairDataset(Examples(shards, "pair"), sampling=sampling)
     batch = Collator(tokenizer).pairs([dataset[i] for i in range(4)])
     torch.manual_seed(0)
     model = UnifiedModel(tiny_encoder(len(tokenizer), hidden=hidden), region_dim=8)

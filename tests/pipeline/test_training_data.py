@@ -78,7 +78,7 @@ def test_bucketing_keeps_sizes_close_within_a_batch():
 
 
 def test_pair_batches_have_padded_tensors_masks_and_owners(shards, tokenizer):
-    examples = Examples(shards, "pair", tokenizer=tokenizer, max_regions=11)
+    examples = Examples(shards, "pair", max_regions=11)
     assert len(examples) == 30 and examples.box_counts().max() == 11
     dataset = PairDataset(examples, sampling=Sampling(positives=2, negatives=4, retrieved_images=1,
                                                       retrieved_texts=1), seed=5)
@@ -99,17 +99,17 @@ def test_pair_batches_have_padded_tensors_masks_and_owners(shards, tokenizer):
 
 
 def test_text_and_image_batches(shards, tokenizer):
-    texts = TextDataset(Examples(shards, "text", tokenizer=tokenizer))
+    texts = TextDataset(Examples(shards, "text"))
     batch = Collator(tokenizer).texts([texts[i] for i in range(4)])
     assert batch["text_ids"].shape[0] == 4 and batch["text_mask"].any(1).all()
-    images = ImageDataset(Examples(shards, "image", tokenizer=tokenizer))
+    images = ImageDataset(Examples(shards, "image"))
     batch = Collator.images([images[i] for i in range(3)])
     assert batch["region_features"].shape == (3, 20, 8)  # img0, img1, img10: 10, 11 and 20 boxes
     assert batch["region_mask"].sum().item() == 10 + 11 + 20
 
 
 def test_loader_with_worker_processes_covers_each_rank_once(shards, tokenizer):
-    examples = Examples(shards, "pair", tokenizer=tokenizer)
+    examples = Examples(shards, "pair")
     seen = []
     for rank in range(2):
         plan = BatchPlan(examples.text_lengths + examples.box_counts(), batch_size=4, rank=rank, world_size=2)
@@ -124,5 +124,5 @@ def test_empty_shards_give_empty_batches(tmp_path, tokenizer):
     from unimo_pipe.pipeline.cli import main
 
     assert main(["shard", "--pairs", str(empty), "--out", str(out)]) == 0
-    examples = Examples(out, "pair", tokenizer=tokenizer)
+    examples = Examples(out, "pair")
     assert len(examples) == 0 and BatchPlan(examples.text_lengths, batch_size=4).batches(0) == []

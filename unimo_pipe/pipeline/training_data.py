@@ -1,8 +1,8 @@
 """The trainer's data layer: training shards (from `unimo-pipe shard`) as PyTorch datasets and batches.
 
-- `load_manifest` checks the manifest (schema version, files present, optional sha256) with clear errors.
-- `Examples` indexes one kind of record (pair / text / image) across shards by byte offset, and reads
-  and tokenises one record on demand; region features come from the LMDB, opened per worker process.
+- `Examples` indexes one kind of record (pair / text / image) across the shards a checked manifest lists
+  (`pipeline.formats.load_manifest`), by byte offset, and reads one record on demand; region features come
+  from the LMDB, opened per worker process.
 - `BatchPlan` decides, for a (seed, epoch, rank, world size), which examples form which batch: a
   deterministic permutation, split across ranks (disjoint and complete), bucketed by text length +
   number of boxes, resumable from any step (`batches(epoch, start_step)`).
@@ -27,15 +27,15 @@ from unimo_pipe.pipeline.formats import box_features_7d, load_manifest
 
 
 class Examples:
-    """Records of one kind across all shards, by index; tokenised and with region features on demand."""
+    """Records of one kind across all shards, by index, with region features on demand (the Collator
+    tokenises)."""
 
-    def __init__(self, shards_dir: Path, kind: str, *, tokenizer, max_text_tokens: int = 512,
-                 max_regions: int = 100, feature_dir: Path | None = None, verify: bool = False):
+    def __init__(self, shards_dir: Path, kind: str, *, max_regions: int = 100, feature_dir: Path | None = None,
+                 verify: bool = False):
         manifest = load_manifest(shards_dir, verify=verify)
         self.files = [shards_dir / e["path"] for e in manifest["files"] if e["kind"] == kind]
         self.kind = kind
-        self.tokenizer = tokenizer
-        self.max_text_tokens, self.max_regions = max_text_tokens, max_regions
+        self.max_regions = max_regions
         feature_dir = feature_dir or (Path(manifest["image_features"]) if manifest.get("image_features") else None)
         if kind == "image" and feature_dir is None and manifest.get("image_collections"):
             feature_dir = Path(manifest["image_collections"][0])

@@ -66,8 +66,7 @@ def evaluate_retrieval(options: EvaluateOptions) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = UnifiedModel.from_pretrained(options.model).to(device)
     tokenizer = load_tokenizer(options.tokenizer, of="--tokenizer")
-    examples = Examples(options.shards, "pair", tokenizer=tokenizer, max_text_tokens=options.max_text_tokens,
-                        max_regions=options.max_regions)
+    examples = Examples(options.shards, "pair", max_regions=options.max_regions)
     count = min(options.pairs or len(examples.keys), len(examples.keys))
     images, texts, keys = encode_pairs(model, examples, Collator(tokenizer, max_text_tokens=options.max_text_tokens),
                                        count=count, batch_size=options.batch_size, device=device)

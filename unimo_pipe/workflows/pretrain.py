@@ -79,8 +79,7 @@ class PretrainRecipe:
         from unimo_pipe.pipeline.training_data import Examples
 
         o = self.options
-        return Examples(shards or o.shards, kind, tokenizer=self.tokenizer, max_text_tokens=o.max_text_tokens,
-                        max_regions=o.max_regions)
+        return Examples(shards or o.shards, kind, max_regions=o.max_regions)
 
     def _stream(self, name: str, dataset, examples, collate):
         return self.loop.add_stream(name, dataset, examples.text_lengths + examples.box_counts(), collate)
