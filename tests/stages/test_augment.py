@@ -327,7 +327,8 @@ def test_captions_longer_than_the_translation_model_are_cut_and_counted(tmp_path
     assert main(["augment", "--captions", str(captions), *bt_args(short_translators, prefix), *RELAXED,
                  "--bt-engine", engine, "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["failed"] == 0 and summary["counters"]["sources_truncated"] >= 1
+    assert summary["failed"] == 0
+    assert summary["counters"]["sources_truncated"] == 1  # the long caption, once, though every round sends it
     assert [r["id"] for r in iter_output_jsonl(out, "augment.jsonl")] == ["long", "1", "2"]
 
 

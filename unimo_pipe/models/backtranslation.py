@@ -46,7 +46,8 @@ class RoundTrips:
 
     positives: list[list[dict]]  # per caption: {"text", "pivot", "method", "similarity"?}
     rejected: Counter = field(default_factory=Counter)  # candidates dropped, by reason
-    sources_truncated: int = 0  # texts (captions or pivots) cut to a translation model's input limit
+    sources_truncated: int = 0  # distinct captions cut to the forward model's input limit
+    pivots_truncated: int = 0  # distinct pivot texts cut to the backward model's input limit
     failures: list[str | None] = field(default_factory=list)  # per caption: why its translation failed, or None
 
 
@@ -120,7 +121,9 @@ class BackTranslator:
             for caption, candidate in self._candidates(open_captions, round_index, tally, failed):
                 self._consider(caption, candidate, accepted, seen, rejected)
         positives = [[] if c in failed else [dict(p) for p in accepted[c]] for c in captions]
-        return RoundTrips(positives, rejected, tally.sources_truncated, [failed.get(c) for c in captions])
+        captions_cut = tally.truncated & set(unique)
+        return RoundTrips(positives, rejected, len(captions_cut), len(tally.truncated - captions_cut),
+                          [failed.get(c) for c in captions])
 
     def _candidates(self, captions: list[str], round_index: int, tally: TranslationReport, failed: dict[str, str]):
         """(caption, candidate) pairs; captions whose translations fail go into `failed` instead."""
@@ -148,7 +151,7 @@ class BackTranslator:
         call keeps a caption's failure apart from a pivot text that happens to read the same."""
         call = TranslationReport()
         translations = engine.translate(texts, decoding, outputs, report=call)
-        tally.sources_truncated += call.sources_truncated
+        tally.truncated |= call.truncated
         return translations, call.failures
 
     def _beam(self, round_index: int) -> Decoding:

@@ -43,8 +43,13 @@ class Decoding:
 class TranslationReport:
     """What `translate` calls met, added up over the calls it is passed to."""
 
-    sources_truncated: int = 0  # texts cut to the model's input limit
+    truncated: set[str] = field(default_factory=set)  # texts cut to the model's input limit
     failures: dict[str, str] = field(default_factory=dict)  # text -> why it has no translation
+
+    @property
+    def sources_truncated(self) -> int:
+        """Distinct texts cut, however often they were translated."""
+        return len(self.truncated)
 
 
 @dataclass(frozen=True)
@@ -71,11 +76,11 @@ def _stated(value) -> int | None:
     return value if isinstance(value, int) and 0 < value < _UNSET_LIMIT else None
 
 
-def encode_sources(tokenizer, texts: list[str], max_tokens: int) -> tuple[list[list[int]], int]:
-    """Token ids of each text, cut to `max_tokens` by the tokenizer (so the end token stays), and how many
-    were cut."""
+def encode_sources(tokenizer, texts: list[str], max_tokens: int) -> tuple[list[list[int]], list[str]]:
+    """Token ids of each text, cut to `max_tokens` by the tokenizer (so the end token stays), and the texts
+    that were cut."""
     if not texts:
-        return [], 0
+        return [], []
     # One token of room shows which texts are too long without tokenizing them untruncated.
     encoded = tokenizer(texts, truncation=True, max_length=max_tokens + 1)["input_ids"]
     too_long = [i for i, ids in enumerate(encoded) if len(ids) > max_tokens]
@@ -83,7 +88,7 @@ def encode_sources(tokenizer, texts: list[str], max_tokens: int) -> tuple[list[l
         cut = tokenizer([texts[i] for i in too_long], truncation=True, max_length=max_tokens)["input_ids"]
         for i, ids in zip(too_long, cut, strict=True):
             encoded[i] = ids
-    return encoded, len(too_long)
+    return encoded, [texts[i] for i in too_long]
 
 
 def translate_in_halves(batch: list[int], translate: Callable[[list[int]], list[list[str]]]
@@ -161,7 +166,7 @@ class TransformersEngine:
         `report`."""
         encoded, truncated = encode_sources(self.tokenizer, texts, self.limits.source_tokens)
         if report is not None:
-            report.sources_truncated += truncated
+            report.truncated.update(truncated)
         results: list[list[str]] = [[] for _ in texts]
         budget = max(1, self.max_batch_tokens // max(outputs, 1))
         for batch in length_batches([len(e) for e in encoded], budget):
@@ -250,7 +255,7 @@ class CTranslate2Engine:
         `report`."""
         encoded, truncated = encode_sources(self.tokenizer, texts, self.limits.source_tokens)
         if report is not None:
-            report.sources_truncated += truncated
+            report.truncated.update(truncated)
         tokens = [self.tokenizer.convert_ids_to_tokens(ids) for ids in encoded]
         translated, failed = translate_in_halves(
             list(range(len(texts))), lambda part: self._translate_tokens([tokens[i] for i in part], decoding, outputs))

@@ -200,6 +200,7 @@ class Augment(Stage):
                         sum(len(p) < self.backtranslator.positives
                             for p, failure in zip(done.positives, done.failures, strict=True) if failure is None))
         ctx.stats.count("sources_truncated", done.sources_truncated)
+        ctx.stats.count("pivots_truncated", done.pivots_truncated)
         return done.positives, done.failures
 
     def _forbidden(self, key: str, positives: list[dict]) -> frozenset[str]:
