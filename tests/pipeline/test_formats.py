@@ -39,7 +39,20 @@ def test_two_images_with_one_file_name_are_ambiguous_never_a_silent_pick():
     with pytest.raises(RecordError, match="matches several images of feats: a/x.jpg, b/x.jpg") as caught:
         keys.resolve("x.jpg")
     assert caught.value.reason == "ambiguous_image"
-    assert keys.find("x.jpg") is None
+    assert keys.candidates("x.jpg") == ["a/x.jpg", "b/x.jpg"]
+
+
+def test_the_same_path_with_another_extension_tells_two_folders_apart():
+    keys = ImageKeys(["val/x.npz", "train/x.npz", "y.npz"])
+    assert keys.resolve("val/x.jpg") == "val/x.npz"
+    assert keys.resolve("train/x.jpg") == "train/x.npz"
+    with pytest.raises(RecordError, match="matches several"):
+        keys.resolve("test/x.jpg")
+
+
+def test_a_unique_file_name_is_taken_before_stems_are_compared():
+    # "b/x.jpg" shares its file name with one key only; the stem step (two keys) is never reached.
+    assert ImageKeys(["a/x.jpg", "x.npz"]).resolve("b/x.jpg") == "a/x.jpg"
 
 
 def test_two_images_with_one_stem_are_ambiguous():
@@ -52,8 +65,9 @@ def test_a_missing_image_names_the_store():
     with pytest.raises(RecordError, match="y.jpg is not in feats") as caught:
         ImageKeys(["x.jpg"], store="feats").resolve("y.jpg")
     assert caught.value.reason == "image_not_in_features"
-    with pytest.raises(RecordError):
-        ImageKeys(["x.jpg"]).resolve(None)
+    for nothing in (None, "", "/"):
+        with pytest.raises(RecordError):
+            ImageKeys(["x.jpg"]).resolve(nothing)
 
 
 def test_norm_boxes_and_the_7d_box_feature():

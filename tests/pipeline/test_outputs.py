@@ -43,3 +43,18 @@ def test_merge_refuses_a_non_empty_destination(tmp_path):
     (tmp_path / "dest").mkdir()
     (tmp_path / "dest" / "x").write_text("x")
     assert main(["merge", str(out), str(tmp_path / "dest")]) == 2
+
+
+def test_rows_of_a_finished_output_come_with_their_place_and_problem(tmp_path):
+    from unimo_pipe.pipeline.outputs import iter_output_rows
+
+    out = run_corpus(tmp_path)
+    path = shard_dir(out, 1) / "sentences.jsonl"
+    path.write_text(path.read_text() + '{"text": "no id"}\n{broken\n')
+    rows = list(iter_output_rows(out, "sentences.jsonl", required=("id", "text")))
+    assert len(rows) == 12
+    assert [row for row in rows if row[2]] == [(f"{path}:4", None, "malformed_row"),
+                                               (f"{path}:5", None, "malformed_json")]
+    path.unlink()  # a committed shard that lost its file is damage, never zero rows
+    with pytest.raises(UserError, match="sentences.jsonl is missing from a finished stage output"):
+        list(iter_output_rows(out, "sentences.jsonl"))

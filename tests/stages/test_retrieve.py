@@ -89,6 +89,21 @@ def test_exclusions_near_duplicates_and_repeats(tmp_path, clusters):
     assert {"c0_1.jpg", "c0_3.jpg", "c0_4.jpg"} <= set(ids[:3] + ids[3:4])
 
 
+def test_exclusions_and_the_query_match_collection_keys_as_pairs_match_stores(tmp_path, clusters):
+    # The collection holds npz keys, two of them with one file name in different folders.
+    renamed = {f"{'val/' if name == 'c0_3.jpg' else ''}{Path(name).stem}.npz": v for name, v in clusters.items()}
+    renamed["train/c0_3.npz"] = clusters["c0_3.jpg"] + 0.01
+    store = write_store(tmp_path / "feats", renamed)
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"id": "p0", "image": "c0_0.jpg", "caption": "x"}])
+    test_split = write_jsonl(tmp_path / "test.jsonl", [{"id": "t", "image": "c0_2.jpg", "caption": "t"}])
+    out = run_retrieve(tmp_path, pairs, "--image-features", str(store), "--image-collection", str(store),
+                       "--exclude", str(test_split), "--dedup-threshold", "0.9999", "--k", "10")
+    ids = [h["id"] for h in results(out)["p0"]["images"]]
+    assert "c0_0.npz" not in ids  # itself, named c0_0.jpg by the pair
+    assert "c0_2.npz" not in ids  # excluded as c0_2.jpg: the test split never leaks in
+    assert {"val/c0_3.npz", "train/c0_3.npz"} <= set(ids)  # two images, though they share a file name
+
+
 def test_resume_reuses_embeddings_and_skips_finished_shards(tmp_path, clusters):
     store = write_store(tmp_path / "feats", clusters)
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"id": f"p{i}", "image": name, "caption": "x"}

@@ -27,17 +27,23 @@ def fake_stage_output(out: Path, stage: str, file_name: str, rows: list[dict]) -
 
 
 def fake_retrieval_output(out: Path, results: dict[str, tuple[list, list]], *, view: bool = False) -> Path:
-    """A finished retrieve folder: retrieval.npz written by the stage's own writer, its corpus in text_emb."""
+    """A finished retrieve folder: retrieval.npz written by the stage's own writer, its corpus in text_emb
+    (one row per distinct sentence text)."""
     from unimo_pipe.pipeline.embedding_store import write_embedding_shard
     from unimo_pipe.stages.retrieve import _write_results
 
     fake_stage_output(out, "retrieve", "unused.jsonl", [])
+    corpus_rows: dict[str, dict] = {}
+    for _, found in results.values():
+        for hit in found:
+            corpus_rows.setdefault(hit["text"], {"id": hit["id"], "text": hit["text"]})
+    rows = {text: index for index, text in enumerate(corpus_rows)}
+    with_rows = {pair: (images, [{**hit, "row": rows[hit["text"]]} for hit in texts])
+                 for pair, (images, texts) in results.items()}
     k = max([1] + [len(side) for pair in results.values() for side in pair])
-    _write_results(shard_dir(out, 0), list(results), list(results.values()), k, view)
-    texts = {t["id"]: t["text"] for _, found in results.values() for t in found}
+    _write_results(shard_dir(out, 0), list(with_rows), list(with_rows.values()), k, view)
     corpus = fake_stage_output(out / "text_emb", "embed-text", "unused.jsonl", [])
-    write_embedding_shard(shard_dir(corpus, 0), [{"id": i, "text": t} for i, t in texts.items()],
-                          np.ones((len(texts), 2)))
+    write_embedding_shard(shard_dir(corpus, 0), list(corpus_rows.values()), np.ones((len(corpus_rows), 2)))
     return out
 
 
@@ -149,13 +155,16 @@ def test_retrieved_items_come_from_retrieval_npz_without_the_jsonl_view(tmp_path
 
 def test_a_bad_augment_row_is_counted_with_its_file_and_line(tmp_path, inputs, caplog):
     augment_file = inputs["augment"] / "shards" / "00000" / "augment.jsonl"
-    augment_file.write_text(augment_file.read_text() + '{"id": "p2", "negatives": [\n["not", "a", "row"]\n')
+    augment_file.write_text(augment_file.read_text() + '{"id": "p2", "negatives": [\n["not", "a", "row"]\n'
+                            '{"id": "p2", "negatives": "not a list"}\n{"id": "p2", "positives": [{"txt": "x"}]}\n')
     out = run_shard(tmp_path, inputs)
     problems = json.loads((out / "summary.json").read_text())["input_problems"]
-    assert problems["count"] == 2
-    assert problems["reasons"] == {"malformed_json": 1, "malformed_row": 1}
+    assert problems["count"] == 4
+    assert problems["reasons"] == {"malformed_json": 1, "malformed_row": 1, "malformed_negatives": 1,
+                                   "malformed_positives": 1}
+    assert json.loads((out / "summary.json").read_text())["failed"] == 1  # only the image missing from features
     assert problems["examples"][0]["where"] == f"{augment_file}:2"
-    assert "2 bad rows in side inputs" in caplog.text
+    assert "4 bad rows in side inputs" in caplog.text
 
 
 def test_a_bad_augment_row_stops_a_strict_run(tmp_path, inputs, capsys):
@@ -198,3 +207,32 @@ def test_pairs_naming_jpg_find_features_imported_from_npz(tmp_path, inputs):
     out = run_shard(tmp_path, {**inputs, "features": tmp_path / "imported"})
     rows = [json.loads(line) for line in (out / "shards" / "00000" / "pairs.jsonl").read_text().splitlines()]
     assert [(r["id"], r["image"]) for r in rows] == [("p1", "a.npz"), ("p2", "b.npz")]
+
+
+def test_sentences_whose_ids_repeat_across_corpora_are_joined_by_their_row(tmp_path, inputs):
+    # Two corpus files with one stem give both first lines the id "corpus:1": the row tells them apart.
+    retrieval = fake_retrieval_output(tmp_path / "ret2", {
+        "p1": ([], [{"text": "a cat on a mat", "id": "corpus:1", "score": 0.9},
+                    {"text": "a dog on a sofa", "id": "corpus:1", "score": 0.8}])})
+    out = run_shard(tmp_path, {**inputs, "retrieval": retrieval})
+    first = json.loads((out / "shards" / "00000" / "pairs.jsonl").read_text().splitlines()[0])
+    assert first["retrieved_texts"] == [{"text": "a cat on a mat", "score": 0.9},
+                                        {"text": "a dog on a sofa", "score": 0.8}]
+
+
+def test_an_older_retrieve_output_without_rows_is_joined_by_unique_ids(tmp_path, inputs):
+    npz = inputs["retrieval"] / "shards" / "00000" / "retrieval.npz"
+    with np.load(npz) as data:
+        arrays = {name: data[name] for name in data.files if name != "text_rows"}
+    np.savez(npz, **arrays)
+    out = run_shard(tmp_path, inputs)
+    first = json.loads((out / "shards" / "00000" / "pairs.jsonl").read_text().splitlines()[0])
+    assert first["retrieved_texts"] == [{"text": "dogs like sofas", "score": 0.7}]
+
+
+def test_a_damaged_retrieve_output_is_one_clear_error(tmp_path, inputs, capsys):
+    npz = inputs["retrieval"] / "shards" / "00000" / "retrieval.npz"
+    npz.write_bytes(npz.read_bytes()[:40])
+    with pytest.raises(AssertionError):
+        run_shard(tmp_path, inputs)
+    assert f"{npz} is unreadable" in capsys.readouterr().err

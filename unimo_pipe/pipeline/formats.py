@@ -11,7 +11,8 @@ Rows of the per-shard files that other stages read:
     augment        augment.jsonl    {"id", "caption", "positives": [{"text", "pivot", "method", "similarity"?}],
                                      "graph", "negatives": [{"text", "kind", "from", "to"}]} (parts as asked)
     retrieve       retrieval.npz    pair_ids (n,); image_ids, image_scores, text_ids, text_scores (n, k),
-                                    best first, padded with '' / NaN; text ids are rows of OUT/text_emb
+                                    best first, padded with '' / NaN; text_rows (n, k): each sentence's row
+                                    in OUT/text_emb (its ids may repeat across corpora), -1 padded
                    retrieval.jsonl  (optional, for people) {"id", "images": [{"id", "score"}],
                                      "texts": [{"text", "id", "score"}]}
     embed-*        embeddings.npy + rows.jsonl  row i describes vector i: {"id", "text"} or {"id", "source"}
@@ -32,6 +33,8 @@ from typing import Any
 import numpy as np
 
 from unimo_pipe.pipeline.errors import RecordError, UserError
+from unimo_pipe.pipeline.jsonl import write_json_atomic
+from unimo_pipe.pipeline.sharding import shard_name
 
 # -- the runner's layout of every stage output --
 STAGE_RECORD = "stage.json"
@@ -40,6 +43,7 @@ SUMMARY_FILE = "summary.json"
 SHARDS_DIR = "shards"
 STATS_FILE = "stats.json"
 PARTIAL_SUFFIX = ".partial"
+MERGED_FROM_FILE = "merged_from.json"  # in a `merge` destination: which stage output it came from
 INPUT_PROBLEMS_FILE = "input_problems.json"  # bad rows of side inputs that `Stage.open` found
 
 # -- per-shard files other stages read --
@@ -57,6 +61,21 @@ EMBEDDING_ROWS_FILE = "rows.jsonl"
 TRAINING_SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 TRAINING_FILES = {"pair": "pairs.jsonl", "text": "texts.jsonl", "image": "images.jsonl"}
+
+
+def shard_dir(out: Path, index: int) -> Path:
+    return out / SHARDS_DIR / shard_name(index)
+
+
+def is_committed(out: Path, index: int) -> bool:
+    return (shard_dir(out, index) / STATS_FILE).is_file()
+
+
+def committed_shard_dirs(out: Path) -> list[Path]:
+    root = out / SHARDS_DIR
+    if not root.is_dir():
+        return []
+    return sorted(d for d in root.iterdir() if d.name.isdigit() and (d / STATS_FILE).is_file())
 
 
 def sha256_of(path: Path) -> str:
@@ -83,8 +102,6 @@ def manifest_entries(out: Path, shard_dirs: list[Path]) -> list[dict[str, Any]]:
 
 def write_manifest(out: Path, files: list[dict[str, Any]], **fields: Any) -> None:
     """OUT/manifest.json: the schema version, totals per kind, every file, and the given fields."""
-    from unimo_pipe.pipeline.jsonl import write_json_atomic
-
     totals = {kind: sum(f["records"] for f in files if f["kind"] == kind) for kind in TRAINING_FILES}
     write_json_atomic(out / MANIFEST_FILE, {"schema_version": TRAINING_SCHEMA_VERSION, "totals": totals,
                                             "files": files, **fields})
@@ -137,41 +154,49 @@ def uniter_soft_labels(class_probs: np.ndarray) -> np.ndarray:
 # -- image keys --
 
 class ImageKeys:
-    """Find the store key of an image a pair names: the exact key, else the one key with the same file
-    name ("val2014/x.jpg" ~ "x.jpg"), else the one key with the same file stem ("x.jpg" ~ "x.npz").
+    """Find the store key of an image a pair names, by the first of these steps that finds any key:
+    the exact key; the same path with another extension ("val/x.jpg" ~ "val/x.npz"); the same file name
+    ("val2014/x.jpg" ~ "x.jpg"); the same file stem ("x.jpg" ~ "x.npz").
 
-    More than one candidate at a step is an `ambiguous_image` failure naming them, never a silent pick.
+    More than one candidate at that step is an `ambiguous_image` failure naming them, never a silent pick.
     """
 
     def __init__(self, keys: Iterable[str], *, store: str = "the feature store"):
         self.store = store
         self._exact = set(keys)
-        self._by_name: dict[str, list[str]] = {}
-        self._by_stem: dict[str, list[str]] = {}
+        self._tables: tuple[dict[str, list[str]], ...] = ({}, {}, {})
         for key in sorted(self._exact):
-            self._by_name.setdefault(Path(key).name, []).append(key)
-            self._by_stem.setdefault(Path(key).stem, []).append(key)
+            for table, probe in zip(self._tables, _probes(key), strict=True):
+                table.setdefault(probe, []).append(key)
 
     def __len__(self) -> int:
         return len(self._exact)
 
-    def resolve(self, image: Any) -> str:
-        """The store key for `image`; RecordError `image_not_in_features` or `ambiguous_image` otherwise."""
+    def candidates(self, image: Any) -> list[str]:
+        """Every stored key the first matching step finds for `image` (none: an empty list)."""
         name = str(image or "")
         if name in self._exact:
-            return name
-        for candidates in (self._by_name.get(Path(name).name), self._by_stem.get(Path(name).stem)):
-            if candidates and len(candidates) == 1:
-                return candidates[0]
-            if candidates:
-                shown = ", ".join(candidates[:5]) + (", ..." if len(candidates) > 5 else "")
-                raise RecordError("ambiguous_image", f"{name} matches several images of {self.store}: {shown}; "
-                                  "name the image by its full key")
-        raise RecordError("image_not_in_features", f"{name} is not in {self.store}")
+            return [name]
+        if not Path(name).name:
+            return []
+        for table, probe in zip(self._tables, _probes(name), strict=True):
+            if probe in table:
+                return table[probe]
+        return []
 
-    def find(self, image: Any) -> str | None:
-        """The store key for `image`, or None when it is missing or ambiguous."""
-        try:
-            return self.resolve(image)
-        except RecordError:
-            return None
+    def resolve(self, image: Any) -> str:
+        """The store key for `image`; RecordError `image_not_in_features` or `ambiguous_image` otherwise."""
+        found = self.candidates(image)
+        if len(found) == 1:
+            return found[0]
+        if found:
+            shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+            raise RecordError("ambiguous_image", f"{image} matches several images of {self.store}: {shown}; "
+                              "name the image by its full key")
+        raise RecordError("image_not_in_features", f"{image} is not in {self.store}")
+
+
+def _probes(key: str) -> tuple[str, str, str]:
+    """What a key is looked up by at each step after the exact one: path without extension, name, stem."""
+    path = Path(key)
+    return path.with_suffix("").as_posix(), path.name, path.stem

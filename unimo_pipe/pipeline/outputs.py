@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from unimo_pipe.pipeline.errors import UserError
-from unimo_pipe.pipeline.formats import STATS_FILE, SUMMARY_FILE
+from unimo_pipe.pipeline.formats import MERGED_FROM_FILE, STATS_FILE, SUMMARY_FILE, committed_shard_dirs
 from unimo_pipe.pipeline.jsonl import iter_jsonl, read_json, write_json_atomic
 from unimo_pipe.pipeline.lmdb_store import LmdbReader, LmdbWriter
-from unimo_pipe.pipeline.runner import committed_shard_dirs
 
 
 def complete_shard_dirs(out: Path) -> list[Path]:
@@ -33,7 +32,8 @@ def iter_output_rows(out: Path, file_name: str, *, required: tuple[str, ...] = (
     for shard in complete_shard_dirs(out):
         path = shard / file_name
         if not path.is_file():
-            continue
+            raise UserError(f"{path} is missing from a finished stage output: rerun that stage into {out} "
+                            "with --overwrite")
         for line_number, row, problem in iter_jsonl(path):
             if not problem and not (isinstance(row, dict) and all(name in row for name in required)):
                 problem = "malformed_row"
@@ -66,7 +66,7 @@ def merge_outputs(out: Path, dest: Path) -> dict[str, int]:
         elif (entry / "data.mdb").is_file():
             merged[entry.name] = _merge_lmdb(shards, entry.name, dest / entry.name)
     stage = read_json(out / SUMMARY_FILE)["stage"]
-    write_json_atomic(dest / "merged_from.json", {"source": str(out), "stage": stage, "shards": len(shards)})
+    write_json_atomic(dest / MERGED_FROM_FILE, {"source": str(out), "stage": stage, "shards": len(shards)})
     return merged
 
 

@@ -33,10 +33,13 @@ from unimo_pipe.pipeline.formats import (
     STAGE_RECORD,
     STATS_FILE,
     SUMMARY_FILE,
+    committed_shard_dirs,
+    is_committed,
+    shard_dir,
 )
 from unimo_pipe.pipeline.jsonl import atomic_write, read_json, write_json_atomic
 from unimo_pipe.pipeline.progress import Progress
-from unimo_pipe.pipeline.sharding import ShardSelection, chunk, resolve_selection, shard_name
+from unimo_pipe.pipeline.sharding import ShardSelection, chunk, resolve_selection
 from unimo_pipe.pipeline.stage import Record, RunContext, ShardContext, Stage
 from unimo_pipe.pipeline.stats import merge_stats
 
@@ -114,7 +117,7 @@ def _open(stage: Stage, options: Any, run_context: RunContext) -> None:
         example = problems.examples[0]
         logger.warning("%s: %d bad rows in side inputs were skipped (%s), e.g. %s (%s); listed in %s",
                        stage.name, problems.count, ", ".join(f"{k}: {v}" for k, v in problems.reasons.items()),
-                       example["where"], example["reason"], options.out / SUMMARY_FILE)
+                       example["where"], example["reason"], options.out / INPUT_PROBLEMS_FILE)
     else:
         (options.out / INPUT_PROBLEMS_FILE).unlink(missing_ok=True)
 
@@ -193,21 +196,6 @@ def _handle_config_change(out: Path, previous: dict, affecting: dict, overwrite:
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink()
-
-
-def shard_dir(out: Path, index: int) -> Path:
-    return out / SHARDS_DIR / shard_name(index)
-
-
-def is_committed(out: Path, index: int) -> bool:
-    return (shard_dir(out, index) / STATS_FILE).is_file()
-
-
-def committed_shard_dirs(out: Path) -> list[Path]:
-    root = out / SHARDS_DIR
-    if not root.is_dir():
-        return []
-    return sorted(d for d in root.iterdir() if d.name.isdigit() and (d / STATS_FILE).is_file())
 
 
 def remove_partial_shards(out: Path, selection: ShardSelection) -> None:

@@ -9,7 +9,8 @@ Corpus and collection embeddings are computed once by the embed-text / embed-ima
 OUT/text_emb and OUT/image_emb (resumable, reused while inputs and model are unchanged).
 
 Per shard: retrieval.npz (pair_ids; image_ids/image_scores and text_ids/text_scores, (n, k), sorted,
-'' / NaN padded) and, unless --no-jsonl-view, retrieval.jsonl with
+'' / NaN padded; text_rows, the sentences' rows of OUT/text_emb, -1 padded) and, unless --no-jsonl-view,
+retrieval.jsonl with
 {"id", "images": [{"id", "score"}], "texts": [{"text", "id", "score"}]}.
 """
 
@@ -44,6 +45,7 @@ from unimo_pipe.pipeline.formats import (
     STAGE_RECORD,
     SUMMARY_FILE,
     TEXT_EMBEDDINGS_DIR,
+    ImageKeys,
 )
 from unimo_pipe.pipeline.jsonl import write_json_atomic
 from unimo_pipe.pipeline.readers import CAPTION_FORMATS, iter_pairs_input
@@ -133,6 +135,9 @@ class Retrieve(Stage):
         if self.image_side is not None:
             self.query_images = ImageVectors(options.image_features, pooling=options.image_pooling)
             self._check_image_dims(options)
+            self.collection_keys = ImageKeys(self.image_side.table.ids, store="the image collection")
+            self.excluded_image_ids = {key for image in self.excluded_images
+                                       for key in self.collection_keys.candidates(image)}
         reports = {side: s.report for side, s in (("text", self.text_side), ("image", self.image_side)) if s}
         write_json_atomic(options.out / INDEX_REPORT, reports)
 
@@ -205,7 +210,8 @@ class Retrieve(Stage):
             own = {_text_key(caption)}
             hits = self._filter(scores[i], rows[i], options, lambda row: side.text_keys[row],
                                 blocked=own | self.excluded_texts)
-            results.append([{"text": side.table.rows[row]["text"], "id": side.table.rows[row]["id"], "score": score}
+            results.append([{"text": side.table.rows[row]["text"], "id": side.table.rows[row]["id"], "score": score,
+                             "row": row}
                             for row, score in hits])
             _count_short(ctx, "texts", len(hits), options.k)
         return results
@@ -230,9 +236,10 @@ class Retrieve(Stage):
                 ctx.stats.count(missing[i] or "image_unusable_for_search")
                 results.append([])
                 continue
-            own = {Path(found[i]).name, Path(str(record.value.get("image"))).name}
-            hits = self._filter(scores[i], rows[i], options, lambda row: Path(ids[row]).name,
-                                blocked=own | self.excluded_images)
+            # The query's own image, and excluded ones, are matched to collection keys as pairs are to stores.
+            own = {*self.collection_keys.candidates(found[i]), *self.collection_keys.candidates(record.value["image"])}
+            hits = self._filter(scores[i], rows[i], options, lambda row: ids[row],
+                                blocked=own | self.excluded_image_ids)
             results.append([{"id": ids[row], "score": score} for row, score in hits])
             _count_short(ctx, "images", len(hits), options.k)
         return results
@@ -308,7 +315,7 @@ def _exclusions(paths: list[Path]) -> tuple[set[str], set[str]]:
         for record in iter_pairs_input(path):
             if record.error is None:
                 if record.value.get("image"):
-                    images.add(Path(record.value["image"]).name)
+                    images.add(str(record.value["image"]))
                 texts.add(_text_key(str(record.value.get("caption") or "")))
     texts.discard("")
     return images, texts
@@ -343,8 +350,13 @@ def _write_results(work_dir: Path, pair_ids: list[str], per_pair: list[tuple[lis
                 ids[i, j], scores[i, j] = hit["id"], hit["score"]
         arrays[f"{name}_ids"] = ids.astype(str)
         arrays[f"{name}_scores"] = scores
+    text_rows = np.full((n, k), -1, dtype=np.int64)  # ids of a corpus may repeat; its rows never do
+    for i, (_, texts) in enumerate(per_pair):
+        text_rows[i, : len(texts)] = [hit["row"] for hit in texts]
+    arrays["text_rows"] = text_rows
     np.savez(work_dir / RETRIEVAL_FILE, **arrays)
     if view:
         with (work_dir / RETRIEVAL_VIEW_FILE).open("w", encoding="utf-8") as f:
             for pair_id, (images, texts) in zip(pair_ids, per_pair, strict=True):
-                f.write(json.dumps({"id": pair_id, "images": images, "texts": texts}, ensure_ascii=False) + "\n")
+                readable = [{key: value for key, value in hit.items() if key != "row"} for hit in texts]
+                f.write(json.dumps({"id": pair_id, "images": images, "texts": readable}, ensure_ascii=False) + "\n")

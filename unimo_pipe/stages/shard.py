@@ -19,6 +19,7 @@ skipped and counted, with its file and line, under `input_problems` in summary.j
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,11 +144,24 @@ def _augmentations(folders: list[Path], run: RunContext) -> dict[str, dict]:
     for folder in folders:
         _require_stage(folder, "augment", "--augment")
         for where, row, problem in iter_output_rows(folder, AUGMENT_FILE):
+            problem = problem or _augment_row_problem(row)
             if problem:
                 run.input_problem(where, problem)
             else:
                 rows.setdefault(str(row["id"]), {}).update(row)
     return rows
+
+
+def _augment_row_problem(row: dict) -> str | None:
+    """Why an augment row's positives or negatives cannot be used, or None."""
+    positives, negatives = row.get("positives", []), row.get("negatives", [])
+    if not (isinstance(positives, list) and all(isinstance(p, dict) and isinstance(p.get("text"), str)
+                                                for p in positives)):
+        return "malformed_positives"
+    if not (isinstance(negatives, list) and all(isinstance(n, dict) and isinstance(n.get("text"), str)
+                                                and isinstance(n.get("kind"), str) for n in negatives)):
+        return "malformed_negatives"
+    return None
 
 
 def _retrievals(folder: Path, run: RunContext) -> dict[str, dict]:
@@ -158,43 +172,59 @@ def _retrievals(folder: Path, run: RunContext) -> dict[str, dict]:
     results = {}
     for shard in complete_shard_dirs(folder):
         results.update(_read_retrieval_npz(shard / RETRIEVAL_FILE))
-    texts = _texts_by_id(folder / TEXT_EMBEDDINGS_DIR, {t for r in results.values() for t, _ in r["texts"]}, run)
-    return {pair: {"images": [{"id": i, "score": s} for i, s in r["images"]],
-                   "texts": [{"text": texts[t], "score": s} for t, s in r["texts"] if t in texts]}
-            for pair, r in results.items()}
+    wanted = {ref for r in results.values() for ref, _ in r["texts"]}
+    texts = _corpus_texts(folder / TEXT_EMBEDDINGS_DIR, wanted, run)
+    joined = {}
+    for pair, r in results.items():
+        found = [{"text": texts[ref], "score": score} for ref, score in r["texts"] if ref in texts]
+        for ref, _ in r["texts"]:
+            if ref not in texts:
+                run.input_problem(f"{folder / TEXT_EMBEDDINGS_DIR} row {ref}", "retrieved_text_not_in_corpus")
+        joined[pair] = {"images": [{"id": i, "score": s} for i, s in r["images"]], "texts": found}
+    return joined
 
 
-def _read_retrieval_npz(path: Path) -> dict[str, dict[str, list[tuple[str, float]]]]:
+def _read_retrieval_npz(path: Path) -> dict[str, dict[str, list[tuple[str | int, float]]]]:
+    """Per pair: images as (id, score), texts as (corpus row, score); an output made before retrieve wrote
+    text_rows names its texts by id instead."""
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
         pair_ids = arrays["pair_ids"].tolist()
-        sides = {side: (arrays[f"{side}_ids"].tolist(), arrays[f"{side}_scores"].tolist())
-                 for side in ("image", "text")}
-    except (OSError, ValueError, KeyError, EOFError) as exc:
+        image_ids, image_scores = arrays["image_ids"].tolist(), arrays["image_scores"].tolist()
+        text_refs = arrays["text_rows"].tolist() if "text_rows" in arrays else arrays["text_ids"].tolist()
+        text_scores = arrays["text_scores"].tolist()
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise UserError(f"{path} is unreadable ({type(exc).__name__}): rerun `unimo-pipe retrieve` with "
                         "--overwrite") from None
-    results = {}
-    for row, pair in enumerate(pair_ids):
-        results[str(pair)] = {
-            key: [(str(i), round(float(s), 5)) for i, s in zip(ids[row], scores[row], strict=True) if i]
-            for key, (ids, scores) in (("images", sides["image"]), ("texts", sides["text"]))}
-    return results
+    present = (lambda ref: ref >= 0) if "text_rows" in arrays else bool
+    return {str(pair): {
+        "images": [(str(i), round(float(s), 5)) for i, s in zip(image_ids[row], image_scores[row], strict=True) if i],
+        "texts": [(t, round(float(s), 5)) for t, s in zip(text_refs[row], text_scores[row], strict=True)
+                  if present(t)],
+    } for row, pair in enumerate(pair_ids)}
 
 
-def _texts_by_id(text_embeddings: Path, wanted: set[str], run: RunContext) -> dict[str, str]:
-    """The sentences retrieve's results name, from its embedded corpus (only those asked for)."""
+def _corpus_texts(text_embeddings: Path, wanted: set, run: RunContext) -> dict:
+    """The sentences retrieve's results name, from its embedded corpus: by row (an int), or by id (a str)."""
     from unimo_pipe.pipeline.formats import EMBEDDING_ROWS_FILE
     from unimo_pipe.pipeline.outputs import iter_output_rows
 
     if not wanted:
         return {}
-    texts = {}
+    texts: dict = {}
+    row_index = 0
     for where, row, problem in iter_output_rows(text_embeddings, EMBEDDING_ROWS_FILE, required=("id", "text")):
         if problem:
             run.input_problem(where, problem)
-        elif str(row["id"]) in wanted:
-            texts[str(row["id"])] = row["text"]
+            continue
+        for ref in (row_index, str(row["id"])):
+            if ref in wanted:
+                if isinstance(ref, str) and ref in texts:
+                    raise UserError(f"{text_embeddings} holds sentence id {ref!r} twice, and {text_embeddings.parent}"
+                                    " names its sentences by id: rerun `unimo-pipe retrieve` with --overwrite")
+                texts[ref] = row["text"]
+        row_index += 1
     return texts
 
 
@@ -203,7 +233,10 @@ def _require_stage(folder: Path, stage: str, flag: str) -> None:
     from unimo_pipe.pipeline.jsonl import read_json
 
     record = folder / STAGE_RECORD
-    made_by = read_json(record).get("stage") if record.is_file() else None
+    try:
+        made_by = read_json(record).get("stage") if record.is_file() else None
+    except (ValueError, AttributeError):
+        raise UserError(f"{record} is corrupt: rerun `unimo-pipe {stage}` into {folder} with --overwrite") from None
     if made_by != stage:
         what = f"output of `{made_by}`" if made_by else "not a stage output"
         raise UserError(f"{flag} {folder} is {what}: pass the --out folder of a `unimo-pipe {stage}` run")
