@@ -6,6 +6,7 @@ import torch
 
 from tests.conftest import write_jsonl
 from tests.stages.test_shard import fake_retrieval_output, feature_store, run_shard
+from unimo_pipe.pipeline.errors import UserError
 from unimo_pipe.pipeline.training_data import (
     BatchPlan,
     Collator,
@@ -126,3 +127,37 @@ def test_empty_shards_give_empty_batches(tmp_path, tokenizer):
     assert main(["shard", "--pairs", str(empty), "--out", str(out)]) == 0
     examples = Examples(out, "pair")
     assert len(examples) == 0 and BatchPlan(examples.text_lengths, batch_size=4).batches(0) == []
+
+
+def test_a_shard_file_truncated_or_edited_after_the_manifest_is_refused(shards):
+    path = shards / "shards" / "00000" / "pairs.jsonl"
+    original = path.read_bytes()
+    path.write_bytes(original[: len(original) // 3].rsplit(b"\n", 1)[0] + b"\n")  # whole lines, a third left
+    with pytest.raises(UserError, match="does not match its manifest entry .* it was truncated or changed"):
+        Examples(shards, "pair")
+    path.write_bytes(original.replace(b"word word", b"ward word", 1))  # the same size, other bytes
+    with pytest.raises(UserError, match="does not match its manifest entry"):
+        Examples(shards, "pair")
+    path.write_bytes(original)
+    assert len(Examples(shards, "pair")) == 30
+
+
+def test_garbled_region_features_are_one_clear_error(shards):
+    import lmdb
+
+    examples = Examples(shards, "pair")
+    key = examples.keys[0]
+    env = lmdb.open(str(next(examples.feature_dir.glob("feat_th*"))), subdir=True)
+    with env.begin(write=True) as txn:
+        txn.put(key.encode(), b"\xc1\xc1 not msgpack")
+    env.close()
+    with pytest.raises(UserError, match=f"region features of '{key}' in .* are damaged"):
+        examples.regions(key)
+
+
+def test_images_are_found_in_the_feature_store_as_every_stage_finds_them(shards):
+    examples = Examples(shards, "pair")
+    assert examples.regions("val2014/img3.jpg")["features"].shape[0] == 13  # by file name
+    assert examples.regions("img4.npz")["features"].shape[0] == 14  # by stem
+    with pytest.raises(UserError, match="nope.jpg is not in .*: train with the feature store"):
+        examples.regions("nope.jpg")

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from dataclasses import dataclass
@@ -22,18 +23,18 @@ from typing import Any
 
 import numpy as np
 
-from unimo_pipe.pipeline.errors import UserError
-from unimo_pipe.pipeline.formats import box_features_7d, load_manifest
+from unimo_pipe.pipeline.errors import RecordError, UserError
+from unimo_pipe.pipeline.formats import ImageKeys, box_features_7d, load_manifest
 
 
 class Examples:
     """Records of one kind across all shards, by index, with region features on demand (the Collator
     tokenises)."""
 
-    def __init__(self, shards_dir: Path, kind: str, *, max_regions: int = 100, feature_dir: Path | None = None,
-                 verify: bool = False):
-        manifest = load_manifest(shards_dir, verify=verify)
-        self.files = [shards_dir / e["path"] for e in manifest["files"] if e["kind"] == kind]
+    def __init__(self, shards_dir: Path, kind: str, *, max_regions: int = 100, feature_dir: Path | None = None):
+        manifest = load_manifest(shards_dir)
+        self.entries = [e for e in manifest["files"] if e["kind"] == kind]
+        self.files = [shards_dir / e["path"] for e in self.entries]
         self.kind = kind
         self.max_regions = max_regions
         feature_dir = feature_dir or (Path(manifest["image_features"]) if manifest.get("image_features") else None)
@@ -41,14 +42,18 @@ class Examples:
             feature_dir = Path(manifest["image_collections"][0])
         self.feature_dir = feature_dir
         self._features = None
+        self._image_keys = None
         self.locations, self.text_lengths, self.keys = self._index()
 
     def _index(self) -> tuple[list[tuple[int, int]], np.ndarray, list[str]]:
+        """Every record's place, text length and image key; each file is checked against its manifest entry
+        (records and sha256) on the way, as it is read whole anyway."""
         locations, lengths, keys = [], [], []
-        for file_index, path in enumerate(self.files):
-            offset = 0
+        for file_index, (path, entry) in enumerate(zip(self.files, self.entries, strict=True)):
+            offset, digest, line_number = 0, hashlib.sha256(), 0
             with path.open("rb") as f:
                 for line_number, line in enumerate(f, start=1):
+                    digest.update(line)
                     try:
                         row = json.loads(line)
                     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -58,6 +63,10 @@ class Examples:
                     lengths.append(len(text.split()))
                     keys.append(row.get("image") or row.get("id"))
                     offset += len(line)
+            if line_number != entry["records"] or digest.hexdigest() != entry["sha256"]:
+                raise UserError(f"{path} does not match its manifest entry ({line_number} records, manifest "
+                                f"{entry['records']}; or its sha256 differs): it was truncated or changed after "
+                                "`unimo-pipe shard` wrote it; rebuild the shards")
         return locations, np.asarray(lengths, dtype=np.int32), keys
 
     def __len__(self) -> int:
@@ -76,7 +85,15 @@ class Examples:
         if self.kind == "text" or self.features is None:
             return np.zeros(len(self), dtype=np.int32)
         nbb = self.features.name2nbb
-        return np.asarray([min(nbb.get(k, 0), self.max_regions) for k in self.keys], dtype=np.int32)
+        found = [self.image_keys.candidates(k) for k in self.keys]
+        return np.asarray([min(nbb[c[0]], self.max_regions) if len(c) == 1 else 0 for c in found], dtype=np.int32)
+
+    @property
+    def image_keys(self) -> ImageKeys:
+        """The feature store's images, found as every stage finds them (exact key, then unique name or stem)."""
+        if self._image_keys is None:
+            self._image_keys = ImageKeys(self.features.name2nbb, store=str(self.feature_dir))
+        return self._image_keys
 
     def row(self, index: int) -> dict[str, Any]:
         file_index, offset = self.locations[index]
@@ -84,19 +101,28 @@ class Examples:
             f.seek(offset)
             return json.loads(f.readline())
 
-    def regions(self, key: str) -> dict[str, np.ndarray]:
+    def regions(self, image: str) -> dict[str, np.ndarray]:
+        try:
+            key = self.image_keys.resolve(image)
+        except RecordError as exc:
+            raise UserError(f"{exc.detail}: train with the feature store the shards were made with (`shard "
+                            "--image-features`), or rebuild the shards") from None
         return read_regions(self.features, key, self.max_regions)
 
 
 def read_regions(features, key: str, max_regions: int) -> dict[str, np.ndarray]:
     """float16 features (R, D) and float16 7-d boxes (R, 7) of one image of a region-feature reader, at
-    most max_regions."""
-    dump = features.db[key]
-    nbb = min(features.name2nbb[key], max_regions)
-    boxes = box_features_7d(dump["norm_bb"][:nbb].astype(np.float16))
-    regions = {"features": dump["features"][:nbb].astype(np.float16), "boxes": boxes}
-    if "soft_labels" in dump:  # the detector's class distribution, for masked region classification (KL)
-        regions["soft_labels"] = dump["soft_labels"][:nbb].astype(np.float16)
+    most max_regions. A value that does not decode is one clear error naming the image and the store."""
+    try:
+        dump = features.db[key]
+        nbb = min(features.name2nbb[key], max_regions)
+        boxes = box_features_7d(dump["norm_bb"][:nbb].astype(np.float16))
+        regions = {"features": dump["features"][:nbb].astype(np.float16), "boxes": boxes}
+        if "soft_labels" in dump:  # the detector's class distribution, for masked region classification (KL)
+            regions["soft_labels"] = dump["soft_labels"][:nbb].astype(np.float16)
+    except (ValueError, TypeError, IndexError, KeyError) as exc:
+        raise UserError(f"the region features of {key!r} in {features.root} are damaged ({type(exc).__name__}): "
+                        "extract or import them again") from None
     return regions
 
 
@@ -130,7 +156,7 @@ class PairDataset:
                 "negatives": [n["text"] for n in pick(row.get("negatives", []), s.negatives)],
                 "retrieved_texts": [t["text"] for t in pick(row.get("retrieved_texts", []), s.retrieved_texts)]}
         item.update(ex.regions(row["image"]))
-        candidates = [r["id"] for r in row.get("retrieved_images", []) if r["id"] in ex.features.name2nbb]
+        candidates = [r["id"] for r in row.get("retrieved_images", []) if len(ex.image_keys.candidates(r["id"])) == 1]
         item["retrieved_images"] = [ex.regions(k) for k in pick(candidates, s.retrieved_images)]
         return item
 
