@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
+from tests.pipeline.test_runner import NumbersStage, make_options
 from unimo_pipe.pipeline.cli import main
+from unimo_pipe.pipeline.runner import run_stage
 from unimo_pipe.pipeline.text import normalize_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,3 +60,77 @@ def test_a_named_pipe_without_a_writer_is_refused_without_hanging(tmp_path):
     result = run_cli("import-pairs", "--captions", str(fifo), "--out", str(tmp_path / "pairs"), timeout=30)
     assert result.returncode == 2, result.stderr
     assert f"{fifo} is a pipe" in result.stderr and "write the data to a file first" in result.stderr
+
+
+def hold_lock(path: Path, pid: int, host: str):
+    """Take the lock file as a running worker would, from this (live) test process."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = path.open("a+")
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    f.truncate(0)
+    f.write(json.dumps({"pid": pid, "host": host}))
+    f.flush()
+    return f
+
+
+def import_pairs_args(tmp_path: Path, *extra: str) -> list[str]:
+    captions = tmp_path / "caps.jsonl"
+    captions.write_bytes(caption_lines(300))
+    return ["import-pairs", "--captions", str(captions), "--out", str(tmp_path / "pairs"), "--shard-size", "50",
+            *extra]
+
+
+def test_a_second_launch_on_the_same_out_is_refused_naming_the_holder(tmp_path):
+    out = tmp_path / "pairs"
+    holder = hold_lock(out / ".lock-0-of-1", os.getpid(), socket.gethostname())
+    (out / "shards" / "00000.partial").mkdir(parents=True)  # the holder's shard in progress
+    try:
+        result = run_cli(*import_pairs_args(tmp_path))
+    finally:
+        holder.close()
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert f"pid {os.getpid()} on {socket.gethostname()}" in result.stderr
+    assert (out / "shards" / "00000.partial").is_dir() and not (out / "summary.json").exists()
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
+    out = tmp_path / "pairs"
+    out.mkdir()
+    (out / ".lock-0-of-1").write_text(json.dumps({"pid": 999999, "host": socket.gethostname()}))
+    result = run_cli(*import_pairs_args(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "summary.json").read_text())["ok"] == 300
+
+
+def test_workers_of_one_run_still_work_side_by_side(tmp_path):
+    out = tmp_path / "pairs"
+    holder = hold_lock(out / ".lock-0-of-2", os.getpid(), socket.gethostname())
+    try:
+        assert main(import_pairs_args(tmp_path, "--shard", "1/2")) == 0
+        assert main(import_pairs_args(tmp_path, "--shard", "1/2")) == 0  # the lock is given back at the end
+    finally:
+        holder.close()
+    assert len(list((out / "shards").iterdir())) == 3
+
+
+class FinalizeCounter(NumbersStage):
+    finalized: list[str] = []
+
+    def finalize(self, options, shard_dirs):
+        self.finalized.append(options.shard)
+
+
+class WorkerFinishingMeanwhile(FinalizeCounter):
+    """Worker 1/2; just as it finishes its shards, worker 0/2 finishes the rest and finalizes the run."""
+
+    def close(self):
+        run_stage(FinalizeCounter(), make_options(self.tmp_path, count=20, shard="0/2"))
+
+
+def test_two_workers_finishing_together_finalize_once(tmp_path):
+    FinalizeCounter.finalized = []
+    worker = WorkerFinishingMeanwhile()
+    worker.tmp_path = tmp_path
+    result = run_stage(worker, make_options(tmp_path, count=20, shard="1/2"))
+    assert result.complete and FinalizeCounter.finalized == ["0/2"]

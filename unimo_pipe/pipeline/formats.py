@@ -3,7 +3,8 @@ training manifest, UNITER's region layout, and how a pair's image name finds its
 
 A stage's output folder (the runner writes the layout, stages write the files inside a shard):
     OUT/stage.json, OUT/config.yaml, OUT/summary.json, OUT/input_problems.json (only when there are some),
-    OUT/shards/NNNNN/{stats.json, the stage's files}, OUT/shards/NNNNN.partial/ while a shard is written
+    OUT/shards/NNNNN/{stats.json, the stage's files}, OUT/shards/NNNNN.partial/ while a shard is written,
+    OUT/.lock-I-of-N (held by the process running shard selection I/N), OUT/.lock-finalize (around finalize)
 
 Rows of the per-shard files that other stages read:
     import-pairs   pairs.jsonl      {"id", "image", "caption", ...}
@@ -41,6 +42,13 @@ SHARDS_DIR = "shards"
 STATS_FILE = "stats.json"
 PARTIAL_SUFFIX = ".partial"
 INPUT_PROBLEMS_FILE = "input_problems.json"  # bad rows of side inputs that `Stage.open` found
+LOCK_PREFIX = ".lock-"  # flock files holding the pid and host of their holder; never deleted
+FINALIZE_LOCK = LOCK_PREFIX + "finalize"
+
+
+def selection_lock_name(index: int, count: int) -> str:
+    """The lock file of the process that runs shards index, index + count, ... of an output folder."""
+    return f"{LOCK_PREFIX}{index}-of-{count}"
 
 # -- per-shard files other stages read --
 PAIRS_FILE = "pairs.jsonl"
