@@ -11,6 +11,8 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from tests.pipeline.test_runner import NumbersStage, make_options
 from unimo_pipe.pipeline.cli import main
 from unimo_pipe.pipeline.runner import run_stage
@@ -134,3 +136,41 @@ def test_two_workers_finishing_together_finalize_once(tmp_path):
     worker.tmp_path = tmp_path
     result = run_stage(worker, make_options(tmp_path, count=20, shard="1/2"))
     assert result.complete and FinalizeCounter.finalized == ["0/2"]
+
+
+def shard_output(tmp_path: Path) -> Path:
+    """A `shard` output whose first shard holds only pairs and whose last holds only texts."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_bytes(caption_lines(4))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"text sentence {i}\n" for i in range(5)))
+    out = tmp_path / "shards"
+    assert main(["shard", "--pairs", str(pairs), "--text-corpus", str(corpus), "--out", str(out),
+                 "--shard-size", "3"]) == 0
+    return out
+
+
+def test_merge_of_shards_holding_different_files_merges_every_kind(tmp_path):
+    out = shard_output(tmp_path)
+    assert main(["merge", str(out), str(tmp_path / "merged")]) == 0
+    merged = tmp_path / "merged"
+    assert [json.loads(line)["id"] for line in (merged / "pairs.jsonl").read_text().splitlines()] == list("0123")
+    assert len((merged / "texts.jsonl").read_text().splitlines()) == 5
+
+
+def test_merge_refuses_what_it_cannot_merge_and_writes_nothing(tmp_path, capsys):
+    out = shard_output(tmp_path)
+    (out / "shards" / "00001" / "retrieval.npz").write_bytes(b"not mergeable")
+    assert main(["merge", str(out), str(tmp_path / "merged")]) == 2
+    assert "retrieval.npz" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "pairs.jsonl", "shards"]
+
+
+def test_a_merge_that_fails_midway_leaves_no_half_written_destination(tmp_path):
+    out = shard_output(tmp_path)
+    broken = out / "shards" / "00002" / "z_store"  # merged last, after both JSONL files
+    broken.mkdir()
+    (broken / "data.mdb").write_bytes(b"not an LMDB file" * 512)
+    with pytest.raises(Exception, match="MDB_INVALID"):
+        main(["merge", str(out), str(tmp_path / "merged")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "pairs.jsonl", "shards"]
