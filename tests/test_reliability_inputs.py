@@ -15,6 +15,7 @@ import pytest
 
 from tests.pipeline.test_runner import NumbersStage, make_options
 from unimo_pipe.pipeline.cli import main
+from unimo_pipe.pipeline.readers import iter_captions
 from unimo_pipe.pipeline.runner import run_stage
 from unimo_pipe.pipeline.text import normalize_text
 
@@ -174,3 +175,22 @@ def test_a_merge_that_fails_midway_leaves_no_half_written_destination(tmp_path):
     with pytest.raises(Exception, match="MDB_INVALID"):
         main(["merge", str(out), str(tmp_path / "merged")])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "pairs.jsonl", "shards"]
+
+
+BOM = b"\xef\xbb\xbf"
+
+
+def test_a_byte_order_mark_does_not_spoil_the_first_record(tmp_path):
+    jsonl = tmp_path / "caps.jsonl"
+    jsonl.write_bytes(BOM + caption_lines(2))
+    tsv = tmp_path / "caps.tsv"
+    tsv.write_bytes(BOM + b"caption\turl\na dog\td.jpg\n")
+    coco = tmp_path / "caps.json"
+    coco.write_bytes(BOM + json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}],
+                                       "annotations": [{"id": 7, "image_id": 1, "caption": "a cat"}]}).encode())
+    lines = tmp_path / "caps.txt"
+    lines.write_bytes(BOM + b"a bird\n")
+    for path in (jsonl, tsv, coco, lines):
+        records = list(iter_captions(path))
+        assert records and all(r.error is None for r in records), (path.name, records)
+        assert not records[0].value["caption"].startswith("\ufeff")
