@@ -194,3 +194,11 @@ def test_a_byte_order_mark_does_not_spoil_the_first_record(tmp_path):
         records = list(iter_captions(path))
         assert records and all(r.error is None for r in records), (path.name, records)
         assert not records[0].value["caption"].startswith("\ufeff")
+
+
+def test_duplicate_ids_are_skips_as_documented(tmp_path):
+    captions = tmp_path / "caps.jsonl"
+    captions.write_bytes(caption_lines(3) + caption_lines(1))
+    assert main(["import-pairs", "--captions", str(captions), "--out", str(tmp_path / "pairs")]) == 0
+    summary = json.loads((tmp_path / "pairs" / "summary.json").read_text())
+    assert summary["ok"] == 3 and summary["failed"] == 0 and summary["skip_reasons"] == {"duplicate_id": 1}

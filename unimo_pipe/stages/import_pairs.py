@@ -2,7 +2,8 @@
 
 Per shard: pairs.jsonl with {"id", "image", "caption", "split"?, "source"}. Captions are normalised
 (Unicode NFC, whitespace); empty ones fail, over-long ones are cut at a word boundary and counted;
-ids must be unique across all inputs; with --image-root, pairs whose image file is absent fail.
+a repeated id (across all inputs) is skipped (`duplicate_id`), the first one kept; with --image-root, pairs
+whose image file is absent or outside the root fail.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from unimo_pipe.pipeline.formats import PAIRS_FILE
 from unimo_pipe.pipeline.readers import CAPTION_FORMATS, iter_captions
 from unimo_pipe.pipeline.stage import CommonOptions, Record, ShardContext, Stage
 from unimo_pipe.pipeline.text import normalize_text, truncate_text
+
+# The value of a record whose id was seen before. Marked in input order, so every worker agrees.
+_DUPLICATE_ID = "duplicate_id"
 
 
 @dataclass
@@ -41,7 +45,7 @@ class ImportPairs(Stage):
         for path in options.captions:
             for record in iter_captions(path, options.format):
                 if record.error is None and record.key in seen:
-                    record = Record(record.key, error="duplicate_id", detail=f"id {record.key} seen before")
+                    record = Record(record.key, _DUPLICATE_ID)
                 elif record.error is None:
                     seen.add(record.key)
                     record.value["source"] = path.name
@@ -52,6 +56,9 @@ class ImportPairs(Stage):
         with ctx.path(PAIRS_FILE).open("w", encoding="utf-8") as out:
             for record in records:
                 pair = record.value
+                if pair == _DUPLICATE_ID:
+                    ctx.stats.skip(_DUPLICATE_ID)
+                    continue
                 if options.splits and pair.get("split") not in options.splits:
                     ctx.stats.skip("other_split")
                     continue
