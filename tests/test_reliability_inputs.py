@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -202,3 +203,20 @@ def test_duplicate_ids_are_skips_as_documented(tmp_path):
     assert main(["import-pairs", "--captions", str(captions), "--out", str(tmp_path / "pairs")]) == 0
     summary = json.loads((tmp_path / "pairs" / "summary.json").read_text())
     assert summary["ok"] == 3 and summary["failed"] == 0 and summary["skip_reasons"] == {"duplicate_id": 1}
+
+
+def test_an_empty_input_is_warned_about(tmp_path, caplog):
+    captions = tmp_path / "caps.jsonl"
+    captions.write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="unimo_pipe"):
+        assert main(["import-pairs", "--captions", str(captions), "--out", str(tmp_path / "pairs")]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "no records" in warnings[0]
+
+
+def test_a_file_given_for_a_folder_option_is_one_clear_error(tmp_path, capsys):
+    image = tmp_path / "x.jpg"
+    image.write_bytes(b"jpg")
+    assert main(["extract-regions", "--images", str(image), "--detector", "tiny", "--out", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"{image} is a file, not a folder" in err

@@ -295,6 +295,8 @@ def _check_value(spec: OptionSpec, value: Any, produced: tuple[Path, ...]) -> li
             errors.append(f"{spec.name}: input not found: {item}: check the path")
         elif spec.must_exist and (problem := special_file_problem(item)):
             errors.append(f"{spec.name}: {problem}")
+        elif spec.must_exist and spec.metavar == "DIR" and item.is_file():
+            errors.append(f"{spec.name}: {item} is a file, not a folder: pass the folder ({spec.flag} DIR)")
     return errors
 
 

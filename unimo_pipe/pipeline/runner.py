@@ -121,6 +121,8 @@ def _run_owned_shards(stage: Stage, options: Any, selection: ShardSelection, cha
     finally:
         progress.close()
         stage.close()
+    if total == 0:
+        logger.warning("%s: the inputs hold no records, so %s is empty: check the input files", stage.name, out)
     committed = committed_shard_dirs(out)
     complete = len(committed) == total
     totals = merge_stats([read_json(d / STATS_FILE) for d in committed])
