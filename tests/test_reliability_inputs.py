@@ -220,3 +220,18 @@ def test_a_file_given_for_a_folder_option_is_one_clear_error(tmp_path, capsys):
     assert main(["extract-regions", "--images", str(image), "--detector", "tiny", "--out", str(tmp_path / "f")]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and f"{image} is a file, not a folder" in err
+
+
+def test_image_names_that_leave_the_image_root_fail(tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    (root / "in.jpg").write_bytes(b"jpg")
+    (tmp_path / "outside.jpg").write_bytes(b"jpg")
+    captions = tmp_path / "caps.jsonl"
+    captions.write_text("".join(json.dumps({"id": str(i), "image": image, "caption": "a picture"}) + "\n"
+                                for i, image in enumerate(["in.jpg", "../outside.jpg", str(tmp_path / "outside.jpg"),
+                                                           str(root / "in.jpg")])))
+    out = tmp_path / "pairs"
+    assert main(["import-pairs", "--captions", str(captions), "--image-root", str(root), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ok"] == 2 and summary["failure_reasons"] == {"image_outside_root": 2}

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,18 @@ def uniter_soft_labels(class_probs: np.ndarray) -> np.ndarray:
 
 
 # -- image keys --
+
+def key_within(root: Path, name: str | Path) -> str | None:
+    """`name` (relative to `root`, or absolute) as a posix path relative to `root`; None when it leaves `root`.
+
+    Lexical, following no symlinks, so a folder of symlinks to images elsewhere still counts as inside.
+    """
+    base = os.path.abspath(root)
+    full = os.path.normpath(os.path.join(base, name))
+    if full == base or os.path.commonpath([full, base]) != base:
+        return None
+    return Path(os.path.relpath(full, base)).as_posix()
+
 
 class ImageKeys:
     """Find the store key of an image a pair names: the exact key, else the one key with the same file

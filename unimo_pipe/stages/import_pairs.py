@@ -15,7 +15,7 @@ from pathlib import Path
 
 from unimo_pipe.pipeline.config import option
 from unimo_pipe.pipeline.errors import RecordError
-from unimo_pipe.pipeline.formats import PAIRS_FILE
+from unimo_pipe.pipeline.formats import PAIRS_FILE, key_within
 from unimo_pipe.pipeline.readers import CAPTION_FORMATS, iter_captions
 from unimo_pipe.pipeline.stage import CommonOptions, Record, ShardContext, Stage
 from unimo_pipe.pipeline.text import normalize_text, truncate_text
@@ -79,6 +79,8 @@ def _clean_pair(pair: dict, options: ImportPairsOptions, ctx: ShardContext) -> N
     if options.image_root is not None:
         if not pair["image"]:
             raise RecordError("missing_image", "the pair names no image")
+        if key_within(options.image_root, pair["image"]) is None:
+            raise RecordError("image_outside_root", f"{pair['image']} is outside --image-root {options.image_root}")
         if not (options.image_root / pair["image"]).is_file():
             raise RecordError("missing_image", f"{options.image_root / pair['image']} not found")
     pair["caption"] = caption
