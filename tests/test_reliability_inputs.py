@@ -16,8 +16,10 @@ import pytest
 
 from tests.pipeline.test_runner import NumbersStage, make_options
 from unimo_pipe.pipeline.cli import main
+from unimo_pipe.pipeline.config import Source
 from unimo_pipe.pipeline.readers import iter_captions
 from unimo_pipe.pipeline.runner import run_stage
+from unimo_pipe.pipeline.stage import get_stage, resolve_stage_options
 from unimo_pipe.pipeline.text import normalize_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -235,3 +237,15 @@ def test_image_names_that_leave_the_image_root_fail(tmp_path):
     assert main(["import-pairs", "--captions", str(captions), "--image-root", str(root), "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ok"] == 2 and summary["failure_reasons"] == {"image_outside_root": 2}
+
+
+def test_image_list_keys_are_relative_to_the_list_folder_and_entries_outside_it_fail(tmp_path):
+    lists = tmp_path / "lists"
+    (lists / "imgs" / "sub").mkdir(parents=True)
+    listing = lists / "list.txt"
+    listing.write_bytes(BOM + f"imgs/a.jpg\nimgs/sub/b.jpg\n../outside.jpg\n{lists / 'imgs' / 'c.jpg'}\n".encode())
+    options = resolve_stage_options(get_stage("extract-regions"), [Source("test", {
+        "image_list": str(listing), "detector": "tiny", "out": str(tmp_path / "feats")})])
+    records = list(get_stage("extract-regions").iter_records(options))
+    assert [r.key for r in records if r.error is None] == ["imgs/a.jpg", "imgs/sub/b.jpg", "imgs/c.jpg"]
+    assert [(r.key, r.error) for r in records if r.error] == [("list.txt:3", "image_outside_root")]
