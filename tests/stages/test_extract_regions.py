@@ -157,7 +157,7 @@ def test_image_list_and_option_checks(tmp_path, image_dir, capsys):
     listing.write_text("images/a/same.jpg\n# comment\nimages/gray.png\n")
     out = tmp_path / "feats"
     assert main(["extract-regions", "--image-list", str(listing), "--out", str(out), *FAST]) == 0
-    assert sorted(open_feature_dir(out).name2nbb) == ["a/same.jpg", "gray.png"]
+    assert sorted(open_feature_dir(out).name2nbb) == ["images/a/same.jpg", "images/gray.png"]
     assert main(["extract-regions", "--out", str(tmp_path / "x"), "--detector", "butd-r101", "--min-boxes", "20",
                  "--max-boxes", "5"]) == 2
     err = capsys.readouterr().err

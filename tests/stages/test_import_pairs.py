@@ -27,9 +27,10 @@ def test_pairs_are_cleaned_deduplicated_and_checked_against_images(tmp_path):
     assert rows[0] == {"id": "1", "image": "a.jpg", "caption": "A dog on grass.", "source": "caps.jsonl"}
     assert len(rows[1]["caption"]) <= 100 and rows[1]["caption"].endswith("word")
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["records"] == 7 and summary["ok"] == 2 and summary["failed"] == 5
-    assert summary["failure_reasons"] == {"empty_caption": 1, "duplicate_id": 1, "missing_image": 1,
-                                          "malformed_caption": 1, "malformed_json": 1}
+    assert summary["records"] == 7 and summary["ok"] == 2 and summary["failed"] == 4
+    assert summary["failure_reasons"] == {"empty_caption": 1, "missing_image": 1, "malformed_caption": 1,
+                                          "malformed_json": 1}
+    assert summary["skip_reasons"] == {"duplicate_id": 1}
     assert summary["counters"] == {"captions_truncated": 1}
 
 

@@ -12,6 +12,8 @@ import difflib
 import functools
 import hashlib
 import json
+import os
+import stat
 import types
 import typing
 from dataclasses import dataclass, field
@@ -291,11 +293,36 @@ def _check_value(spec: OptionSpec, value: Any, produced: tuple[Path, ...]) -> li
             errors.append(f"{spec.name} must be one of {', '.join(spec.choices)}; got {item!r}")
         if spec.must_exist and not _exists_or_produced(item, produced):
             errors.append(f"{spec.name}: input not found: {item}: check the path")
+        elif spec.must_exist and (problem := special_file_problem(item)):
+            errors.append(f"{spec.name}: {problem}")
+        elif spec.must_exist and spec.metavar == "DIR" and item.is_file():
+            errors.append(f"{spec.name}: {item} is a file, not a folder: pass the folder ({spec.flag} DIR)")
     return errors
 
 
 def _exists_or_produced(path: Path, produced: tuple[Path, ...]) -> bool:
     return path.exists() or any(path == out or out in path.parents for out in produced)
+
+
+_SPECIAL_FILE_KINDS = ((stat.S_ISFIFO, "pipe"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISSOCK, "socket"))
+
+
+def special_file_problem(path: Path) -> str | None:
+    """Why an existing input that is neither a file nor a folder (a pipe, a device) is refused; None if it is not.
+
+    Only stats the path: opening a named pipe without a writer would block.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    for is_kind, kind in _SPECIAL_FILE_KINDS:
+        if is_kind(mode):
+            # Inputs are read more than once (the config hash fingerprints them, then every worker streams
+            # them), which a pipe cannot give.
+            return f"{path} is a {kind}, not a regular file: write the data to a file first and pass that file"
+    return None
 
 
 def options_to_dict(options: Any) -> dict[str, Any]:
@@ -352,6 +379,8 @@ def fingerprint(path: Path) -> str:
         return "dir:" + digest.hexdigest()[:16]
     if not path.exists():
         return "missing"
+    if problem := special_file_problem(path):
+        raise UserError(problem)
     size = path.stat().st_size
     with path.open("rb") as f:
         digest.update(f.read(_EDGE_BYTES))

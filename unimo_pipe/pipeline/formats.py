@@ -3,7 +3,8 @@ training manifest, UNITER's region layout, and how a pair's image name finds its
 
 A stage's output folder (the runner writes the layout, stages write the files inside a shard):
     OUT/stage.json, OUT/config.yaml, OUT/summary.json, OUT/input_problems.json (only when there are some),
-    OUT/shards/NNNNN/{stats.json, the stage's files}, OUT/shards/NNNNN.partial/ while a shard is written
+    OUT/shards/NNNNN/{stats.json, the stage's files}, OUT/shards/NNNNN.partial/ while a shard is written,
+    OUT/.lock-I-of-N (held by the process running shard selection I/N), OUT/.lock-finalize (around finalize)
 
 Rows of the per-shard files that other stages read:
     import-pairs   pairs.jsonl      {"id", "image", "caption", ...}
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,13 @@ STATS_FILE = "stats.json"
 PARTIAL_SUFFIX = ".partial"
 MERGED_FROM_FILE = "merged_from.json"  # in a `merge` destination: which stage output it came from
 INPUT_PROBLEMS_FILE = "input_problems.json"  # bad rows of side inputs that `Stage.open` found
+LOCK_PREFIX = ".lock-"  # flock files holding the pid and host of their holder; never deleted
+FINALIZE_LOCK = LOCK_PREFIX + "finalize"
+
+
+def selection_lock_name(index: int, count: int) -> str:
+    """The lock file of the process that runs shards index, index + count, ... of an output folder."""
+    return f"{LOCK_PREFIX}{index}-of-{count}"
 
 # -- per-shard files other stages read --
 PAIRS_FILE = "pairs.jsonl"
@@ -152,6 +161,18 @@ def uniter_soft_labels(class_probs: np.ndarray) -> np.ndarray:
 
 
 # -- image keys --
+
+def key_within(root: Path, name: str | Path) -> str | None:
+    """`name` (relative to `root`, or absolute) as a posix path relative to `root`; None when it leaves `root`.
+
+    Lexical, following no symlinks, so a folder of symlinks to images elsewhere still counts as inside.
+    """
+    base = os.path.abspath(root)
+    full = os.path.normpath(os.path.join(base, name))
+    if full == base or os.path.commonpath([full, base]) != base:
+        return None
+    return Path(os.path.relpath(full, base)).as_posix()
+
 
 class ImageKeys:
     """Find the store key of an image a pair names, by the first of these steps that finds any key:

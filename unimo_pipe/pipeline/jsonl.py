@@ -61,7 +61,7 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Any, str | None]]:
             if not raw.strip():
                 continue
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8-sig")  # -sig: a byte order mark is accepted
             except UnicodeDecodeError:
                 yield line_number, None, "invalid_utf8"
                 continue

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,38 +53,66 @@ def iter_output_jsonl(out: Path, file_name: str) -> Iterator[dict[str, Any]]:
 def merge_outputs(out: Path, dest: Path) -> dict[str, int]:
     """Concatenate every per-shard JSONL file and merge every per-shard LMDB into `dest`.
 
+    A shard need not hold every file. Anything else is refused before any writing, and `dest` appears
+    whole or not at all: it is written in a temporary sibling folder, renamed at the end.
     Returns {file name: rows or entries merged}.
     """
     shards = complete_shard_dirs(out)
-    if dest.exists() and any(dest.iterdir()):
-        raise UserError(f"merge destination {dest} is not empty: choose a new folder")
-    dest.mkdir(parents=True, exist_ok=True)
-    merged: dict[str, int] = {}
-    for entry in sorted(shards[0].iterdir()) if shards else []:
-        if entry.name == STATS_FILE:
-            continue
-        if entry.suffix == ".jsonl":
-            merged[entry.name] = _concatenate(shards, entry.name, dest / entry.name)
-        elif (entry / "data.mdb").is_file():
-            merged[entry.name] = _merge_lmdb(shards, entry.name, dest / entry.name)
-    stage = read_json(out / SUMMARY_FILE)["stage"]
-    write_json_atomic(dest / MERGED_FROM_FILE, {"source": str(out), "stage": stage, "shards": len(shards)})
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise UserError(f"merge destination {dest} is not an empty folder: choose a new folder")
+    plan = _merge_plan(out, shards)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".merging", dir=dest.parent))
+    try:
+        merged = {name: merge(shards, name, staging / name) for name, merge in plan.items()}
+        stage = read_json(out / SUMMARY_FILE)["stage"]
+        write_json_atomic(staging / MERGED_FROM_FILE, {"source": str(out), "stage": stage, "shards": len(shards)})
+        os.replace(staging, dest)  # also replaces an empty folder
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return merged
+
+
+def _merge_plan(out: Path, shards: list[Path]) -> dict[str, Callable[[list[Path], str, Path], int]]:
+    """How to merge each file name found in any shard; a name that is neither JSONL nor LMDB is refused."""
+    kinds: dict[str, set[str]] = {}
+    for shard in shards:
+        for entry in shard.iterdir():
+            if entry.name != STATS_FILE:
+                kinds.setdefault(entry.name, set()).add(_merge_kind(entry))
+    refused = sorted(name for name, found in kinds.items() if len(found) > 1 or "other" in found)
+    if refused:
+        raise UserError(f"cannot merge {', '.join(refused)} of {out}: only per-shard JSONL files and LMDB stores "
+                        "merge; read those from the shard folders instead")
+    merges = {"jsonl": _concatenate, "lmdb": _merge_lmdb}
+    return {name: merges[found.pop()] for name, found in sorted(kinds.items())}
+
+
+def _merge_kind(entry: Path) -> str:
+    if entry.suffix == ".jsonl" and entry.is_file():
+        return "jsonl"
+    if (entry / "data.mdb").is_file():
+        return "lmdb"
+    return "other"
 
 
 def _concatenate(shards: list[Path], name: str, target: Path) -> int:
     lines = 0
     with target.open("wb") as dst:
-        for shard in shards:
-            with (shard / name).open("rb") as src:
-                shutil.copyfileobj(src, dst)
-            lines += sum(1 for _ in (shard / name).open("rb"))
+        for path in (shard / name for shard in shards):
+            if path.is_file():
+                with path.open("rb") as src:
+                    shutil.copyfileobj(src, dst)
+                with path.open("rb") as src:
+                    lines += sum(1 for _ in src)
     return lines
 
 
 def _merge_lmdb(shards: list[Path], name: str, target: Path) -> int:
     with LmdbWriter(target, commit_every=1024) as writer:
-        for shard in shards:
-            for key, value in LmdbReader(shard / name).items_raw():
-                writer.put_raw(key, value)
+        for path in (shard / name for shard in shards):
+            if (path / "data.mdb").is_file():
+                for key, value in LmdbReader(path).items_raw():
+                    writer.put_raw(key, value)
     return writer.written

@@ -70,7 +70,7 @@ def iter_captions(path: Path, fmt: str = "auto") -> Iterator[Record]:
 
 def _load_json_file(path: Path) -> Any:
     try:
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8-sig") as f:  # -sig: a byte order mark is accepted
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is not valid JSON ({exc}): check the file is complete") from None
@@ -122,7 +122,7 @@ def _read_lines(path: Path) -> Iterator[tuple[int, str | None]]:
     with path.open("rb") as f:
         for line_number, raw in enumerate(f, start=1):
             try:
-                text = raw.decode("utf-8").rstrip("\r\n")
+                text = raw.decode("utf-8-sig").rstrip("\r\n")  # -sig: a byte order mark is accepted
             except UnicodeDecodeError:
                 yield line_number, None
                 continue

@@ -13,10 +13,12 @@ leaves either a whole shard or none: a rerun redoes the partial one and nothing 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,9 @@ from unimo_pipe.pipeline.config import config_hash, options_to_dict, output_affe
 from unimo_pipe.pipeline.errors import UserError
 from unimo_pipe.pipeline.formats import (
     CONFIG_FILE,
+    FINALIZE_LOCK,
     INPUT_PROBLEMS_FILE,
+    LOCK_PREFIX,
     PARTIAL_SUFFIX,
     SHARDS_DIR,
     STAGE_RECORD,
@@ -35,9 +39,11 @@ from unimo_pipe.pipeline.formats import (
     SUMMARY_FILE,
     committed_shard_dirs,
     is_committed,
+    selection_lock_name,
     shard_dir,
 )
 from unimo_pipe.pipeline.jsonl import atomic_write, read_json, write_json_atomic
+from unimo_pipe.pipeline.locks import LockBusy, describe_holder, hold_lock
 from unimo_pipe.pipeline.progress import Progress
 from unimo_pipe.pipeline.sharding import ShardSelection, chunk, resolve_selection
 from unimo_pipe.pipeline.stage import Record, RunContext, ShardContext, Stage
@@ -65,11 +71,34 @@ class RunResult:
 
 
 def run_stage(stage: Stage, options: Any, *, env: dict[str, str] | None = None) -> RunResult:
-    """Run every shard this process owns that is not committed yet; return what happened."""
+    """Run every shard this process owns that is not committed yet; return what happened.
+
+    A second process on the same output folder and shard selection is refused while this one runs.
+    """
     started = time.perf_counter()
-    out: Path = options.out
     selection = resolve_selection(options.shard, env)
     chash = config_hash(stage.name, stage.format_version, options)
+    with _selection_lock(options.out, selection):
+        return _run_owned_shards(stage, options, selection, chash, started)
+
+
+@contextlib.contextmanager
+def _selection_lock(out: Path, selection: ShardSelection) -> Iterator[None]:
+    _refuse_file_out(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(hold_lock(out / selection_lock_name(selection.index, selection.count)))
+        except LockBusy as busy:
+            raise UserError(f"{out} is being written by another run of shards {selection} "
+                            f"({describe_holder(busy.holder)}): wait for it to finish, or choose another --out"
+                            ) from None
+        yield
+
+
+def _run_owned_shards(stage: Stage, options: Any, selection: ShardSelection, chash: str, started: float
+                      ) -> RunResult:
+    out: Path = options.out
     prepare_output_dir(stage, options, chash)
     remove_partial_shards(out, selection)
     run_context = RunContext(out=out, config_hash=chash, selection=selection, strict=options.strict,
@@ -95,17 +124,40 @@ def run_stage(stage: Stage, options: Any, *, env: dict[str, str] | None = None) 
     finally:
         progress.close()
         stage.close()
+    if total == 0:
+        logger.warning("%s: the inputs hold no records, so %s is empty: check the input files", stage.name, out)
     committed = committed_shard_dirs(out)
     complete = len(committed) == total
     totals = merge_stats([read_json(d / STATS_FILE) for d in committed])
-    if complete and (run or not (out / SUMMARY_FILE).is_file()):
-        stage.finalize(options, committed)
-        summary = {"stage": stage.name, "config_hash": chash, "shards": total, "complete": True, **totals}
-        if (out / INPUT_PROBLEMS_FILE).is_file():
-            summary["input_problems"] = read_json(out / INPUT_PROBLEMS_FILE)
-        write_json_atomic(out / SUMMARY_FILE, summary)
+    if complete:
+        with hold_lock(out / FINALIZE_LOCK, wait=True):  # workers finishing together finalize one at a time
+            _finalize_unless_done(stage, options, chash, total)
     logger.info("%s: %d shards (%d run, %d already done) in %s", stage.name, total, run, skipped, out)
     return RunResult(stage.name, out, total, run, skipped, totals, complete, time.perf_counter() - started)
+
+
+def _finalize_unless_done(stage: Stage, options: Any, chash: str, total: int) -> None:
+    """Finalize and write the summary, unless a summary newer than every committed shard says it is done."""
+    out: Path = options.out
+    committed = committed_shard_dirs(out)
+    if _summary_covers(out, committed):
+        return
+    stage.finalize(options, committed)
+    totals = merge_stats([read_json(d / STATS_FILE) for d in committed])
+    summary = {"stage": stage.name, "config_hash": chash, "shards": total, "complete": True, **totals}
+    if (out / INPUT_PROBLEMS_FILE).is_file():
+        summary["input_problems"] = read_json(out / INPUT_PROBLEMS_FILE)
+    write_json_atomic(out / SUMMARY_FILE, summary)
+
+
+def _summary_covers(out: Path, committed: list[Path]) -> bool:
+    # A summary is only written once every shard is committed, so one at least as new as the newest shard
+    # saw them all: another worker finalized. A finalize again would merge already-merged (removed) stores.
+    summary = out / SUMMARY_FILE
+    if not summary.is_file():
+        return False
+    newest_shard = max((os.stat(d / STATS_FILE).st_mtime_ns for d in committed), default=0)
+    return summary.stat().st_mtime_ns >= newest_shard
 
 
 def _open(stage: Stage, options: Any, run_context: RunContext) -> None:
@@ -160,8 +212,7 @@ def _count_unreadable(records: list[Record], ctx: ShardContext) -> list[Record]:
 def prepare_output_dir(stage: Stage, options: Any, chash: str) -> None:
     """Refuse to mix outputs of another stage or config (unless --overwrite); record this config."""
     out: Path = options.out
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder: choose a folder path")
+    _refuse_file_out(out)
     record_path = out / STAGE_RECORD
     affecting = output_affecting_dict(options)
     if record_path.exists():
@@ -177,6 +228,11 @@ def prepare_output_dir(stage: Stage, options: Any, chash: str) -> None:
         yaml.safe_dump({"stage": stage.name, **options_to_dict(options)}, f, sort_keys=False)
 
 
+def _refuse_file_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder: choose a folder path")
+
+
 def _handle_config_change(out: Path, previous: dict, affecting: dict, overwrite: bool) -> None:
     if not committed_shard_dirs(out):
         return
@@ -190,8 +246,8 @@ def _handle_config_change(out: Path, previous: dict, affecting: dict, overwrite:
         )
     logger.warning("--overwrite: removing every output of the previous config in %s", out)
     for entry in out.iterdir():  # shards, summary, and merged outputs (feature store, manifest, sub-stages)
-        if entry.name in (STAGE_RECORD, CONFIG_FILE):
-            continue
+        if entry.name in (STAGE_RECORD, CONFIG_FILE) or entry.name.startswith(LOCK_PREFIX):
+            continue  # lock files stay: other processes may hold them
         if entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
         else:

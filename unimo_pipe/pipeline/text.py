@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 import unicodedata
 
-_CONTROL = re.compile(r"[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u200b-\u200f\u2028\u2029\ufeff]")
+# Zero-width joiner and non-joiner (U+200D, U+200C) are not listed: they join emoji sequences and
+# shape Persian and Indic words, so removing them changes the text.
+_CONTROL = re.compile(r"[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u200b\u200e\u200f\u2028\u2029\ufeff]")
 _SPACES = re.compile(r"\s+")
 # A sentence ends at . ! or ? (plus closing quotes/brackets) followed by space and a capital, digit or quote.
 _BOUNDARY = re.compile(r"(?<=[.!?])([\"'\u201d\u2019)\]]*)\s+(?=[\"'\u201c\u2018(\[]?[A-Z0-9])")
@@ -17,7 +19,7 @@ _ABBREVIATIONS = {
 
 
 def normalize_text(text: str) -> str:
-    """NFC, control and zero-width characters removed, whitespace collapsed, ends stripped."""
+    """NFC, control and zero-width characters (but not joiners) removed, whitespace collapsed, ends stripped."""
     text = unicodedata.normalize("NFC", text)
     text = _CONTROL.sub(" ", text)
     return _SPACES.sub(" ", text).strip()

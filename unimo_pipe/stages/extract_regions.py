@@ -1,8 +1,8 @@
 """`extract-regions`: bottom-up-attention region features into UNITER's LMDB layout.
 
 Keys are image paths relative to --images (posix), so "a/x.jpg" and "b/x.jpg" stay distinct; with
---image-list, paths as listed (absolute ones relative to their common folder). Per shard, a store in
-UNITER's layout; once every shard is committed they are merged into
+--image-list, relative to the list file's folder (an entry outside that folder fails: image_outside_root).
+Per shard, a store in UNITER's layout; once every shard is committed they are merged into
 OUT/feat_th{conf}_max{max}_min{min}/ + OUT/nbb_*.json + OUT/img_meta_*.json (width, height per image).
 
 Per box: features (N, D) f16, norm_bb (N, 6) f16, conf (N,) f16, soft_labels (N, 1601) f16 with background
@@ -12,13 +12,13 @@ attr_ids (int32) and attr_conf (f16).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from unimo_pipe.pipeline.config import option
 from unimo_pipe.pipeline.errors import RecordError, UserError
+from unimo_pipe.pipeline.formats import key_within
 from unimo_pipe.pipeline.images import DEFAULT_MAX_PIXELS, list_images
 from unimo_pipe.pipeline.stage import CommonOptions, Record, RunContext, ShardContext, Stage
 
@@ -75,8 +75,12 @@ class ExtractRegions(Stage):
         return problems
 
     def iter_records(self, options: ExtractRegionsOptions) -> Iterator[Record]:
-        for key, path in _image_entries(options):
-            yield Record(key, str(path))
+        if options.images is not None:
+            root = options.images
+            for path in list_images(root):
+                yield Record(path.relative_to(root).as_posix(), str(path))
+        else:
+            yield from _listed_images(options.image_list)
 
     def models_used(self, options: ExtractRegionsOptions) -> list[str]:
         if options.weights is not None:
@@ -111,19 +115,21 @@ class ExtractRegions(Stage):
                              keep=options.keep_shard_stores)
 
 
-def _image_entries(options: ExtractRegionsOptions) -> list[tuple[str, Path]]:
-    if options.images is not None:
-        root = options.images
-        return [(p.relative_to(root).as_posix(), p) for p in list_images(root)]
-    lines = [line.strip() for line in options.image_list.read_text(encoding="utf-8").splitlines()]
-    paths = [options.image_list.parent / line for line in lines if line and not line.startswith("#")]
-    if not paths:
-        raise UserError(f"{options.image_list} lists no images")
-    root = Path(os.path.commonpath([str(p.parent) for p in paths]))
-    seen, entries = set(), []
-    for path in paths:
-        key = path.relative_to(root).as_posix()
-        if key not in seen:
+def _listed_images(image_list: Path) -> list[Record]:
+    """One record per distinct image of the list, keyed relative to the list's folder, whatever else it lists."""
+    folder = image_list.parent
+    lines = image_list.read_text(encoding="utf-8-sig").splitlines()
+    entries = [(number, line.strip()) for number, line in enumerate(lines, start=1)
+               if line.strip() and not line.strip().startswith("#")]
+    if not entries:
+        raise UserError(f"{image_list} lists no images")
+    seen, records = set(), []
+    for number, entry in entries:
+        key = key_within(folder, entry)
+        if key is None:
+            records.append(Record(f"{image_list.name}:{number}", error="image_outside_root",
+                                  detail=f"{entry} is outside the list's folder {folder}"))
+        elif key not in seen:
             seen.add(key)
-            entries.append((key, path))
-    return entries
+            records.append(Record(key, str(folder / key)))
+    return records

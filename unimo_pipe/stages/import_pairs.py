@@ -2,7 +2,8 @@
 
 Per shard: pairs.jsonl with {"id", "image", "caption", "split"?, "source"}. Captions are normalised
 (Unicode NFC, whitespace); empty ones fail, over-long ones are cut at a word boundary and counted;
-ids must be unique across all inputs; with --image-root, pairs whose image file is absent fail.
+a repeated id (across all inputs) is skipped (`duplicate_id`), the first one kept; with --image-root, pairs
+whose image file is absent or outside the root fail.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from pathlib import Path
 
 from unimo_pipe.pipeline.config import option
 from unimo_pipe.pipeline.errors import RecordError
-from unimo_pipe.pipeline.formats import PAIRS_FILE
+from unimo_pipe.pipeline.formats import PAIRS_FILE, key_within
 from unimo_pipe.pipeline.readers import CAPTION_FORMATS, iter_captions
 from unimo_pipe.pipeline.stage import CommonOptions, Record, ShardContext, Stage
 from unimo_pipe.pipeline.text import normalize_text, truncate_text
+
+# The value of a record whose id was seen before. Marked in input order, so every worker agrees.
+_DUPLICATE_ID = "duplicate_id"
 
 
 @dataclass
@@ -41,7 +45,7 @@ class ImportPairs(Stage):
         for path in options.captions:
             for record in iter_captions(path, options.format):
                 if record.error is None and record.key in seen:
-                    record = Record(record.key, error="duplicate_id", detail=f"id {record.key} seen before")
+                    record = Record(record.key, _DUPLICATE_ID)
                 elif record.error is None:
                     seen.add(record.key)
                     record.value["source"] = path.name
@@ -52,6 +56,9 @@ class ImportPairs(Stage):
         with ctx.path(PAIRS_FILE).open("w", encoding="utf-8") as out:
             for record in records:
                 pair = record.value
+                if pair == _DUPLICATE_ID:
+                    ctx.stats.skip(_DUPLICATE_ID)
+                    continue
                 if options.splits and pair.get("split") not in options.splits:
                     ctx.stats.skip("other_split")
                     continue
@@ -72,6 +79,8 @@ def _clean_pair(pair: dict, options: ImportPairsOptions, ctx: ShardContext) -> N
     if options.image_root is not None:
         if not pair["image"]:
             raise RecordError("missing_image", "the pair names no image")
+        if key_within(options.image_root, pair["image"]) is None:
+            raise RecordError("image_outside_root", f"{pair['image']} is outside --image-root {options.image_root}")
         if not (options.image_root / pair["image"]).is_file():
             raise RecordError("missing_image", f"{options.image_root / pair['image']} not found")
     pair["caption"] = caption
