@@ -236,3 +236,10 @@ def test_a_damaged_retrieve_output_is_one_clear_error(tmp_path, inputs, capsys):
     with pytest.raises(AssertionError):
         run_shard(tmp_path, inputs)
     assert f"{npz} is unreadable" in capsys.readouterr().err
+
+
+def test_outputs_made_from_other_pairs_are_named_in_a_warning(tmp_path, inputs, caplog):
+    others = write_jsonl(tmp_path / "others.jsonl", [{"id": "q1", "image": "a.jpg", "caption": "a dog"}])
+    run_shard(tmp_path, {**inputs, "pairs": others})
+    assert "none of the 1 pairs is in --augment" in caplog.text
+    assert "none of the 1 pairs is in --retrieval" in caplog.text

@@ -19,6 +19,7 @@ skipped and counted, with its file and line, under `input_problems` in summary.j
 from __future__ import annotations
 
 import json
+import logging
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from unimo_pipe.pipeline.formats import (
 )
 from unimo_pipe.pipeline.readers import CAPTION_FORMATS, iter_pairs_input, iter_texts_input
 from unimo_pipe.pipeline.stage import CommonOptions, Record, RunContext, ShardContext, Stage
+
+logger = logging.getLogger("unimo_pipe")
 
 
 @dataclass
@@ -125,10 +128,27 @@ class Shard(Stage):
         }
 
     def finalize(self, options: ShardOptions, shard_dirs: list[Path]) -> None:
-        write_manifest(options.out, manifest_entries(options.out, shard_dirs),
+        files = manifest_entries(options.out, shard_dirs)
+        _warn_if_nothing_joined(options, shard_dirs, pairs=sum(f["records"] for f in files if f["kind"] == "pair"))
+        write_manifest(options.out, files,
                        image_features=str(options.image_features) if options.image_features else None,
                        image_collections=[str(p) for p in options.image_collection],
                        options=options_to_dict(options))
+
+
+def _warn_if_nothing_joined(options: ShardOptions, shard_dirs: list[Path], *, pairs: int) -> None:
+    """One line when not one pair found its augmentation or retrieval: those outputs were likely made from
+    other pairs."""
+    from unimo_pipe.pipeline.formats import STATS_FILE
+    from unimo_pipe.pipeline.jsonl import read_json
+
+    stats = [read_json(d / STATS_FILE) for d in shard_dirs]
+    for given, counter, flag in ((options.augment, "pairs_without_augmentation", "--augment"),
+                                 (options.retrieval, "pairs_without_retrieval", "--retrieval")):
+        missing = sum(s.get("counters", {}).get(counter, 0) for s in stats)
+        if given and pairs and missing == pairs:
+            logger.warning("shard: none of the %d pairs is in %s: were those outputs made from other --pairs "
+                           "than %s?", pairs, flag, options.pairs)
 
 
 def _plain(record: Record) -> dict:
