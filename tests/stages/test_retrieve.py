@@ -249,3 +249,19 @@ def test_torch_exact_search_on_gpu_matches_faiss_flat():
     _, found = build_index("torch", base, device="cuda").search(queries, 10)
     overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(expected, found, strict=True)])
     assert overlap > 0.98  # fp16 may swap near-ties
+
+
+def test_a_store_mixing_feature_sizes_counts_the_odd_images(tmp_path, clusters):
+    store = tmp_path / "feats"
+    rng = np.random.default_rng(0)
+    with RegionFeatureWriter(store) as writer:
+        for name, centre in clusters.items():
+            writer.add(name, image_regions(centre, rng))
+        writer.add("wide.jpg", {"features": rng.standard_normal((4, DIM * 2)), "norm_bb": np.full((4, 6), 0.2)})
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"id": "p0", "image": "c0_0.jpg", "caption": "x"},
+                                                   {"id": "p1", "image": "wide.jpg", "caption": "y"}])
+    out = run_retrieve(tmp_path, pairs, "--image-features", str(store), "--image-collection", str(store), "--k", "3")
+    assert len(results(out)["p0"]["images"]) == 3 and results(out)["p1"]["images"] == []
+    assert json.loads((out / "summary.json").read_text())["counters"]["image_dimension_mismatch"] == 1
+    embedded = json.loads((out / "image_emb" / "summary.json").read_text())
+    assert embedded["failure_reasons"] == {"dimension_mismatch": 1}

@@ -6,6 +6,7 @@ Every embedding leaving this module is float32 and L2-normalised, or None when i
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -180,6 +181,7 @@ class ImageVectors:
         dump = self._features.get_dump(key)
         return pool_regions(dump["features"], dump.get("conf"), self.pooling)
 
-    @property
+    @functools.cached_property
     def dim(self) -> int:
+        """The size of the first image's vector, which every other must share."""
         return len(self.vector(self._keys[0]))

@@ -60,7 +60,11 @@ class EmbedImages(Stage):
         for record in records:
             path = options.image_collection[record.value]
             with ctx.record(record.key):
-                vector = self.source(path, options.pooling).vector(record.key)
+                source = self.source(path, options.pooling)
+                vector = source.vector(record.key)
+                if vector.shape != (source.dim,):
+                    raise RecordError("dimension_mismatch", f"{vector.shape[0]} dimensions, the collection has "
+                                      f"{source.dim}: features from another detector or model")
                 normalised, usable = normalize_rows(vector[None, :])
                 if not usable[0]:
                     raise RecordError("unusable_embedding", "non-finite or all-zero features")

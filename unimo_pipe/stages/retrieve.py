@@ -221,9 +221,12 @@ class Retrieve(Stage):
         queries, found, missing = [], [], []
         for record in records:
             key, reason = _resolved(self.query_images, record.value.get("image"))
+            vector = self.query_images.vector(key) if key else None
+            if vector is not None and vector.shape != (self.query_images.dim,):
+                key, reason, vector = None, "image_dimension_mismatch", None  # a store mixing feature sizes
             found.append(key)
             missing.append(reason)
-            queries.append(self.query_images.vector(key) if key else np.zeros(self.query_images.dim, np.float32))
+            queries.append(vector if vector is not None else np.zeros(self.query_images.dim, np.float32))
         vectors = np.stack(queries) if queries else np.zeros((0, self.query_images.dim), np.float32)
         if self.pca is not None:
             vectors = _apply_pca(self.pca, vectors)
