@@ -340,3 +340,39 @@ def test_a_pretrain_step_in_bf16_on_cpu(training_inputs, tmp_path):
     assert {"loss_cmcl", "loss_mrm", "loss_moc", "loss_itm", "loss_wra", "loss_image_mrm", "loss_image_moc"} <= set(
         rows[0]) and all(np.isfinite(v) for r in rows for k, v in r.items() if k.startswith("loss"))
     assert (out / "model" / "model.safetensors").is_file()
+
+
+def test_a_rerun_with_other_options_never_continues_the_old_checkpoints(training_inputs, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert pretrain(training_inputs, out, "--steps", "4", "--checkpoint-every", "2") == 0
+    assert pretrain(training_inputs, out, "--steps", "4", "--checkpoint-every", "2", "--lr", "1e-3",
+                    "--batch-size", "4") == 2
+    assert f"{out} holds a pretrain run made with other options (changed: batch_size, lr)" in capsys.readouterr().err
+    assert pretrain(training_inputs, out, "--steps", "4", "--log-every", "1", "--workers", "1") == 0  # run-only
+    assert pretrain(training_inputs, out, "--steps", "4", "--lr", "1e-3", "--overwrite", "--log-every", "1") == 0
+    assert [row["step"] for row in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4]  # a new run from step 1
+    assert json.loads((out / "run.json").read_text())["lr"] == 1e-3
+
+
+def test_resume_from_starts_a_new_run_from_a_checkpoint_s_weights(training_inputs, tmp_path):
+    import torch
+
+    first = tmp_path / "first"
+    assert pretrain(training_inputs, first, "--steps", "4", "--checkpoint-every", "4") == 0
+    checkpoint = first / "checkpoints" / "step-00000004.pt"
+    second = tmp_path / "second"
+    assert pretrain(training_inputs, second, "--steps", "2", "--lr", "0", "--warmup-steps", "0",
+                    "--resume-from", str(checkpoint), "--log-every", "1") == 0
+    assert [row["step"] for row in read_jsonl(second / "metrics.jsonl")] == [1, 2]
+    before = torch.load(checkpoint, weights_only=True)["model"]
+    after = torch.load(second / "checkpoints" / "step-00000002.pt", weights_only=True)["model"]
+    assert all(torch.equal(before[name], after[name]) for name in before)  # lr 0: the weights it started from
+
+
+def test_a_damaged_checkpoint_is_one_clear_error(training_inputs, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert pretrain(training_inputs, out, "--steps", "2", "--checkpoint-every", "2") == 0
+    (out / "checkpoints" / "step-00000002.pt").write_bytes(b"not a checkpoint")
+    assert pretrain(training_inputs, out, "--steps", "2", "--checkpoint-every", "2") == 2
+    err = capsys.readouterr().err
+    assert "step-00000002.pt cannot be read" in err and "weights_only" not in err

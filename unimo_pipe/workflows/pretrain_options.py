@@ -14,7 +14,12 @@ class TrainingLoopOptions:
 
     tokenizer: str = option("", help="transformers tokenizer (the model's): local folder or cached hub id",
                             required=True)
-    out: Path | None = option(None, help="output folder", required=True, metavar="DIR")
+    out: Path | None = option(None, help="output folder", required=True, affects_output=False, metavar="DIR")
+    overwrite: bool = option(False, help="start again in an --out that holds a run made with other options "
+                             "(its checkpoints, metrics and model are removed)", affects_output=False)
+    resume_from: Path | None = option(None, help="start from the weights of this checkpoint (a step-*.pt of a "
+                                      "run's OUT/checkpoints), with a new optimizer and schedule", must_exist=True,
+                                      metavar="FILE")
     steps: int = option(1000, help="optimizer steps", minimum=1)
     batch_size: int = option(32, help="examples per rank per micro-batch", minimum=1)
     grad_accum: int = option(1, help="micro-batches per optimizer step", minimum=1)
@@ -24,15 +29,16 @@ class TrainingLoopOptions:
     clip: float = option(1.0, help="gradient norm clipping (0: off)", minimum=0.0)
     max_text_tokens: int = option(64, help="text length limit (UNIMO: 512)", minimum=8)
     max_regions: int = option(100, help="regions per image", minimum=1)
-    log_every: int = option(10, help="steps between metric lines", minimum=1)
-    checkpoint_every: int = option(100, help="steps between checkpoints", minimum=1)
-    eval_every: int = option(0, help="steps between evaluations (0: at the end only)", minimum=0)
+    log_every: int = option(10, help="steps between metric lines", minimum=1, affects_output=False)
+    checkpoint_every: int = option(100, help="steps between checkpoints", minimum=1, affects_output=False)
+    eval_every: int = option(0, help="steps between evaluations (0: at the end only)", minimum=0,
+                             affects_output=False)
     seed: int = option(0, help="seed of everything random")
-    workers: int = option(2, help="DataLoader workers", minimum=0)
+    workers: int = option(2, help="DataLoader workers", minimum=0, affects_output=False)
     precision: str = option("auto", help="autocast of the training steps: auto (bf16 on GPU, fp32 on CPU), bf16 "
                             "(on CPU too, where torch supports it) or fp32", choices=("auto", "bf16", "fp32"))
     compile: bool = option(False, help="torch.compile the transformer layers (faster steps on GPU after a "
-                           "warm-up of a minute or two; checkpoints are unchanged)")
+                           "warm-up of a minute or two; checkpoints are unchanged)", affects_output=False)
 
 
 @dataclass

@@ -18,6 +18,8 @@ import contextlib
 import json
 import logging
 import os
+import pickle
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,10 +27,13 @@ from typing import Any, Protocol
 
 import torch
 
+from unimo_pipe.pipeline.errors import UserError
 from unimo_pipe.pipeline.jsonl import atomic_write, iter_jsonl, write_json_atomic
 from unimo_pipe.workflows.pretrain_options import TrainingLoopOptions
 
 logger = logging.getLogger("unimo_pipe")
+
+RUN_RECORD = "run.json"  # the command and the options that shape the run, as `unimo-pipe` stages keep stage.json
 
 MicroBatchLosses = Callable[[torch.Generator], tuple[dict[str, torch.Tensor], int]]
 """The recipe's step: the losses of its next micro-batch ("loss" is the one trained; the others are logged)
@@ -99,9 +104,49 @@ class TrainingLoop:
         if self.world_size > 1:
             self.trainer = torch.nn.parallel.DistributedDataParallel(module,
                                                                      find_unused_parameters=find_unused_parameters)
+        self._check_run_record()
         self._setup_optimizer()
-        self._resume()
+        if not self._resume() and self.options.resume_from is not None:
+            self._start_from_weights(self.options.resume_from)
         self.board = self._tensorboard()
+
+    # -- the run's options, recorded so a rerun with other options never continues this run's checkpoints --
+
+    @property
+    def run_record(self) -> Path:
+        return self.options.out / RUN_RECORD
+
+    def _check_run_record(self) -> None:
+        """Refuse (or, with --overwrite, clear) an --out whose run was made with other options."""
+        from unimo_pipe.pipeline.config import output_affecting_dict
+
+        options = {"command": self.name, **output_affecting_dict(self.options)}
+        previous = _read_run_record(self.run_record)
+        if previous is not None and previous != options and self._latest_checkpoint() is not None:
+            if not self.options.overwrite:
+                changed = sorted(k for k in set(previous) | set(options) if previous.get(k) != options.get(k))
+                raise UserError(f"{self.options.out} holds a {previous.get('command')} run made with other options "
+                                f"(changed: {', '.join(changed)}): use another --out, --overwrite to start again, "
+                                "or --resume-from a checkpoint of it to start a new run from its weights")
+            self._clear_previous_run()
+        if self.rank == 0:
+            write_json_atomic(self.run_record, options)
+        if self.world_size > 1:
+            torch.distributed.barrier()  # no rank resumes from what rank 0 is clearing
+
+    def _clear_previous_run(self) -> None:
+        if self.rank != 0:
+            return
+        logger.warning("%s: --overwrite: removing the previous run's checkpoints, metrics and model in %s",
+                       self.name, self.options.out)
+        for name in ("checkpoints", "tensorboard", "model"):
+            shutil.rmtree(self.options.out / name, ignore_errors=True)
+        (self.options.out / "metrics.jsonl").unlink(missing_ok=True)
+
+    def _start_from_weights(self, checkpoint: Path) -> None:
+        state = _load_checkpoint(checkpoint, self.device, fix="point --resume-from at another checkpoint")
+        self.module.load_state_dict(state.get("model", state))
+        logger.info("%s: starting from the weights of %s", self.name, checkpoint)
 
     def _setup_optimizer(self) -> None:
         o = self.options
@@ -152,11 +197,13 @@ class TrainingLoop:
         latest = self.checkpoint_dir / "latest.json"
         return json.loads(latest.read_text()) if latest.is_file() else None
 
-    def _resume(self) -> None:
+    def _resume(self) -> bool:
+        """Continue from OUT's latest checkpoint, if there is one (True)."""
         latest = self._latest_checkpoint()
         if latest is None:
-            return
-        state = torch.load(self.checkpoint_dir / latest["path"], map_location=self.device, weights_only=True)
+            return False
+        state = _load_checkpoint(self.checkpoint_dir / latest["path"], self.device,
+                                 fix=f"remove {self.checkpoint_dir} to start this run again")
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -166,6 +213,7 @@ class TrainingLoop:
                 self.streams[name].seek(*position)
         self._truncate_metrics()
         logger.info("%s: resumed from %s at step %d", self.name, latest["path"], self.step)
+        return True
 
     def _truncate_metrics(self) -> None:
         path = self.options.out / "metrics.jsonl"
@@ -253,6 +301,25 @@ class TrainingLoop:
             self.board.close()
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def _read_run_record(path: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError):
+        raise UserError(f"{path} is corrupt: delete it to continue this run, or use --overwrite") from None
+    return record if isinstance(record, dict) else None
+
+
+def _load_checkpoint(path: Path, device: torch.device, *, fix: str) -> dict[str, Any]:
+    """A checkpoint's state, tensors only (never unpickling code); a damaged file is one clear error."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise UserError(f"checkpoint {path} cannot be read ({type(exc).__name__}): it is damaged or not a "
+                        f"unimo-pipe checkpoint; {fix}") from None
 
 
 class StepStream:
