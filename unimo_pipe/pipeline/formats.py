@@ -42,6 +42,10 @@ STATS_FILE = "stats.json"
 PARTIAL_SUFFIX = ".partial"
 INPUT_PROBLEMS_FILE = "input_problems.json"  # bad rows of side inputs that `Stage.open` found
 
+# -- the merged region-feature store (extract-regions, import-features) --
+# Inside OUT/feat_th*/ (so it moves with the LMDB): {shard name: images} of the shards the LMDB holds.
+MERGED_SHARDS_FILE = "merged_shards.json"
+
 # -- per-shard files other stages read --
 PAIRS_FILE = "pairs.jsonl"
 SENTENCES_FILE = "sentences.jsonl"

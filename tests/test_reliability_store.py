@@ -1,0 +1,175 @@
+"""Issue #16 (reliability), feature stores and images: each test reproduces one reported fault."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.stages.test_extract_regions import FAST, picture
+from unimo_pipe.pipeline import feature_store, lmdb_store
+from unimo_pipe.pipeline.cli import main
+from unimo_pipe.pipeline.feature_store import feature_db_name, open_feature_dir
+
+DB = feature_db_name()
+IMAGES = 18
+SHARD_SIZE = 6
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: no `except Exception` sees it."""
+
+
+def npz_folder(root: Path, count: int = IMAGES) -> Path:
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    for i in range(count):
+        n = 10 + i % 3
+        np.savez(root / f"img{i:02d}.npz", features=rng.standard_normal((n, 16)).astype(np.float16),
+                 norm_bb=rng.uniform(0, 1, (n, 6)).astype(np.float16))
+    return root
+
+
+def import_features(source: Path, out: Path, *extra: str) -> int:
+    return main(["import-features", "--source", str(source), "--out", str(out), "--shard-size", str(SHARD_SIZE),
+                 *extra])
+
+
+def stored_images(out: Path) -> set[str]:
+    """The merged store's images, each checked readable; the reader is closed so a later run may write."""
+    reader = open_feature_dir(out)
+    try:
+        names = set(reader.name2nbb)
+        for name in names:
+            assert reader.get_dump(name)["features"].shape[0] == reader.name2nbb[name]
+        return names
+    finally:
+        reader.db.close()
+
+
+def summary_of(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+def kill_inside_merge(monkeypatch, target, attribute: str, after: int, *, only_shards: bool = False) -> None:
+    """`target.attribute` raises Killed on its call number `after` + 1 made inside the final merge
+    (`only_shards`: counting only calls on paths under OUT/shards)."""
+    original, calls, merging = getattr(target, attribute), [0], [False]
+
+    def counting(*args, **kwargs):
+        if merging[0] and (not only_shards or "shards" in Path(args[0]).parts):
+            calls[0] += 1
+            if calls[0] > after:
+                raise Killed()
+        return original(*args, **kwargs)
+
+    real_merge = feature_store.merge_feature_shards
+
+    def merge(*args, **kwargs):
+        merging[0] = True
+        try:
+            return real_merge(*args, **kwargs)
+        finally:
+            merging[0] = False
+
+    monkeypatch.setattr(target, attribute, counting)
+    monkeypatch.setattr(feature_store, "merge_feature_shards", merge)
+
+
+@pytest.mark.parametrize(("target", "attribute", "after", "only_shards"), [
+    (lmdb_store.LmdbWriter, "put_raw", 0, False),
+    (lmdb_store.LmdbWriter, "put_raw", 7, False),
+    (shutil, "rmtree", 0, True),  # while removing the per-shard stores
+    (shutil, "rmtree", 1, True),
+    (shutil, "rmtree", 2, True),
+    (os, "replace", 1, False),  # between the sidecars
+], ids=["put0", "put7", "shard-rmtree0", "shard-rmtree1", "shard-rmtree2", "replace1"])
+def test_a_kill_inside_the_final_merge_then_a_resume_keeps_every_image(tmp_path, monkeypatch, target, attribute,
+                                                                       after, only_shards):
+    source, out = npz_folder(tmp_path / "npz"), tmp_path / "feats"
+    with monkeypatch.context() as patch:
+        kill_inside_merge(patch, target, attribute, after, only_shards=only_shards)
+        with pytest.raises(Killed):
+            import_features(source, out)
+    assert not (out / "summary.json").exists()
+    assert import_features(source, out) == 0
+    assert summary_of(out)["ok"] == IMAGES
+    assert len(stored_images(out)) == IMAGES
+    assert not (out / "shards" / "00000" / DB).exists()  # per-shard copies go once the merge is durable
+
+
+def test_a_deleted_committed_shard_is_redone_and_the_store_keeps_every_image(tmp_path):
+    source, out = npz_folder(tmp_path / "npz"), tmp_path / "feats"
+    assert import_features(source, out) == 0
+    shutil.rmtree(out / "shards" / "00001")
+    assert import_features(source, out) == 0
+    assert summary_of(out)["ok"] == IMAGES
+    assert len(stored_images(out)) == IMAGES
+
+
+def test_a_committed_shard_whose_store_is_gone_is_one_clear_error_not_a_complete_run(tmp_path, monkeypatch, capsys):
+    source, out = npz_folder(tmp_path / "npz"), tmp_path / "feats"
+    with monkeypatch.context() as patch:
+        kill_inside_merge(patch, lmdb_store.LmdbWriter, "put_raw", 0)
+        with pytest.raises(Killed):
+            import_features(source, out)
+    shutil.rmtree(out / "shards" / "00001" / DB)
+    assert import_features(source, out) == 2
+    error = capsys.readouterr().err
+    assert "shards/00001" in error and "delete" in error and "Traceback" not in error
+    assert not (out / "summary.json").exists()
+    shutil.rmtree(out / "shards" / "00001")  # the fix the message names
+    assert import_features(source, out) == 0
+    assert len(stored_images(out)) == IMAGES
+
+
+def test_a_shard_store_missing_images_is_never_reported_complete(tmp_path, monkeypatch, capsys):
+    source, out = npz_folder(tmp_path / "npz"), tmp_path / "feats"
+    with monkeypatch.context() as patch:
+        kill_inside_merge(patch, lmdb_store.LmdbWriter, "put_raw", 0)
+        with pytest.raises(Killed):
+            import_features(source, out)
+    stats_path = out / "shards" / "00002" / "stats.json"
+    stats = json.loads(stats_path.read_text())
+    stats_path.write_text(json.dumps({**stats, "ok": stats["ok"] + 1}))  # it claims an image its store lacks
+    assert import_features(source, out) == 2
+    assert "shards/00002" in capsys.readouterr().err
+    assert not (out / "summary.json").exists()
+
+
+def test_two_sequential_runs_on_one_out_keep_every_image(tmp_path):
+    source, out = npz_folder(tmp_path / "npz"), tmp_path / "feats"
+    for _ in range(3):
+        assert import_features(source, out) == 0
+        assert len(stored_images(out)) == IMAGES
+
+
+def test_workers_that_finish_one_after_the_other_keep_every_image(tmp_path):
+    source, out = npz_folder(tmp_path / "npz"), tmp_path / "feats"
+    assert import_features(source, out, "--shard", "0/2") == 0
+    assert not (out / "summary.json").exists()
+    assert import_features(source, out, "--shard", "1/2") == 0
+    assert import_features(source, out, "--shard", "0/2") == 0
+    assert len(stored_images(out)) == IMAGES
+
+
+def tiny_images(root: Path, sizes: list[tuple[int, int]]) -> Path:
+    root.mkdir(parents=True)
+    for i, (width, height) in enumerate(sizes):
+        picture(width, height, i).save(root / f"im{i}.png")
+    return root
+
+
+def extract_regions(images: Path, out: Path, *extra: str) -> int:
+    return main(["extract-regions", "--images", str(images), "--out", str(out), *FAST, *extra])
+
+
+def test_two_sequential_extract_regions_runs_on_one_out_keep_every_image(tmp_path):
+    images, out = tiny_images(tmp_path / "images", [(40, 30), (30, 40), (32, 32)]), tmp_path / "feats"
+    for _ in range(2):
+        assert extract_regions(images, out, "--shard-size", "2") == 0
+        assert len(stored_images(out)) == 3
