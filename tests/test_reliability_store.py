@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -173,3 +174,93 @@ def test_two_sequential_extract_regions_runs_on_one_out_keep_every_image(tmp_pat
     for _ in range(2):
         assert extract_regions(images, out, "--shard-size", "2") == 0
         assert len(stored_images(out)) == 3
+
+
+def b64(array: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(array, dtype=np.float32).tobytes()).decode()
+
+
+def butd_row(image_id: str, width: float, height: float, boxes: np.ndarray, features: np.ndarray) -> str:
+    return f"{image_id}\t{width}\t{height}\t{len(boxes)}\t{b64(boxes)}\t{b64(features)}\n"
+
+
+def good_boxes(n: int = 10) -> np.ndarray:
+    xy = np.linspace(0, 50, n, dtype=np.float32)[:, None].repeat(2, axis=1)
+    return np.concatenate([xy, xy + 20], axis=1)
+
+
+def good_features(n: int = 10, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 8)).astype(np.float32)
+
+
+@pytest.mark.parametrize("shard_args", [(), ("--shard-size", "1"), ("--shard-size", "1", "--shard", "W/2")],
+                         ids=["one-shard", "shard-each", "two-workers"])
+def test_a_duplicate_image_id_is_skipped_not_counted_ok_twice(tmp_path, shard_args):
+    first, second = tmp_path / "a.tsv", tmp_path / "b.tsv"
+    first.write_text(butd_row("img1", 100, 80, good_boxes(), good_features(seed=1))
+                     + butd_row("img2", 100, 80, good_boxes(), good_features(seed=2))
+                     + butd_row("img1", 100, 80, good_boxes(), good_features(seed=3)))
+    second.write_text(butd_row("img2", 100, 80, good_boxes(), good_features(seed=4)))
+    out = tmp_path / "feats"
+    workers = ["0", "1"] if "W/2" in shard_args else [None]
+    for worker in workers:
+        args = [a.replace("W", worker) if worker else a for a in shard_args]
+        assert main(["import-features", "--source", str(first), str(second), "--out", str(out), *args]) == 0
+    summary = summary_of(out)
+    assert summary["ok"] == 2 and summary["skip_reasons"] == {"duplicate_image": 2}
+    reader = open_feature_dir(out)
+    assert sorted(reader.name2nbb) == ["img1", "img2"]
+    np.testing.assert_allclose(reader["img1"][0], good_features(seed=1), atol=1e-2)  # the first one is kept
+    reader.db.close()
+
+
+@pytest.mark.parametrize(("width", "height"), [(0, 80), (100, 0), (-5, 80), ("nan", 80)])
+def test_a_zero_or_bad_image_size_is_a_counted_failure_not_inf_boxes(tmp_path, width, height):
+    tsv = tmp_path / "f.tsv"
+    tsv.write_text(butd_row("bad", width, height, good_boxes(), good_features())
+                   + butd_row("good", 100, 80, good_boxes(), good_features()))
+    out = tmp_path / "feats"
+    assert main(["import-features", "--source", str(tsv), "--out", str(out)]) == 0
+    assert summary_of(out)["failure_reasons"] == {"invalid_image_size": 1}
+    assert sorted(stored_images(out)) == ["good"]
+
+
+def test_a_zero_image_size_in_a_butd_npz_is_a_counted_failure(tmp_path):
+    folder = tmp_path / "npz"
+    folder.mkdir()
+    np.savez(folder / "x.npz", x=good_features(), bbox=good_boxes(), image_w=np.array(0), image_h=np.array(80))
+    out = tmp_path / "feats"
+    assert main(["import-features", "--source", str(folder), "--out", str(out)]) == 0
+    assert summary_of(out)["failure_reasons"] == {"invalid_image_size": 1}
+
+
+def nan_at(array: np.ndarray, value: float) -> np.ndarray:
+    array = array.copy()
+    array[1, 1] = value
+    return array
+
+
+@pytest.mark.parametrize("bad", ["nan-features", "inf-boxes", "f16-overflow"])
+def test_non_finite_features_or_boxes_are_a_counted_failure(tmp_path, bad):
+    features, boxes = good_features(), good_boxes()
+    if bad == "nan-features":
+        features = nan_at(features, np.nan)
+    elif bad == "inf-boxes":
+        boxes = nan_at(boxes, np.inf)
+    else:
+        features = nan_at(features, 1e6)  # finite in float32, inf once stored as UNITER's float16
+    tsv = tmp_path / "f.tsv"
+    tsv.write_text(butd_row("bad", 100, 80, boxes, features) + butd_row("good", 100, 80, good_boxes(), good_features()))
+    out = tmp_path / "feats"
+    assert main(["import-features", "--source", str(tsv), "--out", str(out)]) == 0
+    assert summary_of(out)["failure_reasons"] == {"non_finite_values": 1}
+    assert sorted(stored_images(out)) == ["good"]
+
+
+def test_non_finite_values_in_a_uniter_npz_are_a_counted_failure(tmp_path):
+    folder = tmp_path / "npz"
+    folder.mkdir()
+    np.savez(folder / "x.npz", features=good_features(), norm_bb=nan_at(np.full((10, 6), 0.5), np.nan))
+    out = tmp_path / "feats"
+    assert main(["import-features", "--source", str(folder), "--out", str(out)]) == 0
+    assert summary_of(out)["failure_reasons"] == {"non_finite_values": 1}

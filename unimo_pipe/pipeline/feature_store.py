@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from unimo_pipe.pipeline.errors import UserError
+from unimo_pipe.pipeline.errors import RecordError, UserError
 from unimo_pipe.pipeline.formats import MERGED_SHARDS_FILE, STATS_FILE
 from unimo_pipe.pipeline.jsonl import read_json, write_json_atomic
 from unimo_pipe.pipeline.lmdb_store import LmdbReader, LmdbWriter
@@ -77,8 +77,10 @@ class RegionFeatureWriter:
         self.meta: dict[str, dict[str, Any]] = {}
 
     def add(self, name: str, arrays: dict[str, np.ndarray], meta: dict[str, Any] | None = None) -> None:
+        """Store one image's per-box arrays (ValueError if they disagree; RecordError if NaN or inf)."""
         n = validate_region_arrays(arrays)
         value = {k: _as_stored(k, np.asarray(v)) for k, v in arrays.items()}
+        _check_finite(value)
         self._db.put(name, value)
         self.name2nbb[name] = n
         if meta:
@@ -96,6 +98,14 @@ class RegionFeatureWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
+
+
+def _check_finite(stored: dict[str, np.ndarray]) -> None:
+    """NaN or inf (also a float32 value past float16's range) would poison every batch it joins."""
+    bad = [name for name, array in stored.items() if array.dtype.kind == "f" and not np.isfinite(array).all()]
+    if bad:
+        raise RecordError("non_finite_values", f"NaN or inf in {', '.join(bad)} as stored "
+                          "(UNITER's fields are float16, largest 65504)")
 
 
 def _as_stored(name: str, array: np.ndarray) -> np.ndarray:
