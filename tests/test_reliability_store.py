@@ -264,3 +264,44 @@ def test_non_finite_values_in_a_uniter_npz_are_a_counted_failure(tmp_path):
     out = tmp_path / "feats"
     assert main(["import-features", "--source", str(folder), "--out", str(out)]) == 0
     assert summary_of(out)["failure_reasons"] == {"non_finite_values": 1}
+
+
+@pytest.mark.parametrize(("width", "height"), [(1, 3000), (3000, 1)])
+def test_a_one_pixel_wide_image_is_extracted_not_the_end_of_the_run(tmp_path, width, height):
+    images = tiny_images(tmp_path / "images", [(40, 30), (width, height)])
+    out = tmp_path / "feats"
+    assert extract_regions(images, out) == 0
+    assert summary_of(out)["ok"] == 2
+    reader = open_feature_dir(out)
+    assert reader.meta["im1.png"] == {"width": width, "height": height}
+    features, norm_bb = reader["im1.png"]
+    assert np.isfinite(norm_bb).all() and (norm_bb >= 0).all() and (norm_bb <= 1).all()
+    reader.db.close()
+    batched = tmp_path / "batched"  # padded beside a larger image: the same as alone
+    assert extract_regions(images, batched, "--batch-size", "2") == 0
+    reader = open_feature_dir(batched)
+    np.testing.assert_allclose(reader["im1.png"][0], features, atol=1e-2)
+    reader.db.close()
+
+
+def test_a_file_name_that_is_not_utf8_is_a_counted_failure_not_a_crash(tmp_path):
+    images = tiny_images(tmp_path / "images", [(40, 30), (30, 40)])
+    picture(32, 32, 7).save(images / os.fsdecode(b"bad\xff.png"), format="PNG")
+    out = tmp_path / "feats"
+    assert extract_regions(images, out) == 0
+    summary = summary_of(out)
+    assert summary["ok"] == 2 and summary["failure_reasons"] == {"undecodable_file_name": 1}
+    assert sorted(stored_images(out)) == ["im0.png", "im1.png"]
+    assert extract_regions(images, out) == 0  # the rerun's fingerprint of --images matches
+
+
+def test_an_npz_file_name_that_is_not_utf8_is_a_counted_failure_not_a_crash(tmp_path):
+    folder = npz_folder(tmp_path / "npz", count=2)
+    np.savez(folder / os.fsdecode(b"bad\xff.npz"), features=good_features(), norm_bb=np.full((10, 6), 0.5))
+    out = tmp_path / "feats"
+    assert main(["import-features", "--source", str(folder), "--out", str(out)]) == 0
+    summary = summary_of(out)
+    assert summary["ok"] == 2 and summary["failure_reasons"] == {"undecodable_file_name": 1}
+    stats = json.loads((out / "shards" / "00000" / "stats.json").read_text())
+    assert stats["failure_examples"][0]["record"] == "bad\\xff.npz"
+

@@ -140,6 +140,24 @@ def uniter_soft_labels(class_probs: np.ndarray) -> np.ndarray:
 
 # -- image keys --
 
+def printable_key(key: str) -> str:
+    """`key` as it can be stored (LMDB keys and JSON are UTF-8) and printed: unchanged, unless it holds
+    bytes of a file name that are not UTF-8 (surrogate escapes), shown as \\xNN. A key this changes
+    cannot be stored: its record is an `undecodable_file_name` failure."""
+    try:
+        raw = key.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no file system made
+        raw = key.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def undecodable_name_error(key: str) -> RecordError | None:
+    """The failure of a record whose key (a file name) cannot be stored, else None."""
+    if printable_key(key) == key:
+        return None
+    return RecordError("undecodable_file_name", "the name is not UTF-8, which LMDB keys and JSON need: rename the file")
+
+
 class ImageKeys:
     """Find the store key of an image a pair names: the exact key, else the one key with the same file
     name ("val2014/x.jpg" ~ "x.jpg"), else the one key with the same file stem ("x.jpg" ~ "x.npz").

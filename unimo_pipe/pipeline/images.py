@@ -62,13 +62,14 @@ def _sixteen_bit_gray_to_8_bits(image: Image.Image) -> Image.Image:
 
 
 def shortest_edge_size(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
-    """detectron2's ResizeShortestEdge target (new_h, new_w), with its int(x + 0.5) rounding."""
+    """detectron2's ResizeShortestEdge target (new_h, new_w), with its int(x + 0.5) rounding, each side at
+    least 1 pixel (a 1x3000 image would round its short side to 0, which no resize accepts)."""
     scale = short / min(height, width)
     new_h, new_w = (short, scale * width) if height < width else (scale * height, short)
     if max(new_h, new_w) > max_size:
         shrink = max_size / max(new_h, new_w)
         new_h, new_w = new_h * shrink, new_w * shrink
-    return int(new_h + 0.5), int(new_w + 0.5)
+    return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
 
 
 def list_images(root: Path) -> list[Path]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from unimo_pipe.pipeline.config import option
 from unimo_pipe.pipeline.errors import RecordError, UserError
+from unimo_pipe.pipeline.formats import printable_key, undecodable_name_error
 from unimo_pipe.pipeline.images import DEFAULT_MAX_PIXELS, list_images
 from unimo_pipe.pipeline.stage import CommonOptions, Record, RunContext, ShardContext, Stage
 
@@ -76,7 +77,11 @@ class ExtractRegions(Stage):
 
     def iter_records(self, options: ExtractRegionsOptions) -> Iterator[Record]:
         for key, path in _image_entries(options):
-            yield Record(key, str(path))
+            error = undecodable_name_error(key)
+            if error is not None:
+                yield Record(printable_key(key), error=error.reason, detail=error.detail)
+            else:
+                yield Record(key, str(path))
 
     def models_used(self, options: ExtractRegionsOptions) -> list[str]:
         if options.weights is not None:
@@ -115,7 +120,8 @@ def _image_entries(options: ExtractRegionsOptions) -> list[tuple[str, Path]]:
     if options.images is not None:
         root = options.images
         return [(p.relative_to(root).as_posix(), p) for p in list_images(root)]
-    lines = [line.strip() for line in options.image_list.read_text(encoding="utf-8").splitlines()]
+    text = options.image_list.read_text(encoding="utf-8", errors="surrogateescape")  # bad names fail one by one
+    lines = [line.strip() for line in text.splitlines()]
     paths = [options.image_list.parent / line for line in lines if line and not line.startswith("#")]
     if not paths:
         raise UserError(f"{options.image_list} lists no images")

@@ -16,6 +16,7 @@ from typing import NamedTuple
 from unimo_pipe.pipeline.config import option
 from unimo_pipe.pipeline.errors import RecordError, UserError
 from unimo_pipe.pipeline.feature_formats import parse_tsv_row, read_npz
+from unimo_pipe.pipeline.formats import printable_key, undecodable_name_error
 from unimo_pipe.pipeline.hdf5_store import iter_hdf5_items, read_hdf5_item
 from unimo_pipe.pipeline.stage import CommonOptions, Record, ShardContext, Stage
 
@@ -57,7 +58,7 @@ class ImportFeatures(Stage):
         in global order, so workers agree on which one is kept: the first, even if that row is bad."""
         seen: set[str] = set()
         for record in self._source_records(options):
-            image_id = record.value.image_id
+            image_id = record.value.image_id if record.error is None else None
             if image_id is not None and image_id in seen:
                 record = Record(record.key, record.value._replace(duplicate=True))
             elif image_id is not None:
@@ -71,8 +72,7 @@ class ImportFeatures(Stage):
                 yield from _tsv_offsets(source)
             elif fmt == "npz":
                 for path in sorted(source.rglob("*.npz"), key=lambda p: p.relative_to(source).as_posix()):
-                    key = path.relative_to(source).as_posix()
-                    yield Record(key, _Item("npz", str(path), None, key))
+                    yield _npz_record(path.relative_to(source).as_posix(), path)
             else:
                 for name in _hdf5_names(source):
                     yield Record(name, _Item("h5", str(source), name, name))
@@ -109,6 +109,13 @@ class _Item(NamedTuple):
     where: str | int | None  # TSV byte offset, HDF5 group name
     image_id: str | None
     duplicate: bool = False
+
+
+def _npz_record(key: str, path: Path) -> Record:
+    error = undecodable_name_error(key)
+    if error is not None:
+        return Record(printable_key(key), error=error.reason, detail=error.detail)
+    return Record(key, _Item("npz", str(path), None, key))
 
 
 def _tsv_offsets(path: Path) -> Iterator[Record]:
