@@ -13,7 +13,9 @@ import pytest
 
 from tests.stages.test_extract_regions import FAST, picture
 from unimo_pipe.pipeline import feature_store, lmdb_store
+from unimo_pipe.pipeline import images as images_module
 from unimo_pipe.pipeline.cli import main
+from unimo_pipe.pipeline.errors import RecordError
 from unimo_pipe.pipeline.feature_store import feature_db_name, open_feature_dir
 
 DB = feature_db_name()
@@ -305,3 +307,23 @@ def test_an_npz_file_name_that_is_not_utf8_is_a_counted_failure_not_a_crash(tmp_
     stats = json.loads((out / "shards" / "00000" / "stats.json").read_text())
     assert stats["failure_examples"][0]["record"] == "bad\\xff.npz"
 
+
+def test_a_missing_image_has_its_own_reason_not_corrupt_image(tmp_path):
+    images = tiny_images(tmp_path / "images", [(40, 30)])
+    listing = images / "list.txt"
+    listing.write_text("im0.png\ngone.png\n")
+    out = tmp_path / "feats"
+    assert main(["extract-regions", "--image-list", str(listing), "--out", str(out), *FAST]) == 0
+    assert summary_of(out)["failure_reasons"] == {"missing_image": 1}
+
+
+def test_an_unreadable_image_has_its_own_reason_not_corrupt_image(tmp_path, monkeypatch):
+    path = tiny_images(tmp_path / "images", [(40, 30)]) / "im0.png"
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))  # chmod does not stop root, who runs CI
+
+    monkeypatch.setattr(images_module.Image, "open", refuse)
+    with pytest.raises(RecordError) as caught:
+        images_module.load_rgb(path)
+    assert caught.value.reason == "unreadable_image"

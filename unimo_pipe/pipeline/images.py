@@ -1,7 +1,7 @@
 """Decoding images the way people's folders hold them: any mode, EXIF rotation, broken files named.
 
-Every way a file can fail becomes a RecordError with a reason code (empty_file, not_an_image,
-corrupt_image, decompression_bomb), so a stage counts it and goes on.
+Every way a file can fail becomes a RecordError with a reason code (missing_image, unreadable_image,
+empty_file, not_an_image, corrupt_image, decompression_bomb), so a stage counts it and goes on.
 """
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ def load_rgb(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
         raise RecordError("not_an_image", str(path)) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise RecordError("decompression_bomb", str(exc)) from None
+    except FileNotFoundError:
+        raise RecordError("missing_image", f"{path} does not exist") from None
+    except PermissionError as exc:
+        raise RecordError("unreadable_image", f"{path}: {exc.strerror}: check the file's permissions") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise RecordError("corrupt_image", f"{path}: {exc}") from None
     return _to_rgb(image)
