@@ -18,6 +18,10 @@ from unimo_pipe.pipeline.errors import RecordError
 from unimo_pipe.pipeline.formats import norm_boxes, uniter_soft_labels
 from unimo_pipe.pipeline.images import load_rgb, shortest_edge_size
 
+# A 1-pixel-wide image (resized from 1x3000) is too small for the stem's 3x3 max-pool; zero padding up to
+# this is safe because every layer is re-zeroed outside each image's own size.
+MIN_BATCH_SIDE = 32
+
 
 class DecodedImages(Dataset):
     """(key, (BGR uint8 tensor (3, h, w) resized, original (width, height))) or (key, RecordError)."""
@@ -90,7 +94,8 @@ class RegionExtractor:
     def detect(self, images: list[tuple[torch.Tensor, tuple[int, int]]]):
         """Detections per (resized BGR tensor, original (width, height)), boxes in original pixels."""
         sizes = [(t.shape[1], t.shape[2]) for t, _ in images]
-        height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
+        height = max(MIN_BATCH_SIDE, *(h for h, _ in sizes))
+        width = max(MIN_BATCH_SIDE, *(w for _, w in sizes))
         batch = torch.zeros(len(images), 3, height, width, dtype=torch.float32)
         for i, (tensor, _) in enumerate(images):
             batch[i, :, : sizes[i][0], : sizes[i][1]] = tensor

@@ -375,7 +375,8 @@ def fingerprint(path: Path) -> str:
         return "stage:" + json.loads(stage_record.read_text()).get("config_hash", "?")
     if path.is_dir():
         for child in sorted(p for p in path.rglob("*") if p.is_file()):
-            digest.update(f"{child.relative_to(path)}\0{child.stat().st_size}\n".encode())
+            # fsencode: a file name that is not UTF-8 keeps its own bytes (str.encode refuses it)
+            digest.update(os.fsencode(child.relative_to(path)) + f"\0{child.stat().st_size}\n".encode())
         return "dir:" + digest.hexdigest()[:16]
     if not path.exists():
         return "missing"

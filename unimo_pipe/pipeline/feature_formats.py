@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,12 @@ def _decode(field: str, text: str, dtype, rows: int, name: str) -> np.ndarray:
     return array.reshape(rows, -1)
 
 
+def _check_image_size(width: float, height: float, name: str) -> None:
+    """Boxes are divided by the image size (norm_bb): a size that is not positive would store inf or NaN."""
+    if not (math.isfinite(width) and math.isfinite(height) and width > 0 and height > 0):
+        raise RecordError("invalid_image_size", f"{name}: width {width}, height {height}; both must be > 0")
+
+
 def parse_tsv_row(cells: list[str]) -> tuple[str, dict[str, np.ndarray], dict[str, Any]]:
     """(key, per-box arrays, per-image meta) from one BUTD (6 columns) or LXMERT (10 columns) row."""
     if len(cells) == len(BUTD_COLUMNS):
@@ -50,6 +57,7 @@ def parse_tsv_row(cells: list[str]) -> tuple[str, dict[str, np.ndarray], dict[st
         width, height, n = float(width), float(height), int(row["num_boxes"])
     except ValueError:
         raise RecordError("malformed_row", f"{key}: width, height or num_boxes is not a number") from None
+    _check_image_size(width, height, key)
     boxes = _decode("boxes", row["boxes"], np.float32, n, key)
     arrays = {"features": _decode("features", row["features"], np.float32, n, key),
               "norm_bb": norm_boxes(boxes, width, height), "boxes": boxes}
@@ -77,6 +85,7 @@ def read_npz(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         return {k: v for k, v in arrays.items() if np.ndim(v) >= 1 and len(v) == len(arrays["features"])}, {}
     if "x" in arrays and "bbox" in arrays and "image_w" in arrays and "image_h" in arrays:
         width, height = float(arrays["image_w"]), float(arrays["image_h"])
+        _check_image_size(width, height, path.name)
         boxes = np.asarray(arrays["bbox"], dtype=np.float32)
         return ({"features": arrays["x"], "norm_bb": norm_boxes(boxes, width, height), "boxes": boxes},
                 {"width": int(width), "height": int(height)})

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from unimo_pipe.pipeline.errors import UserError
+from unimo_pipe.pipeline.errors import RecordError, UserError
+from unimo_pipe.pipeline.formats import MERGED_SHARDS_FILE, STATS_FILE
 from unimo_pipe.pipeline.jsonl import read_json, write_json_atomic
 from unimo_pipe.pipeline.lmdb_store import LmdbReader, LmdbWriter
 
@@ -76,8 +77,10 @@ class RegionFeatureWriter:
         self.meta: dict[str, dict[str, Any]] = {}
 
     def add(self, name: str, arrays: dict[str, np.ndarray], meta: dict[str, Any] | None = None) -> None:
+        """Store one image's per-box arrays (ValueError if they disagree; RecordError if NaN or inf)."""
         n = validate_region_arrays(arrays)
         value = {k: _as_stored(k, np.asarray(v)) for k, v in arrays.items()}
+        _check_finite(value)
         self._db.put(name, value)
         self.name2nbb[name] = n
         if meta:
@@ -95,6 +98,14 @@ class RegionFeatureWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
+
+
+def _check_finite(stored: dict[str, np.ndarray]) -> None:
+    """NaN or inf (also a float32 value past float16's range) would poison every batch it joins."""
+    bad = [name for name, array in stored.items() if array.dtype.kind == "f" and not np.isfinite(array).all()]
+    if bad:
+        raise RecordError("non_finite_values", f"NaN or inf in {', '.join(bad)} as stored "
+                          "(UNITER's fields are float16, largest 65504)")
 
 
 def _as_stored(name: str, array: np.ndarray) -> np.ndarray:
@@ -146,33 +157,93 @@ def open_feature_dir(root: Path) -> RegionFeatureReader:
     match = found[0][0]
     return RegionFeatureReader(root, float(match["conf"]), int(match["max"]), int(match["min"]))
 
+
 def merge_feature_shards(out: Path, shard_dirs: list[Path], db_args: tuple[float, int, int], *, keep: bool) -> None:
-    """One UNITER store for the whole run, from the per-shard stores (sidecars merged too)."""
+    """One UNITER store for the whole run (OUT/feat_*/ + sidecars) from the committed shards.
+
+    It can be killed and rerun at any point: the merged LMDB is updated in place (rewriting a key gives
+    the same value), MERGED_SHARDS_FILE inside it lists the shards whose images it holds once they are
+    synced, and only then is a shard's own LMDB removed (unless `keep`; its small sidecars stay, they list
+    its images). So every committed shard's images are in its own store, the merged one, or both; a
+    committed shard in neither, or holding fewer images than its stats.json counts, is a UserError naming
+    the shard to redo, never a store reported complete without them.
+    """
     db_name = feature_db_name(*db_args)
-    staging = out / ".merging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    merged_db = out / db_name
+    shards = _checked_shards(shard_dirs, db_args, merged_db)
+    name2nbb, meta = _joined_sidecars(out, shards)
+    with LmdbWriter(merged_db, commit_every=512) as writer:
+        for shard in shards:
+            if shard.own_store:
+                reader = LmdbReader(shard.path / db_name)
+                for key, value in reader.items_raw():
+                    writer.put_raw(key, value)
+                reader.close()
+    write_json_atomic(merged_db / MERGED_SHARDS_FILE, {shard.path.name: len(shard.name2nbb) for shard in shards})
+    write_json_atomic(out / nbb_file_name(*db_args), name2nbb)
+    write_json_atomic(out / meta_file_name(*db_args), meta)
+    if not keep:
+        for shard in shards:
+            shutil.rmtree(shard.path / db_name, ignore_errors=True)
+    shutil.rmtree(out / ".merging", ignore_errors=True)  # left by versions that merged into a copy
+    logger.info("merged %d images into %s", len(name2nbb), merged_db)
+
+
+@dataclass
+class _ShardImages:
+    """What one committed shard adds to the merged store."""
+
+    path: Path
+    name2nbb: dict[str, int]
+    meta: dict[str, Any]
+    own_store: bool  # its LMDB is still there (else the merged store holds its images)
+
+
+def _checked_shards(shard_dirs: list[Path], db_args: tuple[float, int, int], merged_db: Path) -> list[_ShardImages]:
+    """Every committed shard with where its images are, each checked against its stats.json's ok count."""
+    db_name = feature_db_name(*db_args)
+    held = _read_optional(merged_db / MERGED_SHARDS_FILE) if (merged_db / "data.mdb").is_file() else {}
+    merged = LmdbReader(merged_db) if held else None
+    shards = []
+    try:
+        for path in shard_dirs:
+            own_store = (path / db_name / "data.mdb").is_file()
+            shard = _ShardImages(path, _read_optional(path / nbb_file_name(*db_args)),
+                                 _read_optional(path / meta_file_name(*db_args)), own_store)
+            if not shard.own_store and path.name not in held:
+                raise UserError(f"{path} is committed but its feature store {db_name} is gone: delete {path} "
+                                "and rerun the same command to redo that shard")
+            reader = LmdbReader(path / db_name) if shard.own_store else merged
+            _check_images_present(shard, reader)
+            if shard.own_store:
+                reader.close()
+            shards.append(shard)
+    finally:
+        if merged is not None:
+            merged.close()  # the merged store is written next, and LMDB opens a path once per process
+    return shards
+
+
+def _check_images_present(shard: _ShardImages, reader: LmdbReader) -> None:
+    expected = read_json(shard.path / STATS_FILE)["ok"]
+    found = sum(1 for name in shard.name2nbb if reader.get_raw(name) is not None)
+    if found != expected:
+        raise UserError(f"{shard.path}: its feature store holds {found} of the {expected} images its {STATS_FILE} "
+                        f"counts as ok: delete {shard.path} and rerun the same command to redo that shard")
+
+
+def _joined_sidecars(out: Path, shards: list[_ShardImages]) -> tuple[dict[str, int], dict[str, Any]]:
+    """The merged nbb and img_meta contents; an image in two shards would make counts lie, so it is refused."""
     name2nbb: dict[str, int] = {}
     meta: dict[str, Any] = {}
-    with LmdbWriter(staging / db_name, commit_every=512) as writer:
-        for shard in shard_dirs:
-            if not (shard / db_name / "data.mdb").is_file():
-                continue
-            for key, value in LmdbReader(shard / db_name).items_raw():
-                writer.put_raw(key, value)
-            name2nbb.update(_read_optional(shard / nbb_file_name(*db_args)))
-            meta.update(_read_optional(shard / meta_file_name(*db_args)))
-    write_json_atomic(staging / nbb_file_name(*db_args), name2nbb)
-    write_json_atomic(staging / meta_file_name(*db_args), meta)
-    for entry in staging.iterdir():
-        target = out / entry.name
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(entry, target)
-    staging.rmdir()
-    if not keep:
-        for shard in shard_dirs:
-            shutil.rmtree(shard / db_name, ignore_errors=True)
-    logger.info("extract-regions: merged %d images into %s", len(name2nbb), out / db_name)
+    for shard in shards:
+        repeated = sorted(set(shard.name2nbb) & set(name2nbb))
+        if repeated:
+            raise UserError(f"{out}: image {repeated[0]!r} is in {shard.path} and an earlier shard: "
+                            "rerun with --overwrite to rebuild the store")
+        name2nbb.update(shard.name2nbb)
+        meta.update(shard.meta)
+    return name2nbb, meta
 
 
 def _read_optional(path: Path) -> dict:

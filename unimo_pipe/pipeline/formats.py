@@ -55,6 +55,10 @@ def selection_lock_name(index: int, count: int) -> str:
     """The lock file of the process that runs shards index, index + count, ... of an output folder."""
     return f"{LOCK_PREFIX}{index}-of-{count}"
 
+# -- the merged region-feature store (extract-regions, import-features) --
+# Inside OUT/feat_th*/ (so it moves with the LMDB): {shard name: images} of the shards the LMDB holds.
+MERGED_SHARDS_FILE = "merged_shards.json"
+
 # -- per-shard files other stages read --
 PAIRS_FILE = "pairs.jsonl"
 SENTENCES_FILE = "sentences.jsonl"
@@ -161,6 +165,24 @@ def uniter_soft_labels(class_probs: np.ndarray) -> np.ndarray:
 
 
 # -- image keys --
+
+def printable_key(key: str) -> str:
+    """`key` as it can be stored (LMDB keys and JSON are UTF-8) and printed: unchanged, unless it holds
+    bytes of a file name that are not UTF-8 (surrogate escapes), shown as \\xNN. A key this changes
+    cannot be stored: its record is an `undecodable_file_name` failure."""
+    try:
+        raw = key.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no file system made
+        raw = key.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def undecodable_name_error(key: str) -> RecordError | None:
+    """The failure of a record whose key (a file name) cannot be stored, else None."""
+    if printable_key(key) == key:
+        return None
+    return RecordError("undecodable_file_name", "the name is not UTF-8, which LMDB keys and JSON need: rename the file")
+
 
 def key_within(root: Path, name: str | Path) -> str | None:
     """`name` (relative to `root`, or absolute) as a posix path relative to `root`; None when it leaves `root`.

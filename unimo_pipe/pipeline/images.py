@@ -1,7 +1,7 @@
 """Decoding images the way people's folders hold them: any mode, EXIF rotation, broken files named.
 
-Every way a file can fail becomes a RecordError with a reason code (empty_file, not_an_image,
-corrupt_image, decompression_bomb), so a stage counts it and goes on.
+Every way a file can fail becomes a RecordError with a reason code (missing_image, unreadable_image,
+empty_file, not_an_image, corrupt_image, decompression_bomb), so a stage counts it and goes on.
 """
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ def load_rgb(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
         raise RecordError("not_an_image", str(path)) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise RecordError("decompression_bomb", str(exc)) from None
+    except FileNotFoundError:
+        raise RecordError("missing_image", f"{path} does not exist") from None
+    except PermissionError as exc:
+        raise RecordError("unreadable_image", f"{path}: {exc.strerror}: check the file's permissions") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise RecordError("corrupt_image", f"{path}: {exc}") from None
     return _to_rgb(image)
@@ -62,13 +66,14 @@ def _sixteen_bit_gray_to_8_bits(image: Image.Image) -> Image.Image:
 
 
 def shortest_edge_size(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
-    """detectron2's ResizeShortestEdge target (new_h, new_w), with its int(x + 0.5) rounding."""
+    """detectron2's ResizeShortestEdge target (new_h, new_w), with its int(x + 0.5) rounding, each side at
+    least 1 pixel (a 1x3000 image would round its short side to 0, which no resize accepts)."""
     scale = short / min(height, width)
     new_h, new_w = (short, scale * width) if height < width else (scale * height, short)
     if max(new_h, new_w) > max_size:
         shrink = max_size / max(new_h, new_w)
         new_h, new_w = new_h * shrink, new_w * shrink
-    return int(new_h + 0.5), int(new_w + 0.5)
+    return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
 
 
 def list_images(root: Path) -> list[Path]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from unimo_pipe.pipeline.config import option
 from unimo_pipe.pipeline.errors import RecordError, UserError
-from unimo_pipe.pipeline.formats import key_within
+from unimo_pipe.pipeline.formats import key_within, printable_key, undecodable_name_error
 from unimo_pipe.pipeline.images import DEFAULT_MAX_PIXELS, list_images
 from unimo_pipe.pipeline.stage import CommonOptions, Record, RunContext, ShardContext, Stage
 
@@ -78,7 +78,7 @@ class ExtractRegions(Stage):
         if options.images is not None:
             root = options.images
             for path in list_images(root):
-                yield Record(path.relative_to(root).as_posix(), str(path))
+                yield _image_record(path.relative_to(root).as_posix(), path)
         else:
             yield from _listed_images(options.image_list)
 
@@ -115,10 +115,19 @@ class ExtractRegions(Stage):
                              keep=options.keep_shard_stores)
 
 
+def _image_record(key: str, path: Path) -> Record:
+    """The record of one image file; a file name that cannot be stored (not UTF-8) is a counted failure."""
+    error = undecodable_name_error(key)
+    if error is not None:
+        return Record(printable_key(key), error=error.reason, detail=error.detail)
+    return Record(key, str(path))
+
+
 def _listed_images(image_list: Path) -> list[Record]:
     """One record per distinct image of the list, keyed relative to the list's folder, whatever else it lists."""
     folder = image_list.parent
-    lines = image_list.read_text(encoding="utf-8-sig").splitlines()
+    # utf-8-sig: a byte order mark is not part of the first name; surrogateescape: bad names fail one by one
+    lines = image_list.read_text(encoding="utf-8-sig", errors="surrogateescape").splitlines()
     entries = [(number, line.strip()) for number, line in enumerate(lines, start=1)
                if line.strip() and not line.strip().startswith("#")]
     if not entries:
@@ -128,8 +137,8 @@ def _listed_images(image_list: Path) -> list[Record]:
         key = key_within(folder, entry)
         if key is None:
             records.append(Record(f"{image_list.name}:{number}", error="image_outside_root",
-                                  detail=f"{entry} is outside the list's folder {folder}"))
+                                  detail=f"{printable_key(entry)} is outside the list's folder {folder}"))
         elif key not in seen:
             seen.add(key)
-            records.append(Record(key, str(folder / key)))
+            records.append(_image_record(key, folder / key))
     return records

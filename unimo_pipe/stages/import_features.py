@@ -11,10 +11,12 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from unimo_pipe.pipeline.config import option
 from unimo_pipe.pipeline.errors import RecordError, UserError
 from unimo_pipe.pipeline.feature_formats import parse_tsv_row, read_npz
+from unimo_pipe.pipeline.formats import printable_key, undecodable_name_error
 from unimo_pipe.pipeline.hdf5_store import iter_hdf5_items, read_hdf5_item
 from unimo_pipe.pipeline.stage import CommonOptions, Record, ShardContext, Stage
 
@@ -52,16 +54,28 @@ class ImportFeatures(Stage):
     options_class = ImportFeaturesOptions
 
     def iter_records(self, options: ImportFeaturesOptions) -> Iterator[Record]:
+        """Every image of every source; an image id seen before (in any source) is marked a duplicate here,
+        in global order, so workers agree on which one is kept: the first, even if that row is bad."""
+        seen: set[str] = set()
+        for record in self._source_records(options):
+            image_id = record.value.image_id if record.error is None else None
+            if image_id is not None and image_id in seen:
+                record = Record(record.key, record.value._replace(duplicate=True))
+            elif image_id is not None:
+                seen.add(image_id)
+            yield record
+
+    def _source_records(self, options: ImportFeaturesOptions) -> Iterator[Record]:
         for source in options.source:
             fmt = _format_of(source, options.format)
             if fmt == "tsv":
                 yield from _tsv_offsets(source)
             elif fmt == "npz":
                 for path in sorted(source.rglob("*.npz"), key=lambda p: p.relative_to(source).as_posix()):
-                    yield Record(path.relative_to(source).as_posix(), ("npz", str(path), None))
+                    yield _npz_record(path.relative_to(source).as_posix(), path)
             else:
                 for name in _hdf5_names(source):
-                    yield Record(name, ("h5", str(source), name))
+                    yield Record(name, _Item("h5", str(source), name, name))
 
     def process_shard(self, records: list[Record], ctx: ShardContext) -> None:
         options: ImportFeaturesOptions = ctx.options
@@ -70,6 +84,9 @@ class ImportFeatures(Stage):
         db_args = (options.conf_threshold, options.max_boxes, options.min_boxes)
         with RegionFeatureWriter(ctx.work_dir, conf_th=db_args[0], max_bb=db_args[1], min_bb=db_args[2]) as writer:
             for record in records:
+                if record.value.duplicate:
+                    ctx.stats.skip("duplicate_image")
+                    continue
                 with ctx.record(record.key):
                     key, arrays, meta = _read(record)
                     try:
@@ -84,18 +101,43 @@ class ImportFeatures(Stage):
                              keep=options.keep_shard_stores)
 
 
+class _Item(NamedTuple):
+    """Where one image's row is; `image_id` is the key it is stored under (None if unreadable here)."""
+
+    kind: str
+    path: str
+    where: str | int | None  # TSV byte offset, HDF5 group name
+    image_id: str | None
+    duplicate: bool = False
+
+
+def _npz_record(key: str, path: Path) -> Record:
+    error = undecodable_name_error(key)
+    if error is not None:
+        return Record(printable_key(key), error=error.reason, detail=error.detail)
+    return Record(key, _Item("npz", str(path), None, key))
+
+
 def _tsv_offsets(path: Path) -> Iterator[Record]:
-    """One record per line: (format, file, byte offset); rows are parsed only in their shard."""
+    """One record per line: its byte offset and first column (the image id); rows are parsed only in their shard."""
     offset = 0
     with path.open("rb") as f:
         for line_number, line in enumerate(f, start=1):
             if line.strip():
-                yield Record(f"{path.name}:{line_number}", ("tsv", str(path), offset))
+                yield Record(f"{path.name}:{line_number}", _Item("tsv", str(path), offset, _first_cell(line)))
             offset += len(line)
 
 
+def _first_cell(line: bytes) -> str | None:
+    try:
+        text = line.split(b"\t", 1)[0].decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        return None  # the shard counts the row as invalid_utf8
+    return next(csv.reader([text], delimiter="\t"), [""])[0]
+
+
 def _read(record: Record):
-    kind, path, where = record.value
+    kind, path, where, _, _ = record.value
     if kind == "tsv":
         with open(path, "rb") as f:
             f.seek(where)
