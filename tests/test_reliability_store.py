@@ -178,6 +178,17 @@ def test_two_sequential_extract_regions_runs_on_one_out_keep_every_image(tmp_pat
         assert len(stored_images(out)) == 3
 
 
+def test_a_kill_inside_extract_regions_final_merge_then_a_resume_keeps_every_image(tmp_path, monkeypatch):
+    images, out = tiny_images(tmp_path / "images", [(40, 30), (30, 40), (32, 32), (36, 28)]), tmp_path / "feats"
+    with monkeypatch.context() as patch:
+        kill_inside_merge(patch, shutil, "rmtree", 1, only_shards=True)  # after the first shard's copy went
+        with pytest.raises(Killed):
+            extract_regions(images, out, "--shard-size", "2")
+    assert not (out / "summary.json").exists()
+    assert extract_regions(images, out, "--shard-size", "2") == 0
+    assert summary_of(out)["ok"] == 4 and len(stored_images(out)) == 4
+
+
 def b64(array: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(array, dtype=np.float32).tobytes()).decode()
 
