@@ -253,7 +253,17 @@ def _coerce_bool(value: Any) -> bool:
     raise ValueError(f"expected true or false, got {value!r}")
 
 
+_LARGEST_INT = 2**63 - 1  # what numpy, torch and itertools take as a count or size
+
+
 def _coerce_int(value: Any) -> int:
+    number = _parse_int(value)
+    if abs(number) > _LARGEST_INT:
+        raise ValueError(f"{value!r} is too large (at most {_LARGEST_INT:,}): pass a realistic number")
+    return number
+
+
+def _parse_int(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError(f"expected an integer, got {value!r}")
     if isinstance(value, int):

@@ -6,6 +6,7 @@ handed to DataLoader workers (fork or spawn) safely. No pickle is ever used on s
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Iterator
@@ -32,6 +33,15 @@ def unpack(data: bytes | memoryview) -> Any:
 
 def _key(key: str | bytes) -> bytes:
     return key.encode("utf-8") if isinstance(key, str) else key
+
+
+def _as_os_error(exc: lmdb.Error, path: Path) -> Exception:
+    """A full or failing disk under a store is an OSError naming the store, as any other write's would be."""
+    if isinstance(exc, lmdb.DiskError):
+        return OSError(errno.ENOSPC, str(exc), str(path))
+    if os.strerror(errno.EIO) in str(exc):
+        return OSError(errno.EIO, str(exc), str(path))
+    return exc
 
 
 class LmdbWriter:
@@ -66,6 +76,8 @@ class LmdbWriter:
             except lmdb.MapFullError:
                 self._grow()
                 continue
+            except lmdb.Error as exc:
+                raise _as_os_error(exc, self.path) from exc
             self.written += len(self._pending)
             self._pending.clear()
 
