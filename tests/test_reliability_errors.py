@@ -216,3 +216,172 @@ def test_an_absurd_number_from_yaml_is_an_option_error(tmp_path, captions, capsy
     assert main(["import-pairs", "--config", str(config)]) == 2
     line = the_error_line(capsys)
     assert "shard_size" in line and "too large" in line
+
+
+# --- inputs of the wrong kind ---------------------------------------------------------------------------------
+
+
+def test_karpathy_format_on_a_json_list_is_one_line(tmp_path, capsys):
+    listing = tmp_path / "list.json"
+    listing.write_text('[{"a": 1}]')
+    assert import_pairs(listing, tmp_path / "out", "--format", "karpathy") == 2
+    line = the_error_line(capsys)
+    assert str(listing) in line and "karpathy" in line.lower()
+
+
+def extract_regions(tmp_path, *extra) -> int:
+    return main(["extract-regions", "--detector", "tiny", "--out", str(tmp_path / "feats"), *extra])
+
+
+def test_a_non_utf8_image_list_is_one_line(tmp_path, capsys):
+    listing = tmp_path / "images.txt"
+    listing.write_bytes(b"\xff\xfe a.jpg\n")
+    assert extract_regions(tmp_path, "--image-list", str(listing)) == 2
+    line = the_error_line(capsys)
+    assert str(listing) in line and "UTF-8" in line
+
+
+def test_a_folder_as_image_list_is_one_line(tmp_path, capsys):
+    assert extract_regions(tmp_path, "--image-list", str(tmp_path)) == 2
+    assert f"{tmp_path} is a folder" in the_error_line(capsys)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_random_bytes_as_detector_weights_are_one_line(tmp_path, capsys, suffix):
+    weights = tmp_path / f"weights{suffix}"
+    weights.write_bytes(os.urandom(4096))
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.jpg").write_bytes(b"the model loads before the first image")
+    assert main(["extract-regions", "--images", str(images), "--weights", str(weights),
+                 "--out", str(tmp_path / "feats")]) == 2
+    line = the_error_line(capsys)
+    assert str(weights) in line and "weights_only" not in line
+
+
+def test_augment_on_an_import_corpus_output_names_the_stage(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("A dog runs in the park.\n")
+    assert main(["import-corpus", "--text-corpus", str(corpus), "--out", str(tmp_path / "corpus")]) == 0
+    capsys.readouterr()
+    assert main(["augment", "--captions", str(tmp_path / "corpus"), "--scene-graph",
+                 "--out", str(tmp_path / "aug")]) == 2
+    line = the_error_line(capsys)
+    assert f"{tmp_path / 'corpus'} is output of `import-corpus`" in line and "import-pairs" in line
+
+
+def test_a_corpus_without_one_valid_line_is_one_line(tmp_path, captions, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(b"\xff\xfe\n\x80\x81\n")
+    assert main(["retrieve", "--pairs", str(captions), "--text-corpus", str(corpus),
+                 "--out", str(tmp_path / "retrieval")]) == 2
+    assert "no usable" in the_error_line(capsys)
+
+
+# --- no GPU --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def test_device_cuda_without_a_gpu_is_one_line(tmp_path, captions, no_cuda, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.jpg").write_bytes(b"not really")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("A dog runs in the park.\n")
+    models = tmp_path / "m"
+    models.mkdir()
+    commands = [
+        ["extract-regions", "--images", str(images), "--detector", "tiny"],
+        ["retrieve", "--pairs", str(captions), "--text-corpus", str(corpus)],
+        ["augment", "--captions", str(captions), "--backtranslate", "--bt-model", f"en-de={models}",
+         f"de-en={models}"],
+    ]
+    for number, command in enumerate(commands):
+        assert main([*command, "--device", "cuda", "--out", str(tmp_path / f"out{number}")]) == 2, command
+        line = the_error_line(capsys)
+        assert "no CUDA device" in line and "--device cpu" in line
+
+
+# --- damaged stores and checkpoints ----------------------------------------------------------------------------
+
+
+def fake_feature_store(folder: pathlib.Path) -> pathlib.Path:
+    from unimo_pipe.pipeline.lmdb_store import LmdbWriter
+
+    with LmdbWriter(folder / "feat_th0.2_max100_min10") as writer:
+        writer.put_raw("a.jpg", b"\xc1\xc1 not msgpack")
+    (folder / "nbb_th0.2_max100_min10.json").write_text('{"a.jpg": 10}')
+    return folder / "feat_th0.2_max100_min10"
+
+
+def test_an_lmdb_of_random_bytes_is_one_line(tmp_path, capsys):
+    store = fake_feature_store(tmp_path / "feats")
+    data = store / "data.mdb"
+    data.write_bytes(os.urandom(data.stat().st_size))
+    assert main(["export-features", str(tmp_path / "feats"), "--output", str(tmp_path / "x.h5")]) == 2
+    line = the_error_line(capsys)
+    assert str(store) in line and "damaged" in line
+
+
+def test_an_lmdb_value_that_is_not_msgpack_is_one_line(tmp_path, capsys):
+    store = fake_feature_store(tmp_path / "feats")
+    assert main(["export-features", str(tmp_path / "feats"), "--output", str(tmp_path / "x.h5")]) == 2
+    line = the_error_line(capsys)
+    assert str(store) in line and "a.jpg" in line and "damaged" in line
+
+
+def test_an_h5_of_random_bytes_is_one_line(tmp_path, capsys):
+    source = tmp_path / "x.h5"
+    source.write_bytes(os.urandom(4096))
+    assert main(["import-features", "--source", str(source), "--out", str(tmp_path / "feats")]) == 2
+    line = the_error_line(capsys)
+    assert str(source) in line and "HDF5" in line
+
+
+def torch_checkpoints(folder: pathlib.Path) -> list[pathlib.Path]:
+    """A truncated .pt, a garbled .pt, a .pt holding a class (refused, never unpickled), a garbled .safetensors."""
+    import collections
+
+    import torch
+
+    whole = folder / "whole.pt"
+    torch.save({"model": {"w": torch.zeros(64, 64)}, "step": 3}, whole)
+    truncated = folder / "truncated.pt"
+    truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    garbled = folder / "garbled.pt"
+    garbled.write_bytes(os.urandom(4096))
+    foreign = folder / "foreign.pt"
+    torch.save({"when": collections.Counter(a=1), "x": __import__("datetime").date(2020, 1, 1)}, foreign)
+    safetensors = folder / "garbled.safetensors"
+    safetensors.write_bytes(os.urandom(4096))
+    return [truncated, garbled, foreign, safetensors]
+
+
+def test_a_damaged_checkpoint_is_one_line_without_torch_advice(tmp_path):
+    from unimo_pipe.pipeline.checkpoints import load_checkpoint
+    from unimo_pipe.pipeline.errors import UserError
+
+    for checkpoint in torch_checkpoints(tmp_path):
+        with pytest.raises(UserError) as raised:
+            load_checkpoint(checkpoint)
+        message = str(raised.value)
+        assert str(checkpoint) in message and "\n" not in message and "weights_only" not in message, message
+
+
+def test_a_saved_model_with_damaged_weights_is_one_line(tmp_path):
+    from unimo_pipe.models.unified import UnifiedModel, tiny_encoder
+    from unimo_pipe.pipeline.errors import UserError
+
+    folder = tmp_path / "model"
+    UnifiedModel(tiny_encoder(50), region_dim=8).save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(UserError) as raised:
+        UnifiedModel.from_pretrained(folder)
+    assert str(folder) in str(raised.value) and "weights_only" not in str(raised.value)

@@ -75,7 +75,7 @@ def naming_folder(folder: Path) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        if exc.filename is None:
+        if exc.filename is None and exc.errno in (*_DISK_FULL, errno.EIO):
             exc.filename = str(folder)
         raise
 

@@ -111,11 +111,19 @@ class ExtractRegions(Stage):
                              keep=options.keep_shard_stores)
 
 
+def _read_image_list(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): save the image list as "
+                        "UTF-8, one image path per line") from None
+
+
 def _image_entries(options: ExtractRegionsOptions) -> list[tuple[str, Path]]:
     if options.images is not None:
         root = options.images
         return [(p.relative_to(root).as_posix(), p) for p in list_images(root)]
-    lines = [line.strip() for line in options.image_list.read_text(encoding="utf-8").splitlines()]
+    lines = [line.strip() for line in _read_image_list(options.image_list).splitlines()]
     paths = [options.image_list.parent / line for line in lines if line and not line.startswith("#")]
     if not paths:
         raise UserError(f"{options.image_list} lists no images")
