@@ -385,3 +385,15 @@ def test_a_saved_model_with_damaged_weights_is_one_line(tmp_path):
     with pytest.raises(UserError) as raised:
         UnifiedModel.from_pretrained(folder)
     assert str(folder) in str(raised.value) and "weights_only" not in str(raised.value)
+
+
+def test_a_saved_model_with_another_models_weights_is_one_line(tmp_path):
+    from unimo_pipe.models.unified import UnifiedModel, tiny_encoder
+    from unimo_pipe.pipeline.errors import UserError
+
+    UnifiedModel(tiny_encoder(50), region_dim=8).save_pretrained(tmp_path / "model")
+    UnifiedModel(tiny_encoder(50, hidden=16), region_dim=8).save_pretrained(tmp_path / "other")
+    (tmp_path / "other" / "model.safetensors").replace(tmp_path / "model" / "model.safetensors")
+    with pytest.raises(UserError) as raised:
+        UnifiedModel.from_pretrained(tmp_path / "model")
+    assert str(tmp_path / "model") in str(raised.value) and "\n" not in str(raised.value)

@@ -25,9 +25,11 @@ def _load_torch(path: Path, map_location: Any) -> Any:
 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        raise CorruptFileError(f"{path} holds objects other than tensors and plain containers, which are never "
-                               "unpickled (they could run code): pass a checkpoint of tensors") from None
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" in str(exc):
+            raise CorruptFileError(f"{path} holds objects other than tensors and plain containers, which are "
+                                   "never unpickled (they could run code): pass a checkpoint of tensors") from None
+        raise _damaged(path, exc) from None
     except (FileNotFoundError, PermissionError, IsADirectoryError):
         raise  # the CLI names the path
     except (RuntimeError, EOFError, ValueError, OSError) as exc:  # OSError: torch's "Invalid argument" on garbage
@@ -46,6 +48,12 @@ def _load_safetensors(path: Path, map_location: Any) -> dict[str, Any]:
 
 
 def _damaged(path: Path, exc: Exception) -> CorruptFileError:
-    reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-    return CorruptFileError(f"{path} is not a readable checkpoint ({reason}): it is truncated or damaged (a copy "
+    return CorruptFileError(f"{path} is not a readable checkpoint ({_reason(exc)}): it is truncated or damaged (a copy "
                             "or a save that did not finish?): restore it or pass another")
+
+
+def _reason(exc: Exception) -> str:
+    """The gist of a loader's message: its last line (where torch puts the cause), first sentence, no advice."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    gist = lines[-1].split(". ")[0][:160] if lines else ""
+    return gist if gist and "weights_only" not in gist else type(exc).__name__

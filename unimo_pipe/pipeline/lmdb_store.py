@@ -157,9 +157,9 @@ class LmdbReader:
         except (lmdb.InvalidError, lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.VersionMismatchError,
                 ValueError, msgpack.UnpackException) as exc:
             what = f"its value for {_key(key).decode('utf-8', 'replace')!r}" if key is not None else "it"
-            raise CorruptFileError(f"LMDB store {self.path} is damaged ({type(exc).__name__}: {exc}; reading "
-                                   f"{what}): rerun the stage that wrote it with --overwrite, or restore "
-                                   "it") from None
+            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise CorruptFileError(f"LMDB store {self.path} is damaged ({detail}; reading {what}): rerun the "
+                                   "stage that wrote it with --overwrite, or restore it") from None
 
     def get_raw(self, key: str | bytes) -> memoryview | None:
         txn = self._txn()
