@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from unimo_pipe.models.detector import BottomUpAttention
+from unimo_pipe.pipeline.checkpoints import load_checkpoint
 from unimo_pipe.pipeline.errors import UserError
 
 logger = logging.getLogger("unimo_pipe")
@@ -50,25 +51,25 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UserError(f"detector weights not found: {path}: pass the checkpoint file with --weights")
     suffix = path.suffix.lower()
-    try:
-        if suffix == ".pkl":
-            with path.open("rb") as f:
-                raw = _ArraysOnlyUnpickler(f, encoding="latin1").load()
-        elif suffix in (".pth", ".pt", ".bin"):
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        elif suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            raw = load_file(str(path))
-        else:
-            raise UserError(f"{path}: unknown weights format {suffix!r}: use .pkl, .pth or .safetensors")
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        raise UserError(f"cannot read detector weights {path}: {exc}") from None
+    if suffix == ".pkl":
+        raw = _read_detectron2_pickle(path)
+    elif suffix in (".pth", ".pt", ".bin", ".safetensors"):
+        raw = load_checkpoint(path)
+    else:
+        raise UserError(f"{path}: unknown weights format {suffix!r}: use .pkl, .pth or .safetensors")
     if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
         raw = raw["model"]  # detectron2 model-zoo layout: other top-level keys are metadata
     if not isinstance(raw, dict):
         raise UserError(f"{path} holds a {type(raw).__name__}, not a dict of parameters")
     return {checkpoint_to_model_name(k): _as_tensor(k, v, path) for k, v in raw.items()}
+
+
+def _read_detectron2_pickle(path: Path) -> Any:
+    try:
+        with path.open("rb") as f:
+            return _ArraysOnlyUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise UserError(f"cannot read detector weights {path}: {exc}") from None
 
 
 def checkpoint_to_model_name(name: str) -> str:

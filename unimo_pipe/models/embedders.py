@@ -23,12 +23,17 @@ POOLING_MODES = ("mean", "conf_weighted")
 
 
 def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'."""
-    if device != "auto":
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; 'cuda' without a GPU is the user's to fix."""
+    if device == "cpu":
         return device
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA device is visible to torch here: use --device cpu "
+                        "(or auto, which picks the GPU when there is one)")
+    return device
 
 
 def resolve_text_model(name: str) -> str:
@@ -69,7 +74,11 @@ class TextEncoder:
         return int(self.model.get_sentence_embedding_dimension())
 
     def encode(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), dim) float32, not normalised; (0, dim) for no texts."""
         import torch
+
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
 
         with torch.inference_mode():
             vectors = self.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,

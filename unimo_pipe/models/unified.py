@@ -113,7 +113,12 @@ class UnifiedModel(nn.Module):
                             f"{WEIGHTS_FILE})") from None
         encoder = AutoModel.from_config(encoder_config, add_pooling_layer=False, attn_implementation="sdpa")
         model = cls(encoder, region_dim=config["region_dim"])
-        model.load_state_dict(weights)
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as exc:  # torch lists every missing, unexpected and mis-shaped name, over many lines
+            first = str(exc).strip().splitlines()[-1].strip()[:200]
+            raise UserError(f"{folder / WEIGHTS_FILE} does not match {folder / CONFIG_FILE} ({first}): pass the "
+                            "model folder exactly as pretrain or finetune wrote it") from None
         return model
 
 

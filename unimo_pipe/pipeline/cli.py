@@ -19,11 +19,16 @@ from typing import Any, NoReturn
 
 from unimo_pipe import __version__
 from unimo_pipe.pipeline.config import OptionSpec, Source, likely_input_flags, load_yaml, option_specs, parse_overrides
-from unimo_pipe.pipeline.errors import ConfigError, UserError
+from unimo_pipe.pipeline.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_USER_ERROR,
+    INTERRUPTED_MESSAGE,
+    ConfigError,
+    UserError,
+    describe_os_error,
+    naming_folder,
+)
 from unimo_pipe.pipeline.stage import STAGES, Stage, get_stage, resolve_stage_options
-
-EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -234,7 +239,9 @@ def _run_stage_command(args: argparse.Namespace) -> int:
     from unimo_pipe.pipeline.workflow import format_summary
 
     stage = get_stage(args.command)
-    result = run_stage(stage, options_from_args(stage, args))
+    options = options_from_args(stage, args)
+    with naming_folder(options.out):
+        result = run_stage(stage, options)
     print(format_summary([result]))
     return 0
 
@@ -382,8 +389,8 @@ def _report(exc: UserError) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    _configure_logging(debug)
     try:
+        _configure_logging(debug)
         args = build_parser().parse_args(argv)
         if getattr(args, "handler", None) is None:
             build_parser().print_help()
@@ -396,10 +403,19 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         _report(exc)
         return EXIT_USER_ERROR
+    except OSError as exc:
+        message = describe_os_error(exc)
+        if message is None:
+            raise  # not the environment's doing: a bug, shown with its traceback
+        if debug:
+            traceback.print_exc()
+        _report(UserError(message))
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("unimo-pipe: interrupted; rerun the same command to resume", file=sys.stderr)
+        print(INTERRUPTED_MESSAGE, file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
 def console_entry() -> None:
+    """The entry point of installs made before it moved to `unimo_pipe.__main__` (which guards imports too)."""
     sys.exit(main())

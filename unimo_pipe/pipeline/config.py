@@ -24,6 +24,7 @@ import yaml
 
 from unimo_pipe.pipeline.errors import ConfigError, UserError
 from unimo_pipe.pipeline.formats import STAGE_RECORD
+from unimo_pipe.pipeline.jsonl import read_json
 
 _MISSING = dataclasses.MISSING
 _TRUE = {"true", "yes", "on", "1"}
@@ -255,7 +256,17 @@ def _coerce_bool(value: Any) -> bool:
     raise ValueError(f"expected true or false, got {value!r}")
 
 
+_LARGEST_INT = 2**63 - 1  # what numpy, torch and itertools take as a count or size
+
+
 def _coerce_int(value: Any) -> int:
+    number = _parse_int(value)
+    if abs(number) > _LARGEST_INT:
+        raise ValueError(f"{value!r} is too large (at most {_LARGEST_INT:,}): pass a realistic number")
+    return number
+
+
+def _parse_int(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError(f"expected an integer, got {value!r}")
     if isinstance(value, int):
@@ -372,7 +383,8 @@ def fingerprint(path: Path) -> str:
     stage_record = path / STAGE_RECORD
     if stage_record.is_file():
         # Another stage's output folder: what made it identifies it, not its (timing-laden) files.
-        return "stage:" + json.loads(stage_record.read_text()).get("config_hash", "?")
+        record = read_json(stage_record)  # a damaged one is named
+        return "stage:" + (record.get("config_hash", "?") if isinstance(record, dict) else "?")
     if path.is_dir():
         for child in sorted(p for p in path.rglob("*") if p.is_file()):
             # fsencode: a file name that is not UTF-8 keeps its own bytes (str.encode refuses it)

@@ -32,7 +32,9 @@ class EmbeddingTable:
 
 
 def write_embedding_shard(work_dir: Path, rows: list[dict[str, Any]], vectors: np.ndarray) -> None:
-    np.save(work_dir / EMBEDDINGS_FILE, np.asarray(vectors, dtype=np.float16).reshape(len(rows), -1))
+    """One shard's (rows, dim) float16 vectors and their rows; a shard of no usable rows is (0, dim) or (0, 0)."""
+    vectors = np.asarray(vectors, dtype=np.float16)
+    np.save(work_dir / EMBEDDINGS_FILE, vectors if vectors.ndim == 2 else vectors.reshape(len(rows), -1 if rows else 0))
     with (work_dir / EMBEDDING_ROWS_FILE).open("w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from unimo_pipe.pipeline.errors import CorruptFileError
+
 
 def _escape(name: str) -> str:
     # '/' separates HDF5 groups; keep nested image paths as one flat group name.
@@ -44,9 +46,7 @@ class Hdf5Writer:
 
 def iter_hdf5_items(path: Path, *, arrays: bool = True) -> Iterator[tuple[str, dict[str, np.ndarray], dict[str, Any]]]:
     """(name, arrays, attributes) for every group of a file written by Hdf5Writer (arrays={} if not wanted)."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
+    with _open_for_reading(path) as f:
         for escaped, group in f.items():
             values = {key: dataset[()] for key, dataset in group.items()} if arrays else {}
             yield _unescape(escaped), values, dict(group.attrs)
@@ -54,8 +54,19 @@ def iter_hdf5_items(path: Path, *, arrays: bool = True) -> Iterator[tuple[str, d
 
 def read_hdf5_item(path: Path, name: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Arrays and attributes of one item."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
+    with _open_for_reading(path) as f:
         group = f[_escape(name)]
         return {key: dataset[()] for key, dataset in group.items()}, dict(group.attrs)
+
+
+def _open_for_reading(path: Path):
+    """An open h5py.File; a file that is not HDF5 (or is truncated) is a CorruptFileError naming it."""
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise  # the CLI names the path
+    except OSError as exc:  # h5py's "file signature not found", "truncated file", ...
+        raise CorruptFileError(f"{path} is not a readable HDF5 file ({exc}): check it is complete and really "
+                               "HDF5 (.h5), or pass --format") from None

@@ -10,6 +10,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from unimo_pipe.pipeline.errors import CorruptFileError
+
 
 @contextlib.contextmanager
 def atomic_write(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
@@ -23,16 +25,31 @@ def atomic_write(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # a failed write names no file: say which one (the disk is full where?)
         raise
+
+
+def json_text(obj: Any) -> str:
+    """The text every JSON file of the pipeline is written as."""
+    return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     with atomic_write(path) as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-        f.write("\n")
+        f.write(json_text(obj))
+
+
+def write_text_if_changed(path: Path, text: str) -> None:
+    """Write `text` atomically unless the file already holds it (a finished rerun on a read-only mount)."""
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        if path.read_text(encoding="utf-8") == text:
+            return
+    with atomic_write(path) as f:
+        f.write(text)
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
@@ -47,8 +64,13 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
 
 
 def read_json(path: Path) -> Any:
-    with path.open(encoding="utf-8") as f:
-        return json.load(f)
+    """The JSON value in `path`; a damaged file is a CorruptFileError naming it."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(f"{path} is not valid JSON ({exc}): the file is damaged: restore it, or delete it "
+                               "and rerun the stage that wrote it") from None
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, Any, str | None]]:

@@ -6,6 +6,8 @@ handed to DataLoader workers (fork or spawn) safely. No pickle is ever used on s
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 from collections.abc import Iterator
@@ -15,6 +17,8 @@ from typing import Any
 import lmdb
 import msgpack
 import msgpack_numpy
+
+from unimo_pipe.pipeline.errors import CorruptFileError
 
 logger = logging.getLogger("unimo_pipe")
 
@@ -32,6 +36,15 @@ def unpack(data: bytes | memoryview) -> Any:
 
 def _key(key: str | bytes) -> bytes:
     return key.encode("utf-8") if isinstance(key, str) else key
+
+
+def _as_os_error(exc: lmdb.Error, path: Path) -> Exception:
+    """A full or failing disk under a store is an OSError naming the store, as any other write's would be."""
+    if isinstance(exc, lmdb.DiskError):
+        return OSError(errno.ENOSPC, str(exc), str(path))
+    if os.strerror(errno.EIO) in str(exc):
+        return OSError(errno.EIO, str(exc), str(path))
+    return exc
 
 
 class LmdbWriter:
@@ -66,6 +79,8 @@ class LmdbWriter:
             except lmdb.MapFullError:
                 self._grow()
                 continue
+            except lmdb.Error as exc:
+                raise _as_os_error(exc, self.path) from exc
             self.written += len(self._pending)
             self._pending.clear()
 
@@ -129,23 +144,41 @@ class LmdbReader:
                 # no lock: safe) along with the parent's entry in the shared table.
                 self._env.close()
                 _SHARED_ENVIRONMENTS.pop((str(self.path.resolve()), self._pid), None)
-            self._env = _shared_environment(self.path)
+            with self._damaged_store_is_one_error():
+                self._env = _shared_environment(self.path)
+                self._txn_cache = self._env.begin(buffers=True)
             self._pid = os.getpid()
-            self._txn_cache = self._env.begin(buffers=True)
         return self._txn_cache
 
+    @contextlib.contextmanager
+    def _damaged_store_is_one_error(self, key: str | bytes | None = None) -> Iterator[None]:
+        try:
+            yield
+        except (lmdb.InvalidError, lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.VersionMismatchError,
+                ValueError, msgpack.UnpackException) as exc:
+            what = f"its value for {_key(key).decode('utf-8', 'replace')!r}" if key is not None else "it"
+            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise CorruptFileError(f"LMDB store {self.path} is damaged ({detail}; reading {what}): rerun the "
+                                   "stage that wrote it with --overwrite, or restore it") from None
+
     def get_raw(self, key: str | bytes) -> memoryview | None:
-        return self._txn().get(_key(key))
+        txn = self._txn()
+        with self._damaged_store_is_one_error(key):
+            return txn.get(_key(key))
 
     def get(self, key: str | bytes, default: Any = None) -> Any:
         data = self.get_raw(key)
-        return default if data is None else unpack(data)
+        return default if data is None else self._unpack(key, data)
 
     def __getitem__(self, key: str | bytes) -> Any:
         data = self.get_raw(key)
         if data is None:
             raise KeyError(key)
-        return unpack(data)
+        return self._unpack(key, data)
+
+    def _unpack(self, key: str | bytes, data: memoryview) -> Any:
+        with self._damaged_store_is_one_error(key):
+            return unpack(data)
 
     def __contains__(self, key: str | bytes) -> bool:
         return self.get_raw(key) is not None

@@ -19,7 +19,7 @@ from typing import Any
 
 from unimo_pipe.pipeline.errors import UserError
 from unimo_pipe.pipeline.formats import PAIRS_FILE, SENTENCES_FILE, STAGE_RECORD
-from unimo_pipe.pipeline.jsonl import iter_jsonl
+from unimo_pipe.pipeline.jsonl import iter_jsonl, read_json
 from unimo_pipe.pipeline.stage import Record
 from unimo_pipe.pipeline.text import split_sentences
 
@@ -87,8 +87,17 @@ def _where(path: Path, position: str) -> str:
     return f"{path.name}:{position}"
 
 
-def _iter_coco(path: Path) -> Iterator[Record]:
+def _load_json_object(path: Path, fmt: str, key: str) -> dict[str, Any]:
+    """The top-level object of a COCO or Karpathy file, which holds the list `key`."""
     data = _load_json_file(path)
+    if not isinstance(data, dict) or not isinstance(data.get(key), list):
+        found = f"an object without a {key!r} list" if isinstance(data, dict) else f"a JSON {type(data).__name__}"
+        raise UserError(f"{path} is not {fmt} JSON (it holds {found}): pass the right --format, or --format auto")
+    return data
+
+
+def _iter_coco(path: Path) -> Iterator[Record]:
+    data = _load_json_object(path, "coco", "annotations")
     images = {img.get("id"): img.get("file_name") for img in data.get("images", []) if isinstance(img, dict)}
     for i, ann in enumerate(data.get("annotations", [])):
         where = _where(path, f"annotations[{i}]")
@@ -102,7 +111,7 @@ def _iter_coco(path: Path) -> Iterator[Record]:
 
 
 def _iter_karpathy(path: Path) -> Iterator[Record]:
-    data = _load_json_file(path)
+    data = _load_json_object(path, "karpathy", "images")
     for i, image in enumerate(data.get("images", [])):
         if not isinstance(image, dict) or "filename" not in image:
             yield Record(_where(path, f"images[{i}]"), error="malformed_row", detail="image needs a filename")
@@ -218,6 +227,7 @@ def iter_pairs_input(path: Path, fmt: str = "auto") -> Iterator[Record]:
     if is_stage_output(path):
         from unimo_pipe.pipeline.outputs import iter_output_rows
 
+        _refuse_other_stage(path, "import-pairs", "pass an import-pairs folder or a caption file")
         for where, row, problem in iter_output_rows(path, PAIRS_FILE, required=("id", "caption")):
             yield Record(where, error=problem) if problem else Record(row["id"], row)
     elif path.is_dir():
@@ -226,11 +236,18 @@ def iter_pairs_input(path: Path, fmt: str = "auto") -> Iterator[Record]:
         yield from iter_captions(path, fmt)
 
 
+def _refuse_other_stage(path: Path, stage: str, fix: str) -> None:
+    made_by = read_json(path / STAGE_RECORD).get("stage")
+    if made_by != stage:
+        raise UserError(f"{path} is output of `{made_by}`: {fix}")
+
+
 def iter_texts_input(path: Path) -> Iterator[Record]:
     """Sentences (value: text) from an import-corpus folder, a JSONL of {"id", "text"}, or lines."""
     if is_stage_output(path):
         from unimo_pipe.pipeline.outputs import iter_output_rows
 
+        _refuse_other_stage(path, "import-corpus", "pass an import-corpus folder or a text file")
         for where, row, problem in iter_output_rows(path, SENTENCES_FILE, required=("id", "text")):
             yield Record(where, error=problem) if problem else Record(row["id"], row["text"])
     elif path.suffix.lower() == ".jsonl":

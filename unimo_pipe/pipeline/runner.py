@@ -42,7 +42,7 @@ from unimo_pipe.pipeline.formats import (
     selection_lock_name,
     shard_dir,
 )
-from unimo_pipe.pipeline.jsonl import atomic_write, read_json, write_json_atomic
+from unimo_pipe.pipeline.jsonl import json_text, read_json, write_json_atomic, write_text_if_changed
 from unimo_pipe.pipeline.locks import LockBusy, describe_holder, hold_lock
 from unimo_pipe.pipeline.progress import Progress
 from unimo_pipe.pipeline.sharding import ShardSelection, chunk, resolve_selection
@@ -223,9 +223,9 @@ def prepare_output_dir(stage: Stage, options: Any, chash: str) -> None:
             _handle_config_change(out, previous, affecting, options.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     record = {"stage": stage.name, "format": stage.format_version, "config_hash": chash, "options": affecting}
-    write_json_atomic(record_path, record)
-    with atomic_write(out / CONFIG_FILE) as f:
-        yaml.safe_dump({"stage": stage.name, **options_to_dict(options)}, f, sort_keys=False)
+    write_text_if_changed(record_path, json_text(record))
+    write_text_if_changed(out / CONFIG_FILE,
+                          yaml.safe_dump({"stage": stage.name, **options_to_dict(options)}, sort_keys=False))
 
 
 def _refuse_file_out(out: Path) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from unimo_pipe.pipeline.config import Source, load_yaml, parse_overrides
-from unimo_pipe.pipeline.errors import ConfigError, UserError
+from unimo_pipe.pipeline.errors import ConfigError, UserError, naming_folder
 from unimo_pipe.pipeline.runner import RunResult, run_stage
 from unimo_pipe.pipeline.stage import STAGES, Stage, resolve_stage_options
 
@@ -122,7 +122,11 @@ def _substitute(value: Any, variables: dict[str, str], errors: list[str], where:
 
 def run_steps(steps: list[Step]) -> list[RunResult]:
     """Run each step in order; each skips the shards it has already committed."""
-    return [run_stage(step.stage, step.options) for step in steps]
+    results = []
+    for step in steps:
+        with naming_folder(step.options.out):
+            results.append(run_stage(step.stage, step.options))
+    return results
 
 
 def format_summary(results: list[RunResult]) -> str:

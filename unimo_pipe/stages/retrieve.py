@@ -47,7 +47,7 @@ from unimo_pipe.pipeline.formats import (
     TEXT_EMBEDDINGS_DIR,
     ImageKeys,
 )
-from unimo_pipe.pipeline.jsonl import write_json_atomic
+from unimo_pipe.pipeline.jsonl import read_json, write_json_atomic
 from unimo_pipe.pipeline.readers import CAPTION_FORMATS, iter_pairs_input
 from unimo_pipe.pipeline.stage import CommonOptions, Record, RunContext, ShardContext, Stage
 from unimo_pipe.pipeline.text import normalize_text
@@ -283,7 +283,7 @@ def _embedded(stage: Stage, sub_options: Any, run: RunContext, what: str) -> Emb
 def _require_embedded(stage: Stage, sub_options: Any, what: str) -> None:
     record = sub_options.out / STAGE_RECORD
     expected = config_hash(stage.name, stage.format_version, sub_options)
-    made_by = json.loads(record.read_text()).get("config_hash") if record.is_file() else None
+    made_by = read_json(record).get("config_hash") if record.is_file() else None
     if made_by != expected or not (sub_options.out / SUMMARY_FILE).is_file():
         raise UserError(f"with several workers, embed the {what} first with the same inputs and model: run "
                         f"`unimo-pipe {stage.name}` into {sub_options.out} (it shards too), then retrieve")

@@ -18,7 +18,6 @@ import contextlib
 import json
 import logging
 import os
-import pickle
 import shutil
 import time
 from collections.abc import Callable
@@ -27,8 +26,9 @@ from typing import Any, Protocol
 
 import torch
 
+from unimo_pipe.pipeline.checkpoints import load_checkpoint
 from unimo_pipe.pipeline.errors import UserError
-from unimo_pipe.pipeline.jsonl import atomic_write, iter_jsonl, write_json_atomic
+from unimo_pipe.pipeline.jsonl import atomic_write, iter_jsonl, read_json, write_json_atomic
 from unimo_pipe.workflows.pretrain_options import TrainingLoopOptions
 
 logger = logging.getLogger("unimo_pipe")
@@ -144,7 +144,7 @@ class TrainingLoop:
         (self.options.out / "metrics.jsonl").unlink(missing_ok=True)
 
     def _start_from_weights(self, checkpoint: Path) -> None:
-        state = _load_checkpoint(checkpoint, self.device, fix="point --resume-from at another checkpoint")
+        state = load_checkpoint(checkpoint, map_location=self.device)
         self.module.load_state_dict(state.get("model", state))
         logger.info("%s: starting from the weights of %s", self.name, checkpoint)
 
@@ -195,15 +195,14 @@ class TrainingLoop:
 
     def _latest_checkpoint(self) -> dict[str, Any] | None:
         latest = self.checkpoint_dir / "latest.json"
-        return json.loads(latest.read_text()) if latest.is_file() else None
+        return read_json(latest) if latest.is_file() else None
 
     def _resume(self) -> bool:
         """Continue from OUT's latest checkpoint, if there is one (True)."""
         latest = self._latest_checkpoint()
         if latest is None:
             return False
-        state = _load_checkpoint(self.checkpoint_dir / latest["path"], self.device,
-                                 fix=f"remove {self.checkpoint_dir} to start this run again")
+        state = load_checkpoint(self.checkpoint_dir / latest["path"], map_location=self.device)
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -311,15 +310,6 @@ def _read_run_record(path: Path) -> dict[str, Any] | None:
     except (ValueError, UnicodeDecodeError):
         raise UserError(f"{path} is corrupt: delete it to continue this run, or use --overwrite") from None
     return record if isinstance(record, dict) else None
-
-
-def _load_checkpoint(path: Path, device: torch.device, *, fix: str) -> dict[str, Any]:
-    """A checkpoint's state, tensors only (never unpickling code); a damaged file is one clear error."""
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        raise UserError(f"checkpoint {path} cannot be read ({type(exc).__name__}): it is damaged or not a "
-                        f"unimo-pipe checkpoint; {fix}") from None
 
 
 class StepStream:
