@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import pathlib
 import subprocess
@@ -96,7 +97,15 @@ def test_a_finished_stage_reruns_on_a_read_only_mount(tmp_path, captions, monkey
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system", kwargs.get("dir"))
 
+    real_open = os.open
+
+    def open_read_only(path, flags, *args, **kwargs):  # the lock files: only a read-only open works
+        if flags & (os.O_RDWR | os.O_WRONLY | os.O_CREAT):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
     monkeypatch.setattr("tempfile.mkstemp", read_only)
+    monkeypatch.setattr("unimo_pipe.pipeline.locks.os.open", open_read_only)
     assert import_pairs(captions, out) == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
@@ -233,12 +242,12 @@ def extract_regions(tmp_path, *extra) -> int:
     return main(["extract-regions", "--detector", "tiny", "--out", str(tmp_path / "feats"), *extra])
 
 
-def test_a_non_utf8_image_list_is_one_line(tmp_path, capsys):
+def test_a_non_utf8_name_in_an_image_list_is_a_counted_failure(tmp_path):
     listing = tmp_path / "images.txt"
     listing.write_bytes(b"\xff\xfe a.jpg\n")
-    assert extract_regions(tmp_path, "--image-list", str(listing)) == 2
-    line = the_error_line(capsys)
-    assert str(listing) in line and "UTF-8" in line
+    assert extract_regions(tmp_path, "--image-list", str(listing)) == 0  # one bad name never ends the run
+    summary = json.loads((tmp_path / "feats" / "summary.json").read_text())
+    assert summary["failure_reasons"] == {"undecodable_file_name": 1}
 
 
 def test_a_folder_as_image_list_is_one_line(tmp_path, capsys):

@@ -12,8 +12,6 @@ import sys
 import threading
 from pathlib import Path
 
-import pytest
-
 from tests.pipeline.test_runner import NumbersStage, make_options
 from unimo_pipe.pipeline.cli import main
 from unimo_pipe.pipeline.config import Source
@@ -175,8 +173,7 @@ def test_a_merge_that_fails_midway_leaves_no_half_written_destination(tmp_path):
     broken = out / "shards" / "00002" / "z_store"  # merged last, after both JSONL files
     broken.mkdir()
     (broken / "data.mdb").write_bytes(b"not an LMDB file" * 512)
-    with pytest.raises(Exception, match="MDB_INVALID"):
-        main(["merge", str(out), str(tmp_path / "merged")])
+    assert main(["merge", str(out), str(tmp_path / "merged")]) == 2  # the damaged store is named in one line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "pairs.jsonl", "shards"]
 
 

@@ -375,4 +375,4 @@ def test_a_damaged_checkpoint_is_one_clear_error(training_inputs, tmp_path, caps
     (out / "checkpoints" / "step-00000002.pt").write_bytes(b"not a checkpoint")
     assert pretrain(training_inputs, out, "--steps", "2", "--checkpoint-every", "2") == 2
     err = capsys.readouterr().err
-    assert "step-00000002.pt cannot be read" in err and "weights_only" not in err
+    assert "step-00000002.pt is not a readable checkpoint" in err and "weights_only" not in err

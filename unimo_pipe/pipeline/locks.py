@@ -7,6 +7,7 @@ process is simply taken over; the pid and host written into it only say who hold
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -34,16 +35,33 @@ def hold_lock(path: Path, *, wait: bool = False) -> Iterator[None]:
 
     Raises LockBusy when another process holds it and `wait` is false; otherwise waits for it.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd, writable = _open_lock_file(path)
+    if fd is None:  # a read-only folder with no lock file: no process can write there, so none is needed
+        yield
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             raise LockBusy(path, _read_holder(fd)) from None
-        _write_holder(fd)
+        if writable:
+            _write_holder(fd)
         yield
     finally:
         os.close(fd)  # releases the lock; the file stays, so every process locks the same inode
+
+
+def _open_lock_file(path: Path) -> tuple[int | None, bool]:
+    """(fd, writable); on a read-only mount the existing file is locked read-only (flock allows it)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644), True
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+    try:
+        return os.open(path, os.O_RDONLY), False
+    except FileNotFoundError:
+        return None, False
 
 
 def _write_holder(fd: int) -> None:
