@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pathlib
+import random
 import subprocess
 import sys
 
@@ -258,7 +259,7 @@ def test_a_folder_as_image_list_is_one_line(tmp_path, capsys):
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
 def test_random_bytes_as_detector_weights_are_one_line(tmp_path, capsys, suffix):
     weights = tmp_path / f"weights{suffix}"
-    weights.write_bytes(os.urandom(4096))
+    weights.write_bytes(random.Random(0).randbytes(4096))
     images = tmp_path / "images"
     images.mkdir()
     (images / "a.jpg").write_bytes(b"the model loads before the first image")
@@ -406,3 +407,16 @@ def test_a_saved_model_with_another_models_weights_is_one_line(tmp_path):
     with pytest.raises(UserError) as raised:
         UnifiedModel.from_pretrained(tmp_path / "model")
     assert str(tmp_path / "model") in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_any_random_bytes_as_a_checkpoint_are_a_damaged_file_error(tmp_path):
+    # About 1 file in 16 of random bytes fails inside torch's unpickler with IndexError or KeyError.
+    from unimo_pipe.pipeline.checkpoints import load_checkpoint
+    from unimo_pipe.pipeline.errors import CorruptFileError
+
+    rng = random.Random(1)
+    path = tmp_path / "w.pt"
+    for _ in range(200):
+        path.write_bytes(rng.randbytes(512))
+        with pytest.raises(CorruptFileError, match="is not a readable checkpoint"):
+            load_checkpoint(path)

@@ -91,6 +91,15 @@ def encode_sources(tokenizer, texts: list[str], max_tokens: int) -> tuple[list[l
     return encoded, [texts[i] for i in too_long]
 
 
+def _encoded_sources(tokenizer, texts: list[str], limits: PositionLimits, report: TranslationReport | None
+                     ) -> list[list[int]]:
+    """Sources within the model's input limit; the texts that were cut go into `report`."""
+    encoded, truncated = encode_sources(tokenizer, texts, limits.source_tokens)
+    if report is not None:
+        report.truncated.update(truncated)
+    return encoded
+
+
 def translate_in_halves(batch: list[int], translate: Callable[[list[int]], list[list[str]]]
                         ) -> tuple[dict[int, list[str]], dict[int, str]]:
     """`translate` over the indices of `batch`: a part that raises is split in halves and tried again, so a
@@ -164,9 +173,7 @@ class TransformersEngine:
                   report: TranslationReport | None = None) -> list[list[str]]:
         """`outputs` translations per text (none for a text that failed); what was cut or failed is added to
         `report`."""
-        encoded, truncated = encode_sources(self.tokenizer, texts, self.limits.source_tokens)
-        if report is not None:
-            report.truncated.update(truncated)
+        encoded = _encoded_sources(self.tokenizer, texts, self.limits, report)
         results: list[list[str]] = [[] for _ in texts]
         budget = max(1, self.max_batch_tokens // max(outputs, 1))
         for batch in length_batches([len(e) for e in encoded], budget):
@@ -253,9 +260,7 @@ class CTranslate2Engine:
                   report: TranslationReport | None = None) -> list[list[str]]:
         """`outputs` translations per text (none for a text that failed); what was cut or failed is added to
         `report`."""
-        encoded, truncated = encode_sources(self.tokenizer, texts, self.limits.source_tokens)
-        if report is not None:
-            report.truncated.update(truncated)
+        encoded = _encoded_sources(self.tokenizer, texts, self.limits, report)
         tokens = [self.tokenizer.convert_ids_to_tokens(ids) for ids in encoded]
         translated, failed = translate_in_halves(
             list(range(len(texts))), lambda part: self._translate_tokens([tokens[i] for i in part], decoding, outputs))

@@ -32,7 +32,7 @@ def _load_torch(path: Path, map_location: Any) -> Any:
         raise _damaged(path, exc) from None
     except (FileNotFoundError, PermissionError, IsADirectoryError):
         raise  # the CLI names the path
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:  # OSError: torch's "Invalid argument" on garbage
+    except Exception as exc:  # foreign bytes fail anywhere in the unpickler (IndexError, KeyError, OSError, ...)
         raise _damaged(path, exc) from None
 
 
