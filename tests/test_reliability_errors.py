@@ -333,7 +333,7 @@ def fake_feature_store(folder: pathlib.Path) -> pathlib.Path:
 def test_an_lmdb_of_random_bytes_is_one_line(tmp_path, capsys):
     store = fake_feature_store(tmp_path / "feats")
     data = store / "data.mdb"
-    data.write_bytes(os.urandom(data.stat().st_size))
+    data.write_bytes(random.Random(0).randbytes(data.stat().st_size))
     assert main(["export-features", str(tmp_path / "feats"), "--output", str(tmp_path / "x.h5")]) == 2
     line = the_error_line(capsys)
     assert str(store) in line and "damaged" in line
@@ -348,7 +348,7 @@ def test_an_lmdb_value_that_is_not_msgpack_is_one_line(tmp_path, capsys):
 
 def test_an_h5_of_random_bytes_is_one_line(tmp_path, capsys):
     source = tmp_path / "x.h5"
-    source.write_bytes(os.urandom(4096))
+    source.write_bytes(random.Random(0).randbytes(4096))
     assert main(["import-features", "--source", str(source), "--out", str(tmp_path / "feats")]) == 2
     line = the_error_line(capsys)
     assert str(source) in line and "HDF5" in line
@@ -365,11 +365,11 @@ def torch_checkpoints(folder: pathlib.Path) -> list[pathlib.Path]:
     truncated = folder / "truncated.pt"
     truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     garbled = folder / "garbled.pt"
-    garbled.write_bytes(os.urandom(4096))
+    garbled.write_bytes(random.Random(0).randbytes(4096))
     foreign = folder / "foreign.pt"
     torch.save({"when": collections.Counter(a=1), "x": __import__("datetime").date(2020, 1, 1)}, foreign)
     safetensors = folder / "garbled.safetensors"
-    safetensors.write_bytes(os.urandom(4096))
+    safetensors.write_bytes(random.Random(0).randbytes(4096))
     return [truncated, garbled, foreign, safetensors]
 
 
