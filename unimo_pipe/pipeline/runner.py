@@ -52,7 +52,6 @@ from unimo_pipe.pipeline.stats import merge_stats
 logger = logging.getLogger("unimo_pipe")
 
 
-
 @dataclass
 class RunResult:
     stage: str
@@ -96,9 +95,38 @@ def _selection_lock(out: Path, selection: ShardSelection) -> Iterator[None]:
         yield
 
 
+class LocalExecutor:
+    """Runs the shards in this process, one after the other."""
+
+    def run(self, stage: Stage, options: Any, work: Iterator[tuple[int, list[Record]]], run_context: RunContext,
+            progress: Progress) -> int:
+        """Process every (index, records) of `work`; the number of shards committed."""
+        done = 0
+        try:
+            for index, records in work:
+                if done == 0:  # only a process with work to do loads models and side inputs
+                    prepare_run(stage, options, run_context)
+                    open_stage(stage, options, run_context)
+                run_shard(stage, options, index, records, run_context, progress)
+                done += 1
+        finally:
+            stage.close()
+        return done
+
+
+def executor_for(options: Any):
+    """The executor `--executor` names (the Ray one is imported only when asked for)."""
+    if getattr(options, "executor", "local") == "ray":
+        from unimo_pipe.pipeline.ray_executor import RayExecutor
+
+        return RayExecutor.from_options(options)
+    return LocalExecutor()
+
+
 def _run_owned_shards(stage: Stage, options: Any, selection: ShardSelection, chash: str, started: float
                       ) -> RunResult:
     out: Path = options.out
+    executor = executor_for(options)
     prepare_output_dir(stage, options, chash)
     remove_partial_shards(out, selection)
     run_context = RunContext(out=out, config_hash=chash, selection=selection, strict=options.strict,
@@ -106,24 +134,23 @@ def _run_owned_shards(stage: Stage, options: Any, selection: ShardSelection, cha
                              run_upstream=lambda upstream, upstream_options: run_stage(upstream, upstream_options,
                                                                                        env={}))
     progress = Progress(f"{stage.name} [{selection}]")
-    total = run = skipped = 0
-    opened = False
-    try:
+    counts = {"total": 0, "skipped": 0}
+
+    def work() -> Iterator[tuple[int, list[Record]]]:
         for index, records in chunk(stage.iter_records(options), options.shard_size):
-            total += 1
+            counts["total"] += 1
             if not selection.owns(index):
                 continue
             if is_committed(out, index):
-                skipped += 1
+                counts["skipped"] += 1
                 continue
-            if not opened:  # only a process with work to do loads models and side inputs
-                _open(stage, options, run_context)
-                opened = True
-            _run_shard(stage, options, index, records, run_context, progress)
-            run += 1
+            yield index, records
+
+    try:
+        run = executor.run(stage, options, work(), run_context, progress)
     finally:
         progress.close()
-        stage.close()
+    total, skipped = counts["total"], counts["skipped"]
     if total == 0:
         logger.warning("%s: the inputs hold no records, so %s is empty: check the input files", stage.name, out)
     committed = committed_shard_dirs(out)
@@ -160,7 +187,12 @@ def _summary_covers(out: Path, committed: list[Path]) -> bool:
     return summary.stat().st_mtime_ns >= newest_shard
 
 
-def _open(stage: Stage, options: Any, run_context: RunContext) -> None:
+def prepare_run(stage: Stage, options: Any, run_context: RunContext) -> None:
+    """`stage.prepare_run`: once per run, in the process that hands out the shards, before the first one."""
+    stage.prepare_run(options, run_context)
+
+
+def open_stage(stage: Stage, options: Any, run_context: RunContext) -> None:
     """`stage.open`, then keep what it found wrong in side inputs (the same in every process of the run)."""
     stage.open(options, run_context)
     problems = run_context.problems
@@ -174,8 +206,9 @@ def _open(stage: Stage, options: Any, run_context: RunContext) -> None:
         (options.out / INPUT_PROBLEMS_FILE).unlink(missing_ok=True)
 
 
-def _run_shard(stage: Stage, options: Any, index: int, records: list[Record], run_context: RunContext,
-               progress: Progress) -> None:
+def run_shard(stage: Stage, options: Any, index: int, records: list[Record], run_context: RunContext,
+              progress: Progress) -> dict[str, Any]:
+    """Process one shard into OUT/shards/NNNNN.partial, then commit it (stats.json, rename); its stats."""
     final_dir = shard_dir(options.out, index)
     work_dir = final_dir.with_name(final_dir.name + PARTIAL_SUFFIX)
     shutil.rmtree(work_dir, ignore_errors=True)
@@ -190,9 +223,11 @@ def _run_shard(stage: Stage, options: Any, index: int, records: list[Record], ru
         raise RuntimeError(
             f"stage {stage.name} accounted {ctx.stats.accounted} of {len(records)} records in shard {index}"
         )
-    write_json_atomic(work_dir / STATS_FILE, ctx.stats.to_dict(elapsed_s=elapsed, config_hash=run_context.config_hash))
+    stats = ctx.stats.to_dict(elapsed_s=elapsed, config_hash=run_context.config_hash)
+    write_json_atomic(work_dir / STATS_FILE, stats)
     shutil.rmtree(final_dir, ignore_errors=True)
     os.replace(work_dir, final_dir)
+    return stats
 
 
 def _count_unreadable(records: list[Record], ctx: ShardContext) -> list[Record]:

@@ -1,12 +1,15 @@
 """What a stage is: options, a record source, and a lifecycle the runner drives.
 
+    prepare_run(options, run)   once per run, by the process that hands out the shards, before the first one
+                                (work every worker then reads from OUT: a vocabulary, upstream embeddings)
     open(options, run)          once per process, before its first shard that needs work (models, indexes)
     process_shard(records, ctx) one shard's files under ctx.work_dir, every record accounted in ctx.stats
     close()                     at the end of every run, finished or not (worker processes)
     finalize(options, dirs)     once every shard is committed (merged stores, manifests); it may run in a
                                 process that never opened the stage, so it uses only the committed shards
 
-The runner (pipeline/runner.py) or any other executor calls these; a stage never imports an executor.
+The runner (pipeline/runner.py) calls these, in this process or in Ray actors (pipeline/ray_executor.py);
+a stage never imports either.
 """
 
 from __future__ import annotations
@@ -51,6 +54,15 @@ class CommonOptions:
         metavar="I/N",
     )
     overwrite: bool = option(False, help="replace outputs made with a different config", affects_output=False)
+    executor: str = option("local", help="where shards run: this process, or actors of a Ray cluster (pip install "
+                           "'unimo-pipe[ray]')", choices=("local", "ray"), affects_output=False)
+    ray_address: str | None = option(None, help="Ray cluster to join (default: RAY_ADDRESS if set, else a new "
+                                     "local instance)", affects_output=False, metavar="HOST:PORT")
+    ray_workers: int = option(0, help="stage actors on Ray, each loading the stage's models once (0: as many as "
+                              "the cluster's CPUs allow)", minimum=0, affects_output=False)
+    cpus_per_worker: float = option(1.0, help="CPUs each Ray actor reserves", minimum=0.0, affects_output=False)
+    gpus_per_worker: float = option(0.0, help="GPUs each Ray actor reserves (GPU stages: 1)", minimum=0.0,
+                                    affects_output=False)
     strict: bool = option(False, help="stop at the first bad record instead of counting it", affects_output=False)
 
 
@@ -120,6 +132,10 @@ class Stage:
         """All input records in a deterministic order; the runner cuts them into shards."""
         raise NotImplementedError
 
+    def prepare_run(self, options: Any, run: RunContext) -> None:
+        """Work done once for the whole run before any shard, whose results every worker's `open` reads
+        from OUT; optional."""
+
     def open(self, options: Any, run: RunContext) -> None:
         """Set up what every shard needs (models, indexes, side inputs); optional."""
 
@@ -140,6 +156,14 @@ class Stage:
 
     def close(self) -> None:
         """Release what the stage holds across shards (e.g. worker processes); called at the end of every run."""
+
+
+EXECUTOR_OPTIONS = ("executor", "ray_address", "ray_workers", "cpus_per_worker", "gpus_per_worker")
+
+
+def executor_options(options: Any) -> dict[str, Any]:
+    """Where `options`' stage runs, for a stage it runs in turn (retrieve's embeddings) to run there too."""
+    return {name: getattr(options, name) for name in EXECUTOR_OPTIONS}
 
 
 STAGES = Registry("stage")

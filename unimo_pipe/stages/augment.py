@@ -114,21 +114,30 @@ class Augment(Stage):
         if options.scene_graph:
             self._open_scene_graph(options, run)
 
-    def _open_scene_graph(self, options: AugmentOptions, run: RunContext) -> None:
-        from unimo_pipe.models.negative_workers import NegativeWorkers, ParseCache, model_identity
+    def prepare_run(self, options: AugmentOptions, run: RunContext) -> None:
+        """The scene-graph vocabulary, built once (parsing every caption) into OUT/vocab.json for every worker;
+        the parses of the shards that will run are kept in OUT/parse-cache for their negatives pass."""
+        if options.scene_graph and _saved_vocabulary(options.out / VOCAB_FILE, run.config_hash) is None:
+            self._build_and_save_vocabulary(options, run, _parse_cache(options))
 
-        model = model_identity(options.spacy_model, options.batch_size)  # a model that does not load: one error
-        self.parse_cache = ParseCache(options.out / PARSE_CACHE_DIR, model)
+    def _build_and_save_vocabulary(self, options: AugmentOptions, run: RunContext, parse_cache):
+        vocabulary = self._build_vocabulary(options, will_run=run.will_run, parse_cache=parse_cache)
+        write_json_atomic(options.out / VOCAB_FILE, {"config_hash": run.config_hash, **vocabulary.to_dict()})
+        return vocabulary
+
+    def _open_scene_graph(self, options: AugmentOptions, run: RunContext) -> None:
+        from unimo_pipe.models.negative_workers import NegativeWorkers
+
+        self.parse_cache = _parse_cache(options)
         vocabulary = _saved_vocabulary(options.out / VOCAB_FILE, run.config_hash)
-        if vocabulary is None:
-            vocabulary = self._build_vocabulary(options, will_run=run.will_run)
-            write_json_atomic(options.out / VOCAB_FILE, {"config_hash": run.config_hash, **vocabulary.to_dict()})
+        if vocabulary is None:  # prepare_run wrote it, unless the file went since
+            vocabulary = self._build_and_save_vocabulary(options, run, self.parse_cache)
         self.negative_workers = NegativeWorkers(spacy_model=options.spacy_model, vocabulary=vocabulary,
                                                 negatives=options.negatives, seed=options.seed,
                                                 batch_size=options.batch_size, processes=options.processes,
                                                 parse_cache=self.parse_cache)
 
-    def _build_vocabulary(self, options: AugmentOptions, will_run: Callable[[int], bool]):
+    def _build_vocabulary(self, options: AugmentOptions, will_run: Callable[[int], bool], parse_cache):
         """The corpus vocabulary (parsing every caption), merged with --vocab files. The parses of shards
         this process will run are kept for the negatives pass, batched as it will batch them."""
         from unimo_pipe.models.negative_workers import VocabularyBatch, build_vocabulary_of_batches, in_batches
@@ -143,7 +152,7 @@ class Augment(Stage):
                 batches += [VocabularyBatch(batch, will_run(shard)) for batch in in_batches(texts, options.batch_size)]
             vocabulary = build_vocabulary_of_batches(batches, spacy_model=options.spacy_model,
                                                      batch_size=options.batch_size, processes=options.processes,
-                                                     parse_cache=self.parse_cache)
+                                                     parse_cache=parse_cache)
         for path in options.vocab:
             vocabulary.merge(Vocabulary.load(path))
         return vocabulary
@@ -301,6 +310,13 @@ def _clean(caption, options: AugmentOptions) -> tuple[str, bool]:
     if not isinstance(caption, str):
         return "", False
     return truncate_text(normalize_text(caption), options.max_caption_chars)
+
+
+def _parse_cache(options: AugmentOptions):
+    from unimo_pipe.models.negative_workers import ParseCache, model_identity
+
+    model = model_identity(options.spacy_model, options.batch_size)  # a model that does not load: one error
+    return ParseCache(options.out / PARSE_CACHE_DIR, model)
 
 
 def _load_positives(path: Path | None, run: RunContext) -> dict[str, set[str]]:

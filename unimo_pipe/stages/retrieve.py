@@ -49,7 +49,7 @@ from unimo_pipe.pipeline.formats import (
 )
 from unimo_pipe.pipeline.jsonl import read_json, write_json_atomic
 from unimo_pipe.pipeline.readers import CAPTION_FORMATS, iter_pairs_input
-from unimo_pipe.pipeline.stage import CommonOptions, Record, RunContext, ShardContext, Stage
+from unimo_pipe.pipeline.stage import CommonOptions, Record, RunContext, ShardContext, Stage, executor_options
 from unimo_pipe.pipeline.text import normalize_text
 from unimo_pipe.stages.embed_images import EmbedImages, EmbedImagesOptions
 from unimo_pipe.stages.embed_text import DEVICES, EmbedText, EmbedTextOptions
@@ -125,7 +125,6 @@ class Retrieve(Stage):
     # -- set-up, once per process and only if some shard needs work --
 
     def open(self, options: RetrieveOptions, run: RunContext) -> None:
-        self.run = run
         self.device = resolve_device(options.device)
         self.excluded_images, self.excluded_texts = _exclusions(options.exclude)
         self.text_side = self._text_side(options) if options.text_corpus else None
@@ -141,19 +140,20 @@ class Retrieve(Stage):
         reports = {side: s.report for side, s in (("text", self.text_side), ("image", self.image_side)) if s}
         write_json_atomic(options.out / INDEX_REPORT, reports)
 
+    def prepare_run(self, options: RetrieveOptions, run: RunContext) -> None:
+        """Embed the corpus and the collection (or reuse their embeddings) before any shard is searched."""
+        if run.selection.count == 1 and run.run_upstream is not None:  # several workers: embedded beforehand
+            for stage, sub_options in _embedding_stages(options).values():
+                run.run_upstream(stage, sub_options)
+
     def _text_side(self, options: RetrieveOptions) -> _Side:
-        sub = EmbedTextOptions(out=options.out / TEXT_EMBEDDINGS_DIR, text_corpus=options.text_corpus,
-                               text_model=options.text_model, device=options.device,
-                               batch_size=options.batch_size, overwrite=options.overwrite)
-        table = _embedded(EmbedText(), sub, self.run, "text corpus")
+        table = _embedded(*_embedding_stages(options)["text"], "text corpus")
         side = self._side(table, options, "text")
         side.text_keys = [_text_key(row["text"]) for row in table.rows]
         return side
 
     def _image_side(self, options: RetrieveOptions) -> _Side:
-        sub = EmbedImagesOptions(out=options.out / IMAGE_EMBEDDINGS_DIR, image_collection=options.image_collection,
-                                 pooling=options.image_pooling, overwrite=options.overwrite)
-        table = _embedded(EmbedImages(), sub, self.run, "image collection")
+        table = _embedded(*_embedding_stages(options)["image"], "image collection")
         self.pca = None
         if options.image_pca_dim:
             self.pca = _fit_pca(table.vectors, options.image_pca_dim, options.seed)
@@ -264,16 +264,26 @@ class Retrieve(Stage):
         return kept
 
 
-def _embedded(stage: Stage, sub_options: Any, run: RunContext, what: str) -> EmbeddingTable:
-    """Run (or reuse) an embedding stage and load its table; several workers must embed beforehand.
+def _embedding_stages(options: RetrieveOptions) -> dict[str, tuple[Stage, Any]]:
+    """The embed-text / embed-images runs whose outputs (OUT/text_emb, OUT/image_emb) retrieve searches; they
+    run on the same executor as retrieve."""
+    shared = {"overwrite": options.overwrite, **executor_options(options)}
+    stages: dict[str, tuple[Stage, Any]] = {}
+    if options.text_corpus:
+        stages["text"] = (EmbedText(), EmbedTextOptions(
+            out=options.out / TEXT_EMBEDDINGS_DIR, text_corpus=options.text_corpus, text_model=options.text_model,
+            device=options.device, batch_size=options.batch_size, **shared))
+    if options.image_collection:
+        stages["image"] = (EmbedImages(), EmbedImagesOptions(
+            out=options.out / IMAGE_EMBEDDINGS_DIR, image_collection=options.image_collection,
+            pooling=options.image_pooling, **shared))
+    return stages
 
-    A single worker runs the stage itself, so the runner's config check refuses embeddings made with
-    another model or other inputs; several workers only read, after checking the same thing.
-    """
-    if run.selection.count > 1 or run.run_upstream is None:
-        _require_embedded(stage, sub_options, what)
-    else:
-        run.run_upstream(stage, sub_options)
+
+def _embedded(stage: Stage, sub_options: Any, what: str) -> EmbeddingTable:
+    """The table of an embedding stage's finished output, checked to be made from these inputs and model
+    (`prepare_run` made it, or, with several workers, the user did beforehand)."""
+    _require_embedded(stage, sub_options, what)
     table = load_embedding_output(sub_options.out)
     if len(table) == 0:
         raise UserError(f"the {what} has no usable entries: check {sub_options.out}/shards/*/stats.json")
