@@ -67,7 +67,8 @@ def test_resume_after_a_crash(tmp_path, monkeypatch):
     assert main(args) == 130
     monkeypatch.setattr(NegativeGenerator, "generate", original)
     built = []
-    monkeypatch.setattr(Augment, "_build_vocabulary", lambda self, options, will_run, parse_cache: built.append(options))
+    monkeypatch.setattr(Augment, "_build_vocabulary",
+                        lambda self, options, will_run, parse_cache: built.append(options))
     assert main(args) == 0
     assert built == []  # the resumed run read the saved vocabulary back instead of parsing every caption
     monkeypatch.undo()

@@ -28,7 +28,7 @@ from unimo_pipe.pipeline.errors import (
     describe_os_error,
     naming_folder,
 )
-from unimo_pipe.pipeline.stage import STAGES, Stage, get_stage, resolve_stage_options
+from unimo_pipe.pipeline.stage import EXECUTOR_OPTIONS, STAGES, Stage, get_stage, resolve_stage_options
 
 
 class _Parser(argparse.ArgumentParser):
@@ -150,6 +150,12 @@ def _validate_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("workflow", type=Path, help="workflow YAML")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="vars.NAME=value or STEP.option=value")
+    executor = parser.add_argument_group("where every step runs (overrides the workflow's executor keys)")
+    executor.add_argument("--executor", choices=("local", "ray"))
+    executor.add_argument("--ray-address", metavar="HOST:PORT")
+    executor.add_argument("--ray-workers", type=int, metavar="N")
+    executor.add_argument("--cpus-per-worker", type=float, metavar="N")
+    executor.add_argument("--gpus-per-worker", type=float, metavar="N")
 
 
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -258,7 +264,8 @@ def _validate_command(args: argparse.Namespace) -> int:
 def _run_command(args: argparse.Namespace) -> int:
     from unimo_pipe.pipeline.workflow import format_summary, load_config_file, run_steps
 
-    results = run_steps(load_config_file(args.workflow, args.overrides))
+    executor = {name: getattr(args, name) for name in EXECUTOR_OPTIONS if getattr(args, name) is not None}
+    results = run_steps(load_config_file(args.workflow, args.overrides, executor=executor))
     print(format_summary(results))
     return 0
 

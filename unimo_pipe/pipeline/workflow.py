@@ -7,6 +7,9 @@
         captions: [captions.jsonl]
         out: ${out}/pairs
 
+Top-level `executor:` (and `ray_address`, `ray_workers`, `cpus_per_worker`, `gpus_per_worker`) set where
+every step runs; a step may set its own, and `unimo-pipe run --executor ...` overrides both.
+
 Relative paths are relative to the YAML file. A step's inputs may be outputs of earlier steps,
 which need not exist yet when the workflow is validated. A single-stage config (`stage: NAME` and its
 options at top level) is a one-step workflow.
@@ -22,10 +25,10 @@ from typing import Any
 from unimo_pipe.pipeline.config import Source, load_yaml, parse_overrides
 from unimo_pipe.pipeline.errors import ConfigError, UserError, naming_folder
 from unimo_pipe.pipeline.runner import RunResult, run_stage
-from unimo_pipe.pipeline.stage import STAGES, Stage, resolve_stage_options
+from unimo_pipe.pipeline.stage import EXECUTOR_OPTIONS, STAGES, Stage, resolve_stage_options
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_WORKFLOW_KEYS = {"name", "description", "vars", "steps"}
+_WORKFLOW_KEYS = {"name", "description", "vars", "steps", *EXECUTOR_OPTIONS}
 
 
 @dataclass
@@ -35,18 +38,21 @@ class Step:
     options: Any
 
 
-def load_config_file(path: Path, overrides: list[str] = (), variables: dict[str, str] | None = None) -> list[Step]:
-    """Steps of a workflow or single-stage YAML, with every problem in any step reported at once."""
+def load_config_file(path: Path, overrides: list[str] = (), variables: dict[str, str] | None = None,
+                     executor: dict[str, Any] | None = None) -> list[Step]:
+    """Steps of a workflow or single-stage YAML, with every problem in any step reported at once.
+    `executor`: executor options (e.g. from `run --executor ray`) that override every step's."""
     data = load_yaml(path)
     if "steps" not in data:
         if "stage" not in data:
             raise UserError(f"{path} names no stage: add 'stage: NAME' (one stage) or a 'steps:' list (workflow)")
         data = {"steps": [data]}
+    executor_layers = ({k: data[k] for k in EXECUTOR_OPTIONS if k in data}, executor or {})
     errors = [f"unknown top-level key {k!r} in {path.name} (known: {', '.join(sorted(_WORKFLOW_KEYS))})"
               for k in data if k not in _WORKFLOW_KEYS]
     var_values = _variables(path, data.get("vars") or {}, variables or {}, overrides)
     step_overrides = [o for o in overrides if not o.startswith("vars.")]
-    steps, step_errors = _build_steps(path, data["steps"], var_values, step_overrides)
+    steps, step_errors = _build_steps(path, data["steps"], var_values, step_overrides, executor_layers)
     errors.extend(step_errors)
     if errors:
         raise ConfigError(errors)
@@ -64,7 +70,8 @@ def _variables(path: Path, declared: dict, given: dict[str, str], overrides: lis
     return values
 
 
-def _build_steps(path: Path, raw_steps: Any, variables: dict[str, str], overrides: list[str]):
+def _build_steps(path: Path, raw_steps: Any, variables: dict[str, str], overrides: list[str],
+                 executor_layers: tuple[dict[str, Any], dict[str, Any]] = ({}, {})):
     if not isinstance(raw_steps, list) or not raw_steps:
         return [], [f"{path.name}: 'steps' must be a non-empty list of stage steps"]
     override_sources = _split_step_overrides(overrides)
@@ -82,8 +89,11 @@ def _build_steps(path: Path, raw_steps: Any, variables: dict[str, str], override
         except UserError as exc:
             errors.append(f"step {name}: {exc}")
             continue
-        sources = [Source(f"{path.name}, step {name}", raw, base_dir=path.resolve().parent)]
-        sources += [parse_overrides(override_sources.get(name, []), origin=f"override {name}.*")]
+        workflow_executor, command_executor = executor_layers
+        sources = [Source(f"{path.name}, top level", workflow_executor),
+                   Source(f"{path.name}, step {name}", raw, base_dir=path.resolve().parent),
+                   parse_overrides(override_sources.get(name, []), origin=f"override {name}.*"),
+                   Source("command line", command_executor)]
         try:
             steps.append(Step(name, stage, resolve_stage_options(stage, sources, produced=tuple(produced))))
         except ConfigError as exc:

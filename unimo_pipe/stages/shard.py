@@ -40,7 +40,7 @@ from unimo_pipe.pipeline.formats import (
     write_manifest,
 )
 from unimo_pipe.pipeline.readers import CAPTION_FORMATS, iter_pairs_input, iter_texts_input
-from unimo_pipe.pipeline.stage import CommonOptions, Record, RunContext, ShardContext, Stage
+from unimo_pipe.pipeline.stage import EXECUTOR_OPTIONS, CommonOptions, Record, RunContext, ShardContext, Stage
 
 logger = logging.getLogger("unimo_pipe")
 
@@ -133,7 +133,7 @@ class Shard(Stage):
         write_manifest(options.out, files,
                        image_features=str(options.image_features) if options.image_features else None,
                        image_collections=[str(p) for p in options.image_collection],
-                       options=options_to_dict(options))
+                       options={k: v for k, v in options_to_dict(options).items() if k not in EXECUTOR_OPTIONS})
 
 
 def _warn_if_nothing_joined(options: ShardOptions, shard_dirs: list[Path], *, pairs: int) -> None:
