@@ -143,7 +143,7 @@ class RayExecutor:
     @classmethod
     def from_options(cls, options: Any) -> RayExecutor:
         _ray()  # one clear line now, before any output folder is touched, if Ray is missing
-        return cls(address=options.ray_address or os.environ.get("RAY_ADDRESS"), workers=options.ray_workers,
+        return cls(address=options.ray_address or os.environ.get("RAY_ADDRESS") or None, workers=options.ray_workers,
                    cpus_per_worker=options.cpus_per_worker, gpus_per_worker=options.gpus_per_worker)
 
     def run(self, stage: Stage, options: Any, work: Iterator[tuple[int, list[Record]]], run_context: RunContext,
@@ -191,7 +191,11 @@ class RayExecutor:
         if ray.is_initialized():
             return False
         settings = {"log_to_driver": False, "include_dashboard": False} if self.address is None else {}
-        ray.init(address=self.address, **settings)
+        try:
+            ray.init(address=self.address or "local", **settings)  # "local": a new instance, whatever the env says
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise UserError(f"cannot join the Ray cluster at {self.address} ({type(exc).__name__}): check "
+                            "--ray-address (or RAY_ADDRESS) and that `ray start` runs there") from None
         logger.info("ray: %s", "started a local instance" if self.address is None else f"joined {self.address}")
         return self.address is None
 
