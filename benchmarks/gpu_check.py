@@ -53,6 +53,7 @@ BENCHMARKS = (
     Benchmark("scene_graph.py", ("--captions", "1000", "--repeats", "2"), timeout_s=120),
     Benchmark("import_pairs.py", (), timeout_s=60),
     Benchmark("stores.py", (), timeout_s=60),
+    Benchmark("executors.py", ("--captions", "4000"), timeout_s=90),
 )
 
 
