@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -114,3 +115,16 @@ def test_without_ray_the_ray_executor_is_one_clear_line(tmp_path, monkeypatch, c
     pairs.write_text('{"id": "1", "image": "a.jpg", "caption": "a dog"}\n')
     assert main(["import-pairs", "--captions", str(pairs), "--out", str(tmp_path / "p"), "--executor", "ray"]) == 2
     assert "--executor ray needs Ray: pip install 'unimo-pipe[ray]'" in capsys.readouterr().err
+
+
+def test_gpu_stages_reserve_a_gpu_where_the_cluster_has_one():
+    from unimo_pipe.pipeline.ray_executor import gpus_per_actor
+    from unimo_pipe.pipeline.stage import get_stage
+
+    extract, pairs = get_stage("extract-regions"), get_stage("import-pairs")
+    assert extract.wants_gpu(SimpleNamespace(device="auto")) and not extract.wants_gpu(SimpleNamespace(device="cpu"))
+    assert not pairs.wants_gpu(SimpleNamespace())  # no --device: a CPU stage
+    assert gpus_per_actor(0, wants_gpu=True, cluster_gpus=8) == 1.0
+    assert gpus_per_actor(0, wants_gpu=True, cluster_gpus=0) == 0.0
+    assert gpus_per_actor(0, wants_gpu=False, cluster_gpus=8) == 0.0
+    assert gpus_per_actor(0.5, wants_gpu=False, cluster_gpus=8) == 0.5

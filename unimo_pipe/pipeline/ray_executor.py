@@ -206,10 +206,19 @@ class RayExecutor:
         return max(1, int(cpus // self.cpus_per_worker) if self.cpus_per_worker else int(cpus))
 
     def _actor_factory(self, ray, stage: Stage, options: Any, run_context: RunContext):
-        actor_class = ray.remote(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker,
-                                 max_restarts=0)(_ShardWorker)
+        gpus = gpus_per_actor(self.gpus_per_worker, wants_gpu=stage.wants_gpu(options),
+                              cluster_gpus=ray.cluster_resources().get("GPU", 0))
+        actor_class = ray.remote(num_cpus=self.cpus_per_worker, num_gpus=gpus, max_restarts=0)(_ShardWorker)
         arguments = (type(stage), options, run_context.out, run_context.config_hash, run_context.strict)
         return lambda: actor_class.remote(*arguments)
+
+
+def gpus_per_actor(asked: float, *, wants_gpu: bool, cluster_gpus: float) -> float:
+    """--gpus-per-worker, or 1 for a stage that can use a GPU on a cluster that has one (without a
+    reservation, Ray hides the GPUs from an actor and the stage would silently run on its CPU)."""
+    if asked:
+        return asked
+    return 1.0 if wants_gpu and cluster_gpus >= 1 else 0.0
 
 
 def _chain(head: list, tail: Iterator) -> Iterator:

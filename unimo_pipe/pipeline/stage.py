@@ -61,7 +61,8 @@ class CommonOptions:
     ray_workers: int = option(0, help="stage actors on Ray, each loading the stage's models once (0: as many as "
                               "the cluster's CPUs allow)", minimum=0, affects_output=False)
     cpus_per_worker: float = option(1.0, help="CPUs each Ray actor reserves", minimum=0.0, affects_output=False)
-    gpus_per_worker: float = option(0.0, help="GPUs each Ray actor reserves (GPU stages: 1)", minimum=0.0,
+    gpus_per_worker: float = option(0.0, help="GPUs each Ray actor reserves (0: 1 for a stage on GPU where the "
+                                    "cluster has GPUs)", minimum=0.0,
                                     affects_output=False)
     strict: bool = option(False, help="stop at the first bad record instead of counting it", affects_output=False)
 
@@ -146,6 +147,10 @@ class Stage:
     def check(self, options: Any) -> list[str]:
         """Problems that involve several options together (each field is checked on its own already)."""
         return []
+
+    def wants_gpu(self, options: Any) -> bool:
+        """Whether this run can use a GPU (a Ray actor of it then reserves one where the cluster has them)."""
+        return getattr(options, "device", "cpu") != "cpu"
 
     def models_used(self, options: Any) -> list[str]:
         """Plain words on each model this run uses and whether it is real or a tiny random one."""

@@ -99,6 +99,9 @@ class Augment(Stage):
     def iter_records(self, options: AugmentOptions) -> Iterator[Record]:
         yield from iter_pairs_input(options.captions, options.format)
 
+    def wants_gpu(self, options: AugmentOptions) -> bool:
+        return options.backtranslate and options.device != "cpu"  # spaCy's parse stays on the CPU
+
     def models_used(self, options: AugmentOptions) -> list[str]:
         notes = []
         if options.backtranslate:
