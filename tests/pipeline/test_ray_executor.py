@@ -3,6 +3,7 @@ either executor half-wrote finished by the other, and one clear line without Ray
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -128,3 +129,18 @@ def test_gpu_stages_reserve_a_gpu_where_the_cluster_has_one():
     assert gpus_per_actor(0, wants_gpu=True, cluster_gpus=0) == 0.0
     assert gpus_per_actor(0, wants_gpu=False, cluster_gpus=8) == 0.0
     assert gpus_per_actor(0.5, wants_gpu=False, cluster_gpus=8) == 0.5
+
+
+def test_a_workflow_runs_on_ray_from_its_executor_key_or_the_run_flag(ray_instance, tmp_path):
+    (tmp_path / "caps.jsonl").write_text("".join(f'{{"id": "{i}", "image": "{i}.jpg", "caption": "a dog {i}"}}\n'
+                                                 for i in range(20)))
+    workflow = tmp_path / "wf.yaml"
+    workflow.write_text("executor: ray\nray_workers: 2\nsteps:\n  - stage: import-pairs\n    captions: [caps.jsonl]\n"
+                        "    shard_size: 5\n    out: pairs\n")
+    [step] = load_config_file(workflow)
+    assert (step.options.executor, step.options.ray_workers) == ("ray", 2)
+    [step] = load_config_file(workflow, executor={"executor": "local"})
+    assert step.options.executor == "local"  # `run --executor` overrides the workflow
+    workflow.write_text(workflow.read_text().replace("executor: ray\n", ""))
+    assert main(["run", str(workflow), "--executor", "ray"]) == 0
+    assert json.loads((tmp_path / "pairs" / "summary.json").read_text())["ok"] == 20
