@@ -54,7 +54,9 @@ def shard_workers() -> list[int]:
     return [int(pid) for pid in found.split()]
 
 
-def test_a_killed_worker_costs_only_its_shards_on_a_two_node_cluster(two_node_cluster, tmp_path):
+def import_pairs_run_locally(tmp_path: Path) -> tuple[list[str], Path]:
+    """600 tiny shards of import-pairs, run by the local executor into tmp_path/local (to compare with); the
+    command's arguments and the folder a rerun writes."""
     captions = tmp_path / "caps.jsonl"
     captions.write_text("".join(json.dumps({"id": str(i), "image": f"{i}.jpg", "caption": f"a dog number {i}"}) + "\n"
                                 for i in range(3000)))
@@ -62,6 +64,11 @@ def test_a_killed_worker_costs_only_its_shards_on_a_two_node_cluster(two_node_cl
     args = ["import-pairs", "--captions", str(captions), "--out", str(out), "shard_size=5"]
     assert main(args) == 0
     out.rename(tmp_path / "local")
+    return args, out
+
+
+def test_a_killed_worker_costs_only_its_shards_on_a_two_node_cluster(two_node_cluster, tmp_path):
+    args, out = import_pairs_run_locally(tmp_path)
     command = [sys.executable, "-m", "unimo_pipe", *args, "--executor", "ray", "--ray-address", two_node_cluster]
     run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env=LOOPBACK_ENV)
@@ -83,13 +90,7 @@ def test_a_killed_worker_costs_only_its_shards_on_a_two_node_cluster(two_node_cl
 
 
 def test_ctrl_c_stops_the_ray_run_cleanly_and_a_rerun_loses_and_doubles_nothing(tmp_path):
-    captions = tmp_path / "caps.jsonl"
-    captions.write_text("".join(json.dumps({"id": str(i), "image": f"{i}.jpg", "caption": f"a cat number {i}"}) + "\n"
-                                for i in range(3000)))
-    out = tmp_path / "pairs"
-    args = ["import-pairs", "--captions", str(captions), "--out", str(out), "shard_size=5"]
-    assert main(args) == 0
-    out.rename(tmp_path / "local")
+    args, out = import_pairs_run_locally(tmp_path)
     command = [sys.executable, "-m", "unimo_pipe", *args, "--executor", "ray", "--ray-workers", "2"]
     run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=LOOPBACK_ENV)
     deadline = time.monotonic() + 90
