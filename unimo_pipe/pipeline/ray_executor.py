@@ -14,6 +14,7 @@ are redone on the next run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections import deque
@@ -105,6 +106,10 @@ class _Pool:
         return True
 
     def _replace(self, dead) -> None:
+        # Killed for certain first: an actor only unreachable for a while must not write a shard's .partial
+        # folder while its new owner writes it too.
+        with contextlib.suppress(Exception):
+            self.ray.kill(dead, no_restart=True)
         if dead in self.load:
             del self.load[dead]
             self.load[self.make_actor()] = 0
