@@ -114,12 +114,18 @@ def test_a_deleted_committed_shard_is_redone_and_the_store_keeps_every_image(tmp
     assert len(stored_images(out)) == IMAGES
 
 
-def test_a_committed_shard_whose_store_is_gone_is_one_clear_error_not_a_complete_run(tmp_path, monkeypatch, capsys):
+def killed_at_the_first_merge_write(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
+    """(source, out) of an import-features run killed as its final merge starts: every shard committed."""
     source, out = npz_folder(tmp_path / "npz"), tmp_path / "feats"
     with monkeypatch.context() as patch:
         kill_inside_merge(patch, lmdb_store.LmdbWriter, "put_raw", 0)
         with pytest.raises(Killed):
             import_features(source, out)
+    return source, out
+
+
+def test_a_committed_shard_whose_store_is_gone_is_one_clear_error_not_a_complete_run(tmp_path, monkeypatch, capsys):
+    source, out = killed_at_the_first_merge_write(tmp_path, monkeypatch)
     shutil.rmtree(out / "shards" / "00001" / DB)
     assert import_features(source, out) == 2
     error = capsys.readouterr().err
@@ -131,11 +137,7 @@ def test_a_committed_shard_whose_store_is_gone_is_one_clear_error_not_a_complete
 
 
 def test_a_shard_store_missing_images_is_never_reported_complete(tmp_path, monkeypatch, capsys):
-    source, out = npz_folder(tmp_path / "npz"), tmp_path / "feats"
-    with monkeypatch.context() as patch:
-        kill_inside_merge(patch, lmdb_store.LmdbWriter, "put_raw", 0)
-        with pytest.raises(Killed):
-            import_features(source, out)
+    source, out = killed_at_the_first_merge_write(tmp_path, monkeypatch)
     stats_path = out / "shards" / "00002" / "stats.json"
     stats = json.loads(stats_path.read_text())
     stats_path.write_text(json.dumps({**stats, "ok": stats["ok"] + 1}))  # it claims an image its store lacks
