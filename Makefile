@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 BENCHMARKS := $(filter-out benchmarks/_common.py benchmarks/gpu_check.py,$(wildcard benchmarks/*.py))
 
-.PHONY: install test test-all demo lint bench gpu-check clean
+.PHONY: install test test-quick demo lint bench gpu-check clean
 
 install: $(STAMP)
 
@@ -14,11 +14,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[all,dev]'
 	touch $(STAMP)
 
+# The whole suite, slow tests included (CI runs this); GPU tests skip themselves without CUDA.
 test: install
-	OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 $(BIN)/python -m pytest -q
-
-test-all: install
 	OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 $(BIN)/python -m pytest -q -m ''
+
+# The suite without the tests marked slow (the training-quality ones), for quick checks while editing.
+test-quick: install
+	OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 $(BIN)/python -m pytest -q
 
 demo: install
 	$(BIN)/unimo-pipe demo --out demo-out
