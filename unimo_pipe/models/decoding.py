@@ -19,15 +19,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class SearchOptions:
-    beam_size: int = 1
-    length_penalty: float = 1.0
-    min_new_tokens: int = 1
-    max_new_tokens: int = 20
-    no_repeat_ngram: int = 0  # n > 0: no n-gram appears twice in what is generated
-    early_stop: bool = True  # beam search stops once beam_size hypotheses have ended
+from unimo_pipe.models.decoding_options import SearchOptions
 
 
 @dataclass(frozen=True)
@@ -40,6 +32,15 @@ class Decoder(Protocol):
     def start(self, repeat: int) -> torch.Tensor: ...
 
     def step(self, tokens: torch.Tensor, order: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
+def generate(generator, batch: dict, options: SearchOptions, *, cached: bool = True) -> list[Hypothesis]:
+    """The best hypothesis of each example of a collated batch (pipeline/generation_data.py), on the
+    generator's device, in eval mode."""
+    generator.eval()
+    decoder = (CachedDecoder if cached else RecomputingDecoder)(generator, batch)
+    return search(decoder, len(batch["source_ids"]), options, end_id=generator.setup.end_id,
+                  banned=list(generator.setup.banned_ids))
 
 
 def search(decoder: Decoder, batch_size: int, options: SearchOptions, *, end_id: int, banned: list[int]

@@ -140,7 +140,8 @@ class Generator(nn.Module):
             values = json.loads((folder / GENERATION_CONFIG).read_text())
             setup = GenerationSetup(**{**values, "banned_ids": tuple(values["banned_ids"])})
         except (ValueError, TypeError, KeyError) as exc:
-            raise UserError(f"{folder / GENERATION_CONFIG} is damaged ({type(exc).__name__}): fine-tune again") from None
+            raise UserError(f"{folder / GENERATION_CONFIG} is damaged ({type(exc).__name__}): fine-tune "
+                            "again") from None
         generator = cls(UnifiedModel.from_pretrained(folder), setup)
         try:
             weights = load_file(str(folder / GENERATION_HEAD))

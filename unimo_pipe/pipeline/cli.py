@@ -55,6 +55,7 @@ class Command:
 
 def command_table() -> list[Command]:
     """Every sub-command, stages first, in the order `--help` lists them."""
+    from unimo_pipe.workflows.caption_options import CaptionOptions, EvaluateCaptionOptions
     from unimo_pipe.workflows.classify_options import ClassifierOptions, EvaluateClassifierOptions
     from unimo_pipe.workflows.evaluate_options import EvaluateOptions
     from unimo_pipe.workflows.pretrain_options import FinetuneOptions, PretrainOptions
@@ -74,6 +75,10 @@ def command_table() -> list[Command]:
                 options_class=ClassifierOptions),
         Command("evaluate-classifier", "accuracy of a fine-tuned classifier on labelled image-text examples",
                 _evaluate_classifier_command, options_class=EvaluateClassifierOptions),
+        Command("finetune-caption", "image captioning fine-tuning of a pretrained model (seq2seq on the caption, "
+                "validation CIDEr-D); runs under torchrun for DDP", _pretrain_command, options_class=CaptionOptions),
+        Command("evaluate-caption", "BLEU-1..4, METEOR, ROUGE-L and CIDEr-D of generated captions (pycocoevalcap)",
+                _evaluate_caption_command, options_class=EvaluateCaptionOptions),
         Command("validate", "check a workflow or stage config", _validate_command,
                 add_arguments=_validate_arguments),
         Command("run", "run a workflow's stages in order, skipping done work", _run_command,
@@ -290,8 +295,10 @@ _CHATTY_LIBRARIES = ("faiss", "sentence_transformers", "transformers", "urllib3"
 
 
 def _pretrain_command(args: argparse.Namespace) -> int:
-    """pretrain, finetune and finetune-classifier: one training loop, three recipes."""
+    """pretrain, finetune, finetune-classifier and finetune-caption: one training loop, four recipes."""
     from unimo_pipe.pipeline.config import resolve_options
+    from unimo_pipe.workflows.caption import CaptionRecipe
+    from unimo_pipe.workflows.caption_options import CaptionOptions
     from unimo_pipe.workflows.classify import ClassifierRecipe
     from unimo_pipe.workflows.classify_options import ClassifierOptions
     from unimo_pipe.workflows.pretrain import FinetuneRecipe, PretrainRecipe
@@ -300,7 +307,8 @@ def _pretrain_command(args: argparse.Namespace) -> int:
 
     options_class, recipe = {"pretrain": (PretrainOptions, PretrainRecipe),
                              "finetune": (FinetuneOptions, FinetuneRecipe),
-                             "finetune-classifier": (ClassifierOptions, ClassifierRecipe)}[args.command]
+                             "finetune-classifier": (ClassifierOptions, ClassifierRecipe),
+                             "finetune-caption": (CaptionOptions, CaptionRecipe)}[args.command]
     options = resolve_options(options_class, option_sources(options_class, args.command, args))
     history = run_recipe(recipe(options))
     if history and int(os.environ.get("RANK", 0)) == 0:
@@ -325,6 +333,16 @@ def _evaluate_classifier_command(args: argparse.Namespace) -> int:
 
     options = resolve_options(EvaluateClassifierOptions, option_sources(EvaluateClassifierOptions, args.command, args))
     print(json.dumps(evaluate_classifier(options)))
+    return 0
+
+
+def _evaluate_caption_command(args: argparse.Namespace) -> int:
+    from unimo_pipe.pipeline.config import resolve_options
+    from unimo_pipe.workflows.caption import evaluate_captions
+    from unimo_pipe.workflows.caption_options import EvaluateCaptionOptions
+
+    options = resolve_options(EvaluateCaptionOptions, option_sources(EvaluateCaptionOptions, args.command, args))
+    print(json.dumps(evaluate_captions(options)))
     return 0
 
 
