@@ -144,6 +144,17 @@ class UnifiedModel(nn.Module):
         return model
 
 
+def load_for_features(folder: Path, region_dim: int | None, features: Path | None) -> UnifiedModel:
+    """A saved model that must take the `region_dim`-d region features of `features` (None: a text task)."""
+    from unimo_pipe.pipeline.errors import UserError
+
+    model = UnifiedModel.from_pretrained(folder)
+    if region_dim is not None and model.region_dim != region_dim:
+        raise UserError(f"{folder} takes {model.region_dim}-d region features but {features} holds "
+                        f"{region_dim}-d ones: use features from the detector the model was trained with")
+    return model
+
+
 def tiny_encoder(vocab_size: int, *, hidden: int = 32, layers: int = 2, heads: int = 2, kind: str = "roberta",
                  intermediate: int | None = None):
     """A randomly initialised transformers encoder (RoBERTa or BERT layout): tiny for tests and demos, or

@@ -84,15 +84,11 @@ class CaptionRecipe:
 
     def _setup_model(self) -> None:
         from unimo_pipe.models.generator import Generator
-        from unimo_pipe.models.unified import UnifiedModel
+        from unimo_pipe.models.unified import load_for_features
 
         o = self.options
         torch.manual_seed(o.seed)
-        model = UnifiedModel.from_pretrained(o.model)
-        region_dim = self.dataset[0]["features"].shape[1]
-        if model.region_dim != region_dim:
-            raise UserError(f"{o.model} takes {model.region_dim}-d region features but {o.features} holds "
-                            f"{region_dim}-d ones: use features from the detector the model was trained with")
+        model = load_for_features(o.model, self.dataset[0]["features"].shape[1], o.features)
         self.module = Generator(model, self.setup_ids).to(self.loop.device)
         if o.compile:
             model.compile()

@@ -68,15 +68,12 @@ class ClassifierRecipe:
 
     def _setup_model(self) -> None:
         from unimo_pipe.models.classifier import PairClassifier
-        from unimo_pipe.models.unified import UnifiedModel
+        from unimo_pipe.models.unified import load_for_features
 
         o = self.options
         torch.manual_seed(o.seed)
-        model = UnifiedModel.from_pretrained(o.model)
-        region_dim = self.dataset[0]["features"].shape[1] if self.with_image else model.region_dim
-        if model.region_dim != region_dim:
-            raise UserError(f"{o.model} takes {model.region_dim}-d region features but {o.features} holds "
-                            f"{region_dim}-d ones: use features from the detector the model was trained with")
+        region_dim = self.dataset[0]["features"].shape[1] if self.with_image else None
+        model = load_for_features(o.model, region_dim, o.features)
         self.module = PairClassifier(model, self.labels, with_image=self.with_image).to(self.loop.device)
         if o.compile:
             model.compile()
