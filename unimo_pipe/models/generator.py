@@ -135,7 +135,7 @@ class Generator(nn.Module):
 
         if not (folder / GENERATION_CONFIG).is_file():
             raise UserError(f"{folder} was not fine-tuned for generation (it has no {GENERATION_CONFIG}): pass the "
-                            "model folder that finetune-caption wrote (OUT/model)")
+                            "model folder that finetune-caption or finetune-seq2seq wrote (OUT/model)")
         try:
             values = json.loads((folder / GENERATION_CONFIG).read_text())
             setup = GenerationSetup(**{**values, "banned_ids": tuple(values["banned_ids"])})
@@ -149,5 +149,5 @@ class Generator(nn.Module):
             generator.transform.load_state_dict({k.removeprefix("transform."): v for k, v in weights.items()})
         except Exception as exc:  # missing, truncated, or another model's head
             raise UserError(f"{folder / GENERATION_HEAD} does not hold this generator's head ({type(exc).__name__}): "
-                            "pass the model folder that finetune-caption wrote") from None
+                            "pass the model folder that finetune-caption or finetune-seq2seq wrote") from None
         return generator

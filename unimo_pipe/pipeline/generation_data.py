@@ -1,5 +1,6 @@
-"""Caption data for generation: captions grouped by image (the references), datasets of (image, caption)
-training examples or of images to caption, and the collator of the generator's sequence layout.
+"""Data for generation: captions grouped by image (the references), datasets of (image, caption) training
+examples or of images to caption, source -> target text examples, and the collator of the generator's
+sequence layout.
 
 Captions come in any caption format `import-pairs` reads (Karpathy-split JSON such as dataset_coco.json,
 COCO captions JSON, JSONL {"id", "image", "caption", "split"?}, TSV); their images must be in a
@@ -110,10 +111,12 @@ class CaptionDataset:
 class GenerationCollator:
     """Batches in the generator's layout (models/generator.py): the source left-padded (a caption's is the
     start token alone), the target right-padded and ended by the end token. A source longer than
-    max_source_tokens is cut and counted under "truncated_sources"."""
+    max_source_tokens is cut and counted: the batch's count under "truncated_sources", this collator's
+    (in this process) in `truncated`."""
 
     def __init__(self, tokenizer, setup):
         self.tokenizer, self.setup = tokenizer, setup
+        self.truncated = 0
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -129,6 +132,7 @@ class GenerationCollator:
             sources.append([s.start_id, *text[:room], s.end_id] if text else [s.start_id])
         batch["source_ids"], batch["source_mask"] = _padded(sources, s.pad_id, left=True)
         batch["truncated_sources"] = truncated
+        self.truncated += truncated
         if "target" in items[0]:
             targets = [[*text[: s.max_target_tokens - 1], s.end_id] for text in self._encode([it["target"]
                                                                                               for it in items])]
@@ -156,3 +160,69 @@ def _padded(rows: list[list[int]], pad: int, *, left: bool):
         ids[i, span] = torch.tensor(row, dtype=torch.long)
         mask[i, span] = True
     return ids, mask
+
+
+@dataclass
+class TextPairs:
+    """Source -> target text examples (question generation, summarisation, conversational QA turns with their
+    history flattened into the source): JSONL {"id"?, "source", "target"?} per line, or a TSV with a header
+    naming "source" and "target" columns. "target" may be absent where only generating. Unusable lines
+    are left out and counted: malformed_json / malformed_line, missing_field (no source, or no target where
+    one is needed)."""
+
+    path: Path
+    ids: list[str]
+    sources: list[str]
+    targets: list[str | None]
+    problems: Counter = field(default_factory=Counter)
+
+    @classmethod
+    def load(cls, path: Path, *, need_target: bool = True) -> TextPairs:
+        from unimo_pipe.pipeline.labelled_data import read_rows
+
+        ids, sources, targets, problems = [], [], [], Counter()
+        for number, row in enumerate(read_rows(path), start=1):
+            if isinstance(row, str):
+                problems[row] += 1
+                continue
+            source, target = row.get("source"), row.get("target")
+            usable_target = isinstance(target, str) and target.strip()
+            if not (isinstance(source, str) and source.strip()) or (need_target and not usable_target):
+                problems["missing_field"] += 1
+                continue
+            ids.append(str(row.get("id", number)))
+            sources.append(source.strip())
+            targets.append(target.strip() if usable_target else None)
+        if not ids:
+            found = ", ".join(f"{k}: {v}" for k, v in sorted(problems.items())) or "no lines"
+            raise UserError(f"{path} has no usable example ({found}): use JSONL lines {{\"source\": ..., "
+                            "\"target\": ...}} or a TSV with a header and source and target columns")
+        return cls(path, ids, sources, targets, problems)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def describe_left_out(self) -> str:
+        return ", ".join(f"{reason}: {n}" for reason, n in sorted(self.problems.items()))
+
+
+class TextPairDataset:
+    """Map-style dataset of the first `count` (default: all) TextPairs examples, targets left out where
+    `with_targets` is off."""
+
+    def __init__(self, pairs: TextPairs, *, with_targets: bool = True, count: int | None = None):
+        self.pairs, self.with_targets = pairs, with_targets
+        self.count = len(pairs) if count is None else min(count, len(pairs))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def lengths(self) -> np.ndarray:
+        pairs = zip(self.pairs.sources[: self.count], self.pairs.targets[: self.count], strict=True)
+        return np.asarray([len(s.split()) + len((t or "").split()) for s, t in pairs], dtype=np.int32)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = {"index": index, "source": self.pairs.sources[index]}
+        if self.with_targets:
+            item["target"] = self.pairs.targets[index]
+        return item

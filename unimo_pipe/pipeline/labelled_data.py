@@ -47,7 +47,7 @@ class LabelledExamples:
         rows, problems = [], Counter()
         if image_keys is not None:
             image_keys = ImageKeys(image_keys, store="the feature folder")
-        for row in _read_rows(path):
+        for row in read_rows(path):
             example, problem = _example(row, image_keys) if isinstance(row, dict) else (None, row)
             if problem:
                 problems[problem] += 1
@@ -80,11 +80,11 @@ def is_text_only(path: Path) -> bool:
     """Whether a labelled file is a text task: a TSV, or JSONL whose first example has no image."""
     if path.suffix.lower() == ".tsv":
         return True
-    first = next((row for row in _read_rows(path) if isinstance(row, dict)), None)
+    first = next((row for row in read_rows(path) if isinstance(row, dict)), None)
     return first is not None and "image" not in first
 
 
-def _read_rows(path: Path) -> Iterator[dict | str]:
+def read_rows(path: Path) -> Iterator[dict | str]:
     """Each line as a dict, or as the reason it is not one."""
     tsv = path.suffix.lower() == ".tsv"
     header = None
