@@ -1,18 +1,23 @@
-"""`finetune-caption` and `evaluate-caption`: image captioning from a pretrained unified model, UNIMO's
-seq2seq fine-tuning, scored with the COCO caption metrics.
+"""The generation recipes: `finetune-caption` (image -> caption) and `finetune-seq2seq` (source text ->
+target text), UNIMO's seq2seq fine-tuning, with `evaluate-caption` (COCO caption metrics) and
+`evaluate-seq2seq` (ROUGE, BLEU).
 
     unimo-pipe finetune-caption --model runs/pretrain/model --captions dataset_coco.json --features feats/ \
         --tokenizer roberta-base --out runs/caption
     unimo-pipe generate --model runs/caption/model --captions dataset_coco.json --split test --features feats/ \
         --tokenizer roberta-base --beam-size 3 --out runs/captions-test
     unimo-pipe evaluate-caption --generations runs/captions-test --references dataset_coco.json --split test
+    unimo-pipe finetune-seq2seq --model runs/pretrain/model --train squad_qg_train.jsonl --eval dev.jsonl \
+        --tokenizer roberta-base --out runs/qg
+    unimo-pipe evaluate-seq2seq --model runs/qg/model --data test.jsonl --tokenizer roberta-base --beam-size 5
 
-The recipe owns a TrainingLoop, as pretrain's does (DDP under torchrun, bf16 on GPU, accumulation,
-checkpoints with exact resume, metrics.jsonl, TensorBoard); it adds the caption data
-(pipeline/generation_data.py), the generator (models/generator.py: the whole caption is the seq2seq target
-of the image, with label smoothing) and validation: every --eval-every steps and at the end, the held-out
-images are captioned (models/decoding.py, the --beam-size etc. search) and scored by CIDEr-D.
-Outputs: OUT/metrics.jsonl, OUT/checkpoints/, OUT/caption_scores.json, OUT/model (the generator).
+Each recipe owns a TrainingLoop, as pretrain's does (DDP under torchrun, bf16 on GPU, accumulation,
+checkpoints with exact resume, metrics.jsonl, TensorBoard); GenerationRecipe adds what both share: the
+generator (models/generator.py: the whole target is the seq2seq target of its image or source, with label
+smoothing) and validation every --eval-every steps and at the end, by generating (models/decoding.py,
+with the --beam-size etc. search) for the held-out examples: CIDEr-D for captions, ROUGE-L and BLEU for
+text. Outputs: OUT/metrics.jsonl, OUT/checkpoints/, OUT/caption_scores.json or OUT/seq2seq_scores.json,
+OUT/model (the generator).
 """
 
 from __future__ import annotations
