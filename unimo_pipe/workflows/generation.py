@@ -169,7 +169,8 @@ class CaptionRecipe(GenerationRecipe):
         images = self.held_out.images[: o.eval_images or None]
         generated = self.generate_all(CaptionDataset(images, None, o.features, max_regions=o.max_regions))
         texts = {image: text for image, (text, _) in zip(images, generated, strict=True)}
-        totals, _ = caption_scores(texts, self.held_out.references, metrics=metrics or ALL_METRICS)
+        totals, _ = caption_scores(texts, self.held_out.references, metrics=metrics or ALL_METRICS,
+                                   use_java=None if o.java else False)
         return totals
 
 
@@ -267,10 +268,11 @@ def evaluate_captions(options: EvaluateCaptionOptions) -> dict[str, Any]:
     for image in [i for i in predictions if i not in references.references]:
         problems["no_references"] = problems.get("no_references", 0) + 1
         del predictions[image]
-    if not java_available():
+    use_java = options.java and java_available()
+    if options.java and not use_java:
         logger.warning("evaluate-caption: no Java runtime (java not on PATH): METEOR is left out and the "
                        "other metrics use a %s", PYTHON.split(" (")[0] + " tokenisation")
-    totals, per_image = caption_scores(predictions, references.references)
+    totals, per_image = caption_scores(predictions, references.references, use_java=use_java)
     totals["left_out"] = {**problems, **dict(references.problems)}
     if options.out is not None:
         write_json_atomic(options.out, totals)

@@ -33,6 +33,8 @@ class CaptionOptions(DecodingOptions, TrainingLoopOptions):
     label_smoothing: float = option(0.1, help="label smoothing of the caption cross-entropy", minimum=0.0,
                                     maximum=0.99)
     lr: float = option(5e-5, help="peak learning rate", minimum=0.0)
+    java: bool = option(True, help="score with Stanford's PTB tokenizer and METEOR where a Java runtime is "
+                        "installed (off: a Python tokenisation and no METEOR, quicker)", affects_output=False)
 
 
 @dataclass
@@ -44,6 +46,8 @@ class EvaluateCaptionOptions:
     split: str = option("", help="only this split's references, in a file that has splits (e.g. test)")
     out: Path | None = option(None, help="write the totals to this JSON file, and per-image scores beside it "
                               "(FILE with .per_image.jsonl)", metavar="FILE")
+    java: bool = option(True, help="score with Stanford's PTB tokenizer and METEOR where a Java runtime is "
+                        "installed (off: a Python tokenisation and no METEOR, quicker)", affects_output=False)
 
 
 @dataclass
