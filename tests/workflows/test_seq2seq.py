@@ -110,3 +110,34 @@ def test_evaluate_seq2seq_refuses_a_model_that_is_not_a_text_generator(text_inpu
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1
     assert ("not fine-tuned for generation" if model == "pretrained" else "captions images") in error
+
+
+def test_generate_from_sources_is_sharded_and_counts_bad_and_truncated_sources(text_inputs, untrained_text_generator,
+                                                                             tmp_path, capsys):
+    from unimo_pipe.pipeline.formats import GENERATIONS_FILE
+    from unimo_pipe.pipeline.outputs import iter_output_jsonl
+
+    sources = write_jsonl(tmp_path / "sources.jsonl", [
+        {"id": "a", "source": "say red cat"}, {"id": "b", "source": "say " + "moon " * 20}, {"id": "c"},
+        {"id": "d", "source": "say dog"}, "{broken"])
+    out = tmp_path / "gen"
+    args = ["generate", "--model", str(untrained_text_generator), "--tokenizer", str(text_inputs / "tok"),
+            "--device", "cpu", "--max-new-tokens", "4", "--shard-size", "2"]
+    assert main([*args, "--sources", str(sources), "--beam-size", "2", "--out", str(out)]) == 0
+    rows = list(iter_output_jsonl(out, GENERATIONS_FILE))
+    assert [(r["id"], r["source"]) for r in rows] == [("a", "say red cat"), ("b", "say " + " ".join(["moon"] * 20)),
+                                                      ("d", "say dog")]
+    assert all(set(r) == {"id", "source", "text", "score"} for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failure_reasons"] == {"missing_source": 1, "malformed_json": 1}
+    assert summary["counters"] == {"sources_truncated": 1}
+    import numpy as np
+
+    from unimo_pipe.pipeline.feature_store import RegionFeatureWriter
+
+    with RegionFeatureWriter(tmp_path / "feats") as writer:
+        writer.add("x.jpg", {"features": np.ones((2, 16)), "norm_bb": np.full((2, 6), 0.5), "conf": np.ones(2)})
+    capsys.readouterr()
+    assert main([*args, "--features", str(tmp_path / "feats"), "--out", str(tmp_path / "wrong")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "text generator: give it --sources" in error
