@@ -165,3 +165,11 @@ def test_search_returns_one_hypothesis_per_row_for_a_batch_of_one():
         hypotheses = search(CachedDecoder(generator, one), 1, SearchOptions(beam_size=beams, max_new_tokens=5),
                             end_id=END, banned=BANNED)
         assert len(hypotheses) == 1 and 1 <= len(hypotheses[0].tokens) <= 5
+
+
+def test_lengths_past_the_models_positions_are_one_clear_error():
+    generator = make_generator("text")
+    positions = generator.model.encoder.config.max_position_embeddings - generator.model.position_offset
+    generator.check_lengths(positions - generator.setup.max_source_tokens)
+    with pytest.raises(UserError, match="positions: lower --max-source-tokens"):
+        generator.check_lengths(positions - generator.setup.max_source_tokens + 1)

@@ -70,6 +70,16 @@ class Generator(nn.Module):
         words = self.model.encoder.embeddings.word_embeddings.weight
         return F.linear(self.transform(states), words, self.bias).float()
 
+    def check_lengths(self, new_tokens: int) -> None:
+        """A one-line error where the longest source plus `new_tokens` would run past the encoder's positions."""
+        from unimo_pipe.pipeline.errors import UserError
+
+        positions = self.model.encoder.config.max_position_embeddings - self.model.position_offset
+        if self.setup.max_source_tokens + new_tokens > positions:
+            raise UserError(f"sources of up to {self.setup.max_source_tokens} tokens plus {new_tokens} new ones need "
+                            f"more than the model's {positions} positions: lower --max-source-tokens or "
+                            "--max-new-tokens / --max-text-tokens")
+
     # -- the sequence layout --
 
     def image_inputs(self, batch: dict) -> dict:

@@ -87,6 +87,7 @@ class Generate(Stage):
         if self.generator.with_image != (options.sources is None):
             wanted = "--sources" if not self.generator.with_image else "--features"
             raise UserError(f"{options.model} is a {self.generator.setup.task} generator: give it {wanted}")
+        self.generator.check_lengths(options.max_new_tokens)
         self.tokenizer = load_tokenizer(options.tokenizer, of="--tokenizer")
         if len(self.tokenizer) > self.generator.model.encoder.config.vocab_size:
             raise UserError(f"--tokenizer {options.tokenizer} has {len(self.tokenizer)} tokens but {options.model} "

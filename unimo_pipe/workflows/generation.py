@@ -71,7 +71,8 @@ class GenerationRecipe:
         self.collator = GenerationCollator(self.tokenizer, self.generation_setup)
         self.stream = self._setup_data()
         self._setup_model()
-        self.loop.prepare(self.module)
+        # a text generator leaves the region embedders unused, which DDP must be told
+        self.loop.prepare(self.module, find_unused_parameters=self.region_dim() is None)
 
     def _setup_data(self):
         raise NotImplementedError
@@ -87,6 +88,7 @@ class GenerationRecipe:
         torch.manual_seed(o.seed)
         model = load_for_features(o.model, self.region_dim(), getattr(o, "features", None))
         self.module = Generator(model, self.generation_setup).to(self.loop.device)
+        self.module.check_lengths(max(o.max_text_tokens, o.max_new_tokens))
         if o.compile:
             model.compile()
 
@@ -237,6 +239,7 @@ def evaluate_seq2seq(options: EvaluateSeq2SeqOptions) -> dict[str, Any]:
     generator = Generator.from_pretrained(options.model).to(device)
     if generator.with_image:
         raise UserError(f"{options.model} captions images: evaluate it with generate and evaluate-caption")
+    generator.check_lengths(options.max_new_tokens)
     tokenizer = load_tokenizer(options.tokenizer, of="--tokenizer")
     examples = TextPairs.load(options.data)
     collator = GenerationCollator(tokenizer, generator.setup)
