@@ -181,3 +181,34 @@ def test_evaluate_caption_with_no_usable_reference_is_one_line(caption_inputs, t
     assert main(["evaluate-caption", "--generations", str(generations), "--references", str(references)]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "no usable caption" in error
+
+
+def test_caption_finetune_resume_reproduces_the_uninterrupted_losses(caption_inputs, tmp_path, monkeypatch):
+    from unimo_pipe.workflows.training_loop import TrainingLoop
+
+    def finetune(out):
+        return main(["finetune-caption", "--model", str(caption_inputs / "pretrained"), "--captions",
+                     str(caption_inputs / "dataset_coco.json"), "--features", str(caption_inputs / "feats"),
+                     "--tokenizer", str(caption_inputs / "tok"), "--out", str(out), "--batch-size", "8", "--workers",
+                     "0", "--steps", "6", "--checkpoint-every", "3", "--log-every", "1", "--warmup-steps", "2",
+                     "--eval-images", "4", "--max-new-tokens", "4", "--no-java"])
+
+    assert finetune(tmp_path / "whole") == 0
+    original = TrainingLoop._after_step
+
+    def kill_after_step_4(self, row):
+        original(self, row)
+        if self.step == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(TrainingLoop, "_after_step", kill_after_step_4)
+    assert finetune(tmp_path / "resumed") == 130
+    assert not (tmp_path / "resumed" / "model").exists()
+    monkeypatch.setattr(TrainingLoop, "_after_step", original)
+    assert finetune(tmp_path / "resumed") == 0
+    whole = read_jsonl(tmp_path / "whole" / "metrics.jsonl")
+    resumed = read_jsonl(tmp_path / "resumed" / "metrics.jsonl")
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(whole, resumed, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5), a["step"]
+    assert (tmp_path / "resumed" / "model" / "generation.json").is_file()
