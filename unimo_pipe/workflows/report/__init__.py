@@ -1,0 +1,78 @@
+"""`unimo-pipe report PATH... --out report.html`: what the pipeline made, as one self-contained HTML page.
+
+discover.py finds what each PATH is; one module per section (stage_summary, regions, augment, retrieval,
+shards, training) reads the outputs through pipeline/formats.py and the stores; page.py writes the page.
+A section shows only what exists, and says what it could not show; nothing here raises on bad data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from unimo_pipe.pipeline.errors import UserError
+from unimo_pipe.pipeline.jsonl import atomic_write
+from unimo_pipe.workflows.report.discover import Found, discover
+from unimo_pipe.workflows.report.page import Section, render_page
+from unimo_pipe.workflows.report.regions import REGION_STAGES, ReportSettings
+
+DEFAULT_SAMPLES = 12
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    path: Path
+    sections: int
+    notes: int
+    bytes: int
+    seconds: float
+
+
+def _detail_sections() -> dict[str, Callable[[Found, ReportSettings], Section]]:
+    """The section each stage has beyond its accounting."""
+    from unimo_pipe.workflows.report.augment import augment_section
+    from unimo_pipe.workflows.report.regions import regions_section
+    from unimo_pipe.workflows.report.retrieval import retrieval_section
+    from unimo_pipe.workflows.report.shards import shards_section
+
+    return {**dict.fromkeys(REGION_STAGES, regions_section), "augment": augment_section,
+            "retrieve": retrieval_section, "shard": lambda found, _: shards_section(found)}
+
+
+def build_sections(found: list[Found], settings: ReportSettings) -> list[Section]:
+    from unimo_pipe.workflows.report.stage_summary import stage_section
+    from unimo_pipe.workflows.report.training import training_section
+
+    details = _detail_sections()
+    sections = []
+    for item in found:
+        if item.kind == "training":
+            sections.append(training_section(item))
+            continue
+        sections.append(stage_section(item))
+        if item.stage in details and (item.shards or item.complete):
+            sections.append(details[item.stage](item, settings))
+    return sections
+
+
+def write_report(paths: list[Path], out: Path, *, samples: int = DEFAULT_SAMPLES, images: Path | None = None,
+                 seed: int = 0) -> ReportResult:
+    """Write the report of everything found under `paths` to `out`."""
+    started = time.perf_counter()
+    if samples < 0:
+        raise UserError(f"--samples must be 0 or more, not {samples}")
+    if images is not None and not images.is_dir():
+        raise UserError(f"--images {images} is not a folder: pass the folder holding the image files")
+    found, problems = discover(paths)
+    settings = ReportSettings(samples=samples, seed=seed, images=images)
+    sections = build_sections(found, settings)
+    page = render_page(title="unimo-pipe report", inputs=[str(p) for p in paths], sections=sections,
+                       problems=problems)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out) as f:
+        f.write(page)
+    out.chmod(0o644)  # a page to share, not the private temporary file atomic_write starts from
+    return ReportResult(out, len(sections), len(problems) + sum(len(s.notes) for s in sections),
+                        len(page.encode("utf-8")), time.perf_counter() - started)
