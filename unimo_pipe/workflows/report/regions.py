@@ -95,8 +95,10 @@ def _figure(reader: RegionFeatureReader, key: str, image_root: Path | None) -> t
     inside = key_within(image_root, key) if image_root is not None else None
     uri = thumbnail_uri(image_root / inside, max_side=THUMBNAIL_SIDE) if inside is not None else None
     conf = dump.get("conf")
-    labelled = set((np.argsort(-conf) if conf is not None else np.arange(len(boxes)))[:LABELLED_BOXES].tolist())
-    shapes = "".join(_box(i, boxes[i], dump, i in labelled, width) for i in range(len(boxes)))
+    labels = _Labels(width)
+    shapes = "".join(_box(boxes[i], _label(dump, i)) for i in range(len(boxes))) + "".join(
+        labels.place(*boxes[i][[0, 1, 2]].tolist(), _label(dump, i))  # most confident first: they win the space
+        for i in (np.argsort(-conf, kind="stable") if conf is not None else np.arange(len(boxes)))[:LABELLED_BOXES])
     canvas = "" if uri else f'<rect class="canvas" x="0" y="0" width="{width:g}" height="{height:g}" fill="#cfd6de"/>'
     svg = (f'<svg class="boxes" data-image="{escape(key)}" viewBox="0 0 {width:g} {height:g}" '
            f'preserveAspectRatio="none" xmlns="http://www.w3.org/2000/svg">{canvas}{shapes}</svg>')
@@ -121,23 +123,42 @@ def _pixel_boxes(dump: dict[str, np.ndarray], meta: dict) -> tuple[float, float,
     return width, height, norm * np.array([width, height, width, height])
 
 
-def _box(index: int, box: np.ndarray, dump: dict[str, np.ndarray], labelled: bool, width: float) -> str:
+class _Labels:
+    """Box labels placed so far on one image; a label that would cover one of them is left to the tooltip."""
+
+    def __init__(self, width: float):
+        self.width = width
+        self.size = max(width / 30, 8)  # about the same size on screen whatever the image's size
+        self.placed: list[tuple[float, float, float]] = []  # (left, right, baseline)
+
+    def place(self, x1: float, y1: float, x2: float, label: str) -> str:
+        right = x1 > self.width / 2  # a label starting right of the middle runs leftwards, staying on the image
+        extent = len(label) * self.size * 0.6
+        left = x2 - 2 - extent if right else x1 + 2
+        baseline = max(y1 + self.size, self.size)
+        if any(left < end and start < left + extent and abs(baseline - other) < self.size
+               for start, end, other in self.placed):
+            return ""
+        self.placed.append((left, left + extent, baseline))
+        return (f'<text x="{(x2 - 2 if right else x1 + 2):.1f}" y="{baseline:.1f}" text-anchor='
+                f'"{"end" if right else "start"}" style="font-size:{self.size:.1f}px">{escape(label)}</text>')
+
+
+def _label(dump: dict[str, np.ndarray], index: int) -> str:
+    """"attribute class confidence" of one box, by Visual Genome's names where the store has class ids."""
     names = dump.get("object_names")
     name = str(names[index]) if names is not None else "region"
     attribute = str(dump["attr_names"][index]) + " " if "attr_names" in dump else ""
     confidence = f" {float(dump['conf'][index]):.2f}" if "conf" in dump else ""
-    label = f"{attribute}{name}{confidence}"
-    hue = zlib.crc32(name.encode()) % 360
+    return f"{attribute}{name}{confidence}"
+
+
+def _box(box: np.ndarray, label: str) -> str:
+    hue = zlib.crc32(label.rsplit(" ", 1)[0].encode()) % 360  # one colour per attribute + class
     x1, y1, x2, y2 = (float(v) for v in box)
-    rect = (f'<rect class="box" data-box="{x1:.2f} {y1:.2f} {x2:.2f} {y2:.2f}" x="{x1:.2f}" y="{y1:.2f}" '
+    return (f'<rect class="box" data-box="{x1:.2f} {y1:.2f} {x2:.2f} {y2:.2f}" x="{x1:.2f}" y="{y1:.2f}" '
             f'width="{max(x2 - x1, 0):.2f}" height="{max(y2 - y1, 0):.2f}" stroke="hsl({hue},85%,55%)">'
             f"<title>{escape(label)}</title></rect>")
-    if not labelled:
-        return rect
-    size = max(width / 30, 8)  # the label keeps about the same size on screen whatever the image's size
-    right = x1 > width / 2  # a label starting right of the middle runs leftwards, so it stays on the image
-    return rect + (f'<text x="{(x2 - 2 if right else x1 + 2):.1f}" y="{max(y1 + size, size):.1f}" '
-                   f'text-anchor="{"end" if right else "start"}" style="font-size:{size:.1f}px">{escape(label)}</text>')
 
 
 def _confidences(readers: list[RegionFeatureReader], keys: list[str]) -> tuple[np.ndarray, int]:

@@ -1,0 +1,204 @@
+"""`unimo-pipe report`: what each section shows of the demo's outputs, and bad input rendered, never raised."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from unimo_pipe.pipeline.cli import main
+from unimo_pipe.pipeline.feature_store import open_feature_dir
+from unimo_pipe.pipeline.formats import SUMMARY_FILE
+from unimo_pipe.pipeline.visual_genome import vocabulary
+from unimo_pipe.workflows.report import write_report
+
+
+def sections(page: str) -> list[str]:
+    return re.findall(r'<section id="[^"]+" class="report-section" data-kind="([a-z-]+)"', page)
+
+
+def not_shown(page: str) -> str:
+    """The text of the report's 'What this report could not show' list."""
+    return page.split('data-kind="not-shown"', 1)[1].split("</section>", 1)[0]
+
+
+def section_html(page: str, kind: str, nth: int = 0) -> str:
+    parts = page.split(f'data-kind="{kind}"')
+    assert len(parts) > nth + 1, f"no {kind} section"
+    return parts[nth + 1].split("</section>", 1)[0]
+
+
+def test_demo_prints_its_report_and_it_holds_every_section(demo_output):
+    out, printed = demo_output
+    last_line = printed.strip().splitlines()[-1]
+    assert last_line == f"Report of what the demo made: {out / 'report.html'} (open it in a browser)"
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert sections(page).count("stage") == 6 and sections(page).count("training") == 2
+    assert {"regions", "augment", "retrieval", "shards"} <= set(sections(page))
+    assert "Nothing: every input was read in full." in not_shown(page)
+    assert not re.search(r"""(src|href)=["']?(https?:|//)|<link|<script|@import|url\((?!#)""", page)  # nothing fetched
+
+
+def test_stage_accounting_shows_counts_reasons_throughput_and_config_hash(demo_output):
+    out, _ = demo_output
+    page = (out / "report.html").read_text(encoding="utf-8")
+    corpus = section_html(page, "stage", 1)
+    summary = json.loads((out / "corpus" / SUMMARY_FILE).read_text())
+    assert summary["config_hash"] in corpus and f"{summary['records_per_s']:,.1f}" in corpus
+    assert "<td>duplicate</td><td>2</td>" in corpus
+
+
+def test_regions_are_named_with_visual_genome_classes(demo_output):
+    out, _ = demo_output
+    page = (out / "report.html").read_text(encoding="utf-8")
+    regions = section_html(page, "regions")
+    store = open_feature_dir(out / "features")
+    dump = store.get_dump("cat.jpg", names=True)
+    best = int(np.argmax(dump["conf"]))
+    label = f"{vocabulary('attributes')[dump['attr_ids'][best]]} {vocabulary('objects')[dump['object_ids'][best]]} " \
+            f"{dump['conf'][best]:.2f}"
+    figure = regions.split('data-image="cat.jpg"', 1)[1].split("</figure>", 1)[0]
+    assert f">{label}</text>" in figure
+    assert figure.count('class="box"') == len(dump["boxes"]) == store.name2nbb["cat.jpg"]
+    assert "boxes per image" in regions and "box confidence" in regions
+
+
+def test_augment_highlights_the_changed_words_and_counts_kinds(demo_output):
+    out, _ = demo_output
+    page = (out / "report.html").read_text(encoding="utf-8")
+    augment = section_html(page, "augment")
+    rows = [json.loads(line) for line in (out / "augment" / "shards" / "00000" / "augment.jsonl").open()]
+    kinds = {}
+    for row in rows:
+        for negative in row["negatives"]:
+            kinds[negative["kind"]] = kinds.get(negative["kind"], 0) + 1
+    for kind, count in kinds.items():
+        assert f"<td>{kind}</td><td>{count:,}</td>" in augment
+    shown = re.search(r'<div class="sample" data-id="([^"]+)">', augment).group(1)
+    row = next(r for r in rows if r["id"] == shown)
+    first = row["negatives"][0]
+    changed = [w for w in first["text"].split() if w not in row["caption"].split()]
+    assert changed and all(f"<mark>{w}" in augment or f" {w}</mark>" in augment for w in changed[:1])
+    assert "captions_with_positive_shortfall" in augment
+
+
+def test_retrieval_shows_neighbours_scores_and_index(demo_output):
+    out, _ = demo_output
+    page = (out / "report.html").read_text(encoding="utf-8")
+    retrieval = section_html(page, "retrieval")
+    view = [json.loads(line) for line in (out / "retrieval" / "shards" / "00000" / "retrieval.jsonl").open()]
+    shown = re.search(r'<div class="sample" data-id="([^"]+)">', retrieval).group(1)
+    row = next(r for r in view if r["id"] == shown)
+    assert f"<td>{row['texts'][0]['text']}</td><td>{row['texts'][0]['score']:.3f}</td>" in retrieval
+    assert f'alt="{row["images"][0]["id"]}"' in retrieval  # a thumbnail: the demo's images are at hand
+    assert "image scores" in retrieval and "exact (recall 1)" in retrieval
+
+
+def test_shards_section_checks_the_manifest(demo_output, tmp_path):
+    out, _ = demo_output
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert section_html(page, "shards").count('class="good">match') == 3
+    shards = tmp_path / "shards"
+    shutil.copytree(out / "shards", shards)
+    with (shards / "shards" / "00000" / "texts.jsonl").open("a") as f:
+        f.write('{"id": "added later", "text": "x"}\n')
+    damaged = write_report([shards], tmp_path / "report.html").path.read_text(encoding="utf-8")
+    assert 'class="bad">differs' in section_html(damaged, "shards")
+    assert "manifest check(s) failed" in not_shown(damaged)
+
+
+def test_inspect_names_the_detected_objects(demo_output, capsys):
+    out, _ = demo_output
+    assert main(["inspect", str(out / "shards")]) == 0
+    printed = capsys.readouterr().out
+    dump = open_feature_dir(out / "features").get_dump("astronaut.jpg", names=True)
+    best = int(np.argmax(dump["conf"]))
+    assert f"objects: {dump['attr_names'][best]} {dump['object_names'][best]}" in printed
+
+
+def test_report_of_fifty_samples_stays_small(demo_output, tmp_path):
+    out, _ = demo_output
+    result = write_report([out], tmp_path / "report.html", samples=50)
+    assert result.bytes == (tmp_path / "report.html").stat().st_size < 5_000_000
+    page = result.path.read_text(encoding="utf-8")
+    assert section_html(page, "regions").count('class="region-figure"') == 12  # every demo image
+
+
+# -- bad input: the report still renders, and says what it could not show --
+
+def test_a_folder_that_is_no_output_is_named_not_fatal(demo_output, tmp_path, capsys):
+    out, _ = demo_output
+    stray = tmp_path / "holiday-photos"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("hello")
+    code = main(["report", str(stray), str(out / "pretrain"), str(tmp_path / "missing"), "--out",
+                 str(tmp_path / "r.html")])
+    assert code == 0
+    assert "thing(s) it could not show" in capsys.readouterr().out
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    shown = not_shown(page)
+    assert f"{stray} is no stage output" in shown and f"{tmp_path / 'missing'} does not exist" in shown
+    assert sections(page) == ["not-shown", "training"]
+
+
+def test_a_half_written_stage_is_reported_as_such(demo_output, tmp_path):
+    out, _ = demo_output
+    pairs = tmp_path / "pairs"
+    shutil.copytree(out / "pairs", pairs)
+    (pairs / SUMMARY_FILE).unlink()
+    (pairs / "shards" / "00002").rename(pairs / "shards" / "00002.partial")
+    page = write_report([pairs], tmp_path / "r.html").path.read_text(encoding="utf-8")
+    assert "half-written: 2 shard(s) committed, 1 partial (00002.partial)" in not_shown(page)
+    assert "<td>50</td><td>50</td>" in section_html(page, "stage")  # the two committed shards of 25
+
+
+def test_a_half_written_region_stage_shows_its_shard_stores(demo_output, tmp_path):
+    """Before finalize merges them, the region features are in the committed shards' own stores."""
+    out, _ = demo_output
+    features = tmp_path / "features"
+    shutil.copytree(out / "features", features)
+    (features / SUMMARY_FILE).unlink()
+    merged = next(features.glob("feat_th*"))
+    shutil.move(merged, features / "shards" / "00000" / merged.name)
+    page = write_report([features], tmp_path / "r.html").path.read_text(encoding="utf-8")
+    assert "half-written" in not_shown(page)
+    assert section_html(page, "regions").count('class="region-figure"') == 12
+
+
+def test_a_torn_metrics_line_is_left_out_and_said(demo_output, tmp_path):
+    out, _ = demo_output
+    run = tmp_path / "pretrain"
+    shutil.copytree(out / "pretrain", run, ignore=shutil.ignore_patterns("checkpoints", "model", "tensorboard"))
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 25, "loss_text_ml')
+    page = write_report([run], tmp_path / "r.html").path.read_text(encoding="utf-8")
+    training = section_html(page, "training")
+    assert "line(s) 5 unreadable, left out (a torn last line" in not_shown(page)
+    assert training.count("<svg") == 4 and "<td>last step</td><td>20</td>" in training
+
+
+def test_images_missing_from_the_images_folder_get_blank_canvases(demo_output, tmp_path):
+    out, _ = demo_output
+    images = tmp_path / "images"
+    images.mkdir()
+    page = write_report([out / "features", out / "retrieval"], tmp_path / "r.html", images=images, samples=3
+                        ).path.read_text(encoding="utf-8")
+    regions = section_html(page, "regions")
+    assert "<img" not in regions and regions.count('class="canvas"') == 3
+    size = json.loads(next((out / "features").glob("img_meta_*.json")).read_text())
+    for key in re.findall(r'<svg class="boxes" data-image="([^"]+)"', regions):
+        assert f'viewBox="0 0 {size[key]["width"]} {size[key]["height"]}"' in regions
+    shown = not_shown(page)
+    assert f"3 of 3 sampled image file(s) not found in {images}" in shown
+    assert "retrieved image file(s) not at hand, shown by id" in shown
+
+
+@pytest.mark.parametrize("argument, message", [(["--samples", "-1"], "--samples must be 0 or more"),
+                                               (["--images", "/no/such/folder"], "is not a folder")])
+def test_bad_options_are_one_line(demo_output, tmp_path, capsys, argument, message):
+    out, _ = demo_output
+    assert main(["report", str(out / "pairs"), "--out", str(tmp_path / "r.html"), *argument]) == 2
+    assert message in capsys.readouterr().err
