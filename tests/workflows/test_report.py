@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -202,3 +203,39 @@ def test_bad_options_are_one_line(demo_output, tmp_path, capsys, argument, messa
     out, _ = demo_output
     assert main(["report", str(out / "pairs"), "--out", str(tmp_path / "r.html"), *argument]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_imported_features_without_images_show_their_boxes_on_a_canvas_of_the_image_size(tmp_path):
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 100, (15, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 50, (15, 2))], axis=1).astype(np.float32)
+    conf, ids = np.linspace(0.9, 0.3, 15).astype(np.float32), np.arange(15, dtype=np.int64)
+    fields = ["img2", "300", "500", ids, conf, ids + 1, conf / 2, "15", boxes,
+              rng.standard_normal((15, 2048)).astype(np.float32)]
+    (tmp_path / "lxmert.tsv").write_text("\t".join(
+        f if isinstance(f, str) else base64.b64encode(np.ascontiguousarray(f).tobytes()).decode() for f in fields)
+        + "\n")
+    assert main(["import-features", "--source", str(tmp_path / "lxmert.tsv"), "--out", str(tmp_path / "feats")]) == 0
+    page = write_report([tmp_path / "feats"], tmp_path / "r.html").path.read_text(encoding="utf-8")
+    regions = section_html(page, "regions")
+    assert '<svg class="boxes" data-image="img2" viewBox="0 0 500 300"' in regions and 'class="canvas"' in regions
+    drawn = [list(map(float, b.split())) for b in re.findall(r'data-box="([^"]+)"', regions)]
+    np.testing.assert_allclose(drawn, boxes, atol=0.01)
+    assert f">{vocabulary('attributes')[1]} {vocabulary('objects')[0]} 0.90</text>" in regions
+    assert "(no image folder: pass --images DIR)" in not_shown(page)
+
+
+def test_boxes_from_norm_bb_where_the_store_has_no_pixel_boxes():
+    from unimo_pipe.workflows.report.regions import _pixel_boxes
+
+    norm = np.array([[0.1, 0.2, 0.5, 1.0, 0.4, 0.8]])
+    width, height, boxes = _pixel_boxes({"norm_bb": norm}, {"width": 200, "height": 100})
+    assert (width, height) == (200, 100)
+    np.testing.assert_allclose(boxes, [[20, 20, 100, 100]])
+
+
+def test_one_shard_folder_is_reported_alone(demo_output, tmp_path):
+    out, _ = demo_output
+    page = write_report([out / "augment" / "shards" / "00000"], tmp_path / "r.html").path.read_text(encoding="utf-8")
+    assert sections(page) == ["not-shown", "stage", "augment"]
+    assert "<h2>augment: 00000</h2>" in page
