@@ -18,7 +18,9 @@ def _figure(title: str, *, width: float = 4.6):
     import matplotlib.pyplot as plt
 
     plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "unimo-pipe-report", "font.size": 9})
-    figure, axes = plt.subplots(figsize=(width, 2.7), layout="constrained")
+    figure, axes = plt.subplots(figsize=(width, 2.7))
+    # fixed margins: constrained layout would cost about half the drawing time of these small plots
+    figure.subplots_adjust(left=0.82 / width, right=1 - (1.7 if width > 5 else 0.15) / width, bottom=0.17, top=0.89)
     axes.set_title(title, fontsize=10)
     axes.grid(alpha=0.3)
     return figure, axes
