@@ -239,3 +239,14 @@ def test_one_shard_folder_is_reported_alone(demo_output, tmp_path):
     page = write_report([out / "augment" / "shards" / "00000"], tmp_path / "r.html").path.read_text(encoding="utf-8")
     assert sections(page) == ["not-shown", "stage", "augment"]
     assert "<h2>augment: 00000</h2>" in page
+
+
+def test_a_damaged_file_empties_its_section_only(demo_output, tmp_path):
+    out, _ = demo_output
+    retrieval = tmp_path / "retrieval"
+    shutil.copytree(out / "retrieval", retrieval)
+    (retrieval / "shards" / "00000" / "retrieval.npz").write_bytes(b"PK\x03\x04 not a zip any more")
+    page = write_report([retrieval, out / "shards"], tmp_path / "r.html").path.read_text(encoding="utf-8")
+    assert sections(page) == ["not-shown", "stage", "retrieval", "stage", "shards"]
+    assert "retrieve: retrieval: could not be shown: BadZipFile" in not_shown(page)
+    assert 'class="good">match' in section_html(page, "shards")

@@ -8,6 +8,7 @@ A section shows only what exists, and says what it could not show; nothing here 
 from __future__ import annotations
 
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,15 +31,15 @@ class ReportResult:
     seconds: float
 
 
-def _detail_sections() -> dict[str, Callable[[Found, ReportSettings], Section]]:
-    """The section each stage has beyond its accounting."""
+def _detail_sections() -> dict[str, tuple[str, Callable[[Found, ReportSettings], Section]]]:
+    """The section (its kind, its builder) each stage has beyond its accounting."""
     from unimo_pipe.workflows.report.augment import augment_section
     from unimo_pipe.workflows.report.regions import regions_section
     from unimo_pipe.workflows.report.retrieval import retrieval_section
     from unimo_pipe.workflows.report.shards import shards_section
 
-    return {**dict.fromkeys(REGION_STAGES, regions_section), "augment": augment_section,
-            "retrieve": retrieval_section, "shard": lambda found, _: shards_section(found)}
+    return {**dict.fromkeys(REGION_STAGES, ("regions", regions_section)), "augment": ("augment", augment_section),
+            "retrieve": ("retrieval", retrieval_section), "shard": ("shards", lambda found, _: shards_section(found))}
 
 
 def build_sections(found: list[Found], settings: ReportSettings) -> list[Section]:
@@ -49,12 +50,27 @@ def build_sections(found: list[Found], settings: ReportSettings) -> list[Section
     sections = []
     for item in found:
         if item.kind == "training":
-            sections.append(training_section(item))
+            sections.append(_safely(lambda i, _: training_section(i), item, settings, "training"))
             continue
-        sections.append(stage_section(item))
+        sections.append(_safely(lambda i, _: stage_section(i), item, settings, "stage"))
         if item.stage in details and (item.shards or item.complete):
-            sections.append(details[item.stage](item, settings))
+            kind, build = details[item.stage]
+            sections.append(_safely(build, item, settings, kind))
     return sections
+
+
+# What damaged files raise while a section reads them (a corrupt store or npz, a malformed JSON value)
+_DAMAGE = (UserError, OSError, ValueError, KeyError, TypeError, IndexError, zipfile.BadZipFile)
+
+
+def _safely(build: Callable[[Found, ReportSettings], Section], item: Found, settings: ReportSettings,
+            kind: str) -> Section:
+    """The section, or, where a damaged file stops it, an empty one saying which file and why."""
+    try:
+        return build(item, settings)
+    except _DAMAGE as exc:
+        return Section(kind=kind, title=f"{item.stage or kind}: {item.path.name}", source=item.path,
+                       notes=[f"could not be shown: {type(exc).__name__}: {exc}"])
 
 
 def write_report(paths: list[Path], out: Path, *, samples: int = DEFAULT_SAMPLES, images: Path | None = None,
