@@ -250,3 +250,19 @@ def test_a_damaged_file_empties_its_section_only(demo_output, tmp_path):
     assert sections(page) == ["not-shown", "stage", "retrieval", "stage", "shards"]
     assert "retrieve: retrieval: could not be shown: BadZipFile" in not_shown(page)
     assert 'class="good">match' in section_html(page, "shards")
+
+
+def test_a_shard_folder_of_a_finished_region_stage_shows_its_images_from_the_merged_store(demo_output, tmp_path):
+    out, _ = demo_output
+    page = write_report([out / "features" / "shards" / "00000"], tmp_path / "r.html", samples=50
+                        ).path.read_text(encoding="utf-8")
+    assert section_html(page, "regions").count('class="region-figure"') == 12
+
+
+def test_a_partial_shard_folder_is_named_as_such(demo_output, tmp_path):
+    out, _ = demo_output
+    pairs = tmp_path / "pairs"
+    shutil.copytree(out / "pairs", pairs)
+    (pairs / "shards" / "00001").rename(pairs / "shards" / "00001.partial")
+    page = write_report([pairs / "shards" / "00001.partial"], tmp_path / "r.html").path.read_text(encoding="utf-8")
+    assert "partial shard(s) not shown: 00001.partial" in not_shown(page)

@@ -119,6 +119,7 @@ class RegionFeatureReader:
 
     def __init__(self, root: Path, conf_th: float = 0.2, max_bb: int = 100, min_bb: int = 10):
         self.root = root
+        self.suffix_args = (conf_th, max_bb, min_bb)
         db_path = root / feature_db_name(conf_th, max_bb, min_bb)
         nbb_path = root / nbb_file_name(conf_th, max_bb, min_bb)
         self.db = LmdbReader(db_path)

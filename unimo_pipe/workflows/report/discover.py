@@ -43,12 +43,12 @@ class Found:
 
     def partial_shards(self) -> list[Path]:
         """Shard folders being written, or left by a run that was stopped."""
+        if self.kind == "shard":
+            return [self.path] if self.path.name.endswith(PARTIAL_SUFFIX) else []
         folder = self.root / SHARDS_DIR
         if not folder.is_dir():
             return []
-        mine = {p.name.removesuffix(PARTIAL_SUFFIX) for p in self.shards} if self.kind == "shard" else None
-        return sorted(p for p in folder.iterdir() if p.name.endswith(PARTIAL_SUFFIX)
-                      and (mine is None or p.name.removesuffix(PARTIAL_SUFFIX) in mine))
+        return sorted(p for p in folder.iterdir() if p.name.endswith(PARTIAL_SUFFIX))
 
     def config(self) -> dict[str, Any]:
         """The stage's resolved options with their real paths (config.yaml; stage.json holds fingerprints)."""

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from unimo_pipe.pipeline.errors import UserError
-from unimo_pipe.pipeline.feature_store import RegionFeatureReader, open_feature_dir
-from unimo_pipe.pipeline.formats import key_within
+from unimo_pipe.pipeline.feature_store import RegionFeatureReader, nbb_file_name, open_feature_dir
+from unimo_pipe.pipeline.formats import SUMMARY_FILE, key_within
+from unimo_pipe.pipeline.jsonl import read_json
 from unimo_pipe.workflows.report.discover import Found
 from unimo_pipe.workflows.report.page import Section, escape, thumbnail_uri
 from unimo_pipe.workflows.report.plots import figure_html, histogram
@@ -37,7 +38,7 @@ class ReportSettings:
 def regions_section(found: Found, settings: ReportSettings) -> Section:
     section = Section(kind="regions", title=f"{found.stage}: regions", source=found.path)
     readers = _readers(found, section)
-    keys = sorted({key for reader in readers for key in reader.name2nbb})
+    keys = sorted({key for reader in readers for key in reader.name2nbb} & _shard_keys(found, readers))
     if not keys:
         section.notes.append("no region features to show")
         return section
@@ -56,7 +57,8 @@ def regions_section(found: Found, settings: ReportSettings) -> Section:
         section.notes.append(f"{len(missing)} of {len(chosen)} sampled image file(s) not found {where}, drawn on a "
                              f"blank canvas of their size: {', '.join(missing[:10])}"
                              + (" ..." if len(missing) > 10 else ""))
-    counts = [n for reader in readers for n in reader.name2nbb.values()]
+    wanted = set(keys)
+    counts = [n for reader in readers for key, n in reader.name2nbb.items() if key in wanted]
     confidences, read = _confidences(readers, keys)
     plots = [figure_html(histogram(counts, title="boxes per image", xlabel="boxes", integer=True))]
     if len(confidences):
@@ -69,15 +71,27 @@ def regions_section(found: Found, settings: ReportSettings) -> Section:
 
 
 def _readers(found: Found, section: Section) -> list[RegionFeatureReader]:
-    """The merged store of a finished output, else the per-shard stores still there (a half-written run)."""
+    """The merged store of a finished output, else the per-shard stores still there (a half-written run); for
+    one shard folder, its own store, else the merged one it went into."""
     places = [found.root] if found.kind == "stage" and found.complete else list(found.shards)
     readers = []
     for place in places:
         try:
             readers.append(open_feature_dir(place))
         except UserError as exc:
+            if found.kind == "shard" and (found.root / SUMMARY_FILE).is_file():
+                return [open_feature_dir(found.root)]
             section.notes.append(str(exc))
     return readers
+
+
+def _shard_keys(found: Found, readers: list[RegionFeatureReader]) -> set[str]:
+    """The images to show: all of them, or, for one shard folder, those its nbb sidecar lists."""
+    everything = {key for reader in readers for key in reader.name2nbb}
+    if found.kind != "shard" or not readers:
+        return everything
+    sidecar = found.path / nbb_file_name(*readers[0].suffix_args)
+    return set(read_json(sidecar)) if sidecar.is_file() else everything
 
 
 def image_root(config: dict) -> Path | None:
