@@ -266,3 +266,27 @@ def test_a_partial_shard_folder_is_named_as_such(demo_output, tmp_path):
     (pairs / "shards" / "00001").rename(pairs / "shards" / "00001.partial")
     page = write_report([pairs / "shards" / "00001.partial"], tmp_path / "r.html").path.read_text(encoding="utf-8")
     assert "partial shard(s) not shown: 00001.partial" in not_shown(page)
+
+
+def test_an_evaluation_scores_file_is_shown_and_another_file_is_named(tmp_path):
+    scores = tmp_path / "eval.json"
+    scores.write_text(json.dumps({"ir_r1": 0.4167, "tr_r1": 0.5, "pairs": 60}))
+    (tmp_path / "notes.json").write_text('{"about": "not scores"}')
+    page = write_report([scores, tmp_path / "notes.json"], tmp_path / "r.html").path.read_text(encoding="utf-8")
+    assert sections(page) == ["not-shown", "scores"]
+    assert "<td>ir_r1</td><td>0.4167</td>" in section_html(page, "scores")
+    assert f"{tmp_path / 'notes.json'} is a file, not an output folder" in not_shown(page)
+
+
+def test_positives_show_method_pivot_and_similarity(demo_output, tmp_path):
+    out, _ = demo_output
+    augment = tmp_path / "augment"
+    shutil.copytree(out / "augment", augment)
+    rows = (augment / "shards" / "00000" / "augment.jsonl").read_text().splitlines()
+    row = json.loads(rows[0])
+    row["positives"] = [{"text": "A smiling astronaut in an orange space suit sits next to her helmet.",
+                         "pivot": "de", "method": "sample", "similarity": 0.8125}]
+    (augment / "shards" / "00000" / "augment.jsonl").write_text(json.dumps(row) + "\n")
+    section = section_html(write_report([augment], tmp_path / "r.html").path.read_text(encoding="utf-8"), "augment")
+    assert '<span class="kind">sample</span>' in section and "pivot: de; similarity 0.812" in section
+    assert "<mark>space</mark>" in section and "<td>sample</td><td>1</td>" in section

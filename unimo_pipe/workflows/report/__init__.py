@@ -44,13 +44,14 @@ def _detail_sections() -> dict[str, tuple[str, Callable[[Found, ReportSettings],
 
 def build_sections(found: list[Found], settings: ReportSettings) -> list[Section]:
     from unimo_pipe.workflows.report.stage_summary import stage_section
-    from unimo_pipe.workflows.report.training import training_section
+    from unimo_pipe.workflows.report.training import scores_section, training_section
 
     details = _detail_sections()
     sections = []
     for item in found:
-        if item.kind == "training":
-            sections.append(_safely(lambda i, _: training_section(i), item, settings, "training"))
+        if item.kind in ("training", "scores"):
+            build = training_section if item.kind == "training" else scores_section
+            sections.append(_safely(lambda i, _, build=build: build(i), item, settings, item.kind))
             continue
         sections.append(_safely(lambda i, _: stage_section(i), item, settings, "stage"))
         if item.stage in details and (item.shards or item.complete):

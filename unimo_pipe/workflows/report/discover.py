@@ -31,7 +31,7 @@ class Found:
     """One thing to report on. For a stage output `shards` are its committed shard folders; for a shard
     folder, that folder alone (and `root` is the stage output holding it)."""
 
-    kind: str  # "stage", "shard" or "training"
+    kind: str  # "stage", "shard", "training" or "scores" (an evaluation's JSON file)
     path: Path
     root: Path
     stage: str = ""
@@ -78,6 +78,8 @@ def discover(paths: list[Path]) -> tuple[list[Found], list[str]]:
 
 
 def _what_is(path: Path) -> list[Found]:
+    if path.is_file() and path.suffix == ".json" and _is_scores_file(path):
+        return [Found(kind="scores", path=path, root=path.parent)]
     if not path.is_dir():
         return []
     direct = _as_output(path)
@@ -108,16 +110,26 @@ def _as_shard(path: Path) -> list[Found]:
     return [Found(kind="shard", path=path, root=root, stage=name, shards=committed)]
 
 
+def _is_scores_file(path: Path) -> bool:
+    from unimo_pipe.workflows.report.training import is_scores
+
+    try:
+        return is_scores(read_json(path))
+    except (UserError, OSError):
+        return False
+
+
 def _not_recognised(path: Path) -> str:
     if not path.exists():
         return f"{path} does not exist: check the path"
     if not path.is_dir():
-        return f"{path} is a file, not an output folder: pass a stage's --out folder, a workflow's output root, " \
-               "a shard folder or a trainer's --out folder"
+        return f"{path} is a file, not an output folder (nor an evaluation's scores JSON): pass a stage's --out " \
+               "folder, a workflow's output root, a shard folder, a trainer's --out folder or `evaluate --out` FILE"
     return (f"{path} is no stage output, workflow output root, shard folder or trainer output (no {STAGE_RECORD}, "
             f"{RUN_RECORD} or {METRICS_FILE} in it or its subfolders): nothing to show from it")
 
 
 def _order(found: Found) -> tuple[int, str]:
     rank = FLOW_ORDER.index(found.stage) if found.stage in FLOW_ORDER else len(FLOW_ORDER)
-    return (rank if found.kind != "training" else len(FLOW_ORDER) + 1, str(found.path))
+    after = {"training": 1, "scores": 2}
+    return (len(FLOW_ORDER) + after[found.kind] if found.kind in after else rank, str(found.path))

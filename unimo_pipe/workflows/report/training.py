@@ -87,7 +87,22 @@ def _final_scores(found: Found, section: Section) -> str:
         except (OSError, ValueError):
             section.notes.append(f"{path} is unreadable: its scores are not shown")
             continue
-        if isinstance(scores, dict) and scores and all(_number(v) for v in scores.values()):
-            out.append(f"<h3>{escape(path.name)}</h3>" + table(("score", "value"),
-                                                               [(k, f"{v:.4g}") for k, v in scores.items()]))
+        if is_scores(scores):
+            out.append(f"<h3>{escape(path.name)}</h3>" + _scores_table(scores))
     return "".join(out)
+
+
+def is_scores(value: Any) -> bool:
+    """A scores file's content: a non-empty mapping of names to numbers (what `evaluate --out` writes)."""
+    return isinstance(value, dict) and bool(value) and all(_number(v) for v in value.values())
+
+
+def _scores_table(scores: dict[str, float]) -> str:
+    return table(("score", "value"), [(k, f"{v:.4g}") for k, v in scores.items()])
+
+
+def scores_section(found: Found) -> Section:
+    """`evaluate --out FILE` / `evaluate-classifier --out FILE`: the scores it wrote."""
+    section = Section(kind="scores", title=f"evaluation: {found.path.name}", source=found.path)
+    section.body = _scores_table(read_json(found.path))
+    return section
