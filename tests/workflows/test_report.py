@@ -290,3 +290,9 @@ def test_positives_show_method_pivot_and_similarity(demo_output, tmp_path):
     section = section_html(write_report([augment], tmp_path / "r.html").path.read_text(encoding="utf-8"), "augment")
     assert '<span class="kind">sample</span>' in section and "pivot: de; similarity 0.812" in section
     assert "<mark>space</mark>" in section and "<td>sample</td><td>1</td>" in section
+
+
+def test_a_stage_shards_folder_stands_for_its_stage(demo_output, tmp_path):
+    out, _ = demo_output
+    page = write_report([out / "retrieval" / "shards"], tmp_path / "r.html").path.read_text(encoding="utf-8")
+    assert sections(page) == ["not-shown", "stage", "retrieval"]

@@ -82,7 +82,7 @@ def _what_is(path: Path) -> list[Found]:
         return [Found(kind="scores", path=path, root=path.parent)]
     if not path.is_dir():
         return []
-    direct = _as_output(path)
+    direct = _as_output(path) or (_as_output(path.parent) if path.name == SHARDS_DIR else None)
     if direct is not None:
         return [direct]
     if (path / STATS_FILE).is_file() or path.name.endswith(PARTIAL_SUFFIX):

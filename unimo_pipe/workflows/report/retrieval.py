@@ -3,6 +3,7 @@ sentences with their scores; score histograms; each index's kind and, for an app
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,9 @@ THUMBNAIL_SIDE = 100
 class _Thumbnails:
     """Small thumbnails of retrieved images, each file read once; ids whose file is not at hand are counted."""
 
-    def __init__(self, found: Found, settings: ReportSettings):
-        self.sources = {row["id"]: row.get("source", "") for row in _rows(found.root / IMAGE_EMBEDDINGS_DIR)}
+    def __init__(self, found: Found, settings: ReportSettings, wanted: set[str]):
+        self.sources = {str(row.get("id")): row.get("source", "")
+                        for _, row in _rows(found.root / IMAGE_EMBEDDINGS_DIR) if str(row.get("id")) in wanted}
         self.override = settings.images
         self.roots: dict[str, Path | None] = {}
         self.cache: dict[str, str | None] = {}
@@ -68,10 +70,11 @@ def retrieval_section(found: Found, settings: ReportSettings) -> Section:
     if not sampler.seen:
         section.notes.append(f"no {RETRIEVAL_FILE} rows to show")
         return section
-    texts = [row.get("text", "") for row in _rows(found.root / TEXT_EMBEDDINGS_DIR)]
     chosen = sorted(sampler.items, key=lambda r: str(r["pair_ids"]))
+    rows = {int(i) for r in chosen for i in r["text_rows"].tolist() if i >= 0}
+    texts = {n: str(row.get("text", "")) for n, row in _rows(found.root / TEXT_EMBEDDINGS_DIR) if n in rows}
     pairs = _pairs(found, {str(r["pair_ids"]) for r in chosen}, section)
-    thumbnails = _Thumbnails(found, settings)
+    thumbnails = _Thumbnails(found, settings, {i for r in chosen for i in r["image_ids"].tolist() if i})
     samples = "".join(_sample(row, pairs, texts, thumbnails) for row in chosen)
     if thumbnails.missing:
         shown = sorted(thumbnails.missing)
@@ -85,13 +88,17 @@ def retrieval_section(found: Found, settings: ReportSettings) -> Section:
     return section
 
 
-def _rows(embeddings: Path) -> list[dict[str, Any]]:
-    """The rows of retrieve's embedded images or corpus (rows.jsonl of each committed shard, in order)."""
-    rows = []
+def _rows(embeddings: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(row number, row) of retrieve's embedded images or corpus: rows.jsonl of each committed shard, in order,
+    numbered as the vectors are (a row that is not an object keeps its number, as load_embedding_output skips
+    only unreadable lines)."""
+    number = 0
     for shard in committed_shard_dirs(embeddings):
         if (shard / EMBEDDING_ROWS_FILE).is_file():
-            rows.extend(row for _, row, problem in iter_jsonl(shard / EMBEDDING_ROWS_FILE) if not problem)
-    return rows
+            for _, row, problem in iter_jsonl(shard / EMBEDDING_ROWS_FILE):
+                if not problem:
+                    yield number, (row if isinstance(row, dict) else {})
+                    number += 1
 
 
 def _pairs(found: Found, wanted: set[str], section: Section) -> dict[str, dict[str, Any]]:
@@ -109,7 +116,7 @@ def _pairs(found: Found, wanted: set[str], section: Section) -> dict[str, dict[s
     return pairs
 
 
-def _sample(row: dict[str, np.ndarray], pairs: dict[str, dict[str, Any]], texts: list[str],
+def _sample(row: dict[str, np.ndarray], pairs: dict[str, dict[str, Any]], texts: dict[int, str],
             thumbnails: _Thumbnails) -> str:
     pair_id = str(row["pair_ids"])
     pair = pairs.get(pair_id, {})
@@ -119,7 +126,7 @@ def _sample(row: dict[str, np.ndarray], pairs: dict[str, dict[str, Any]], texts:
             uri = thumbnails.uri(image_id)
             picture = f'<img src="{uri}" alt="{escape(image_id)}">' if uri else ""
             images.append(f'<div class="thumb">{picture}{escape(image_id)}<br>{score:.3f}</div>')
-    sentences = [(texts[r] if 0 <= r < len(texts) else text_id, f"{score:.3f}") for text_id, score, r in
+    sentences = [(texts.get(r, text_id), f"{score:.3f}") for text_id, score, r in
                  zip(row["text_ids"].tolist(), row["text_scores"].tolist(), row["text_rows"].tolist(), strict=True)
                  if text_id]
     return (f'<div class="sample" data-id="{escape(pair_id)}"><div class="caption">'
