@@ -207,10 +207,12 @@ def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", type=Path, nargs="+", metavar="PATH",
-                        help="stage output folders, a workflow's output root, shard folders, trainer output folders")
+                        help="stage output folders, a workflow's output root, shard folders, trainer output folders, "
+                        "`evaluate --out` JSON files")
     parser.add_argument("--out", type=Path, default=Path("report.html"), help="HTML file to write (default: "
                         "report.html)")
-    parser.add_argument("--samples", type=int, default=12, help="examples shown per section (default: 12)")
+    parser.add_argument("--samples", type=int, default=argparse.SUPPRESS,
+                        help="examples shown per section (default: 12)")
     parser.add_argument("--images", type=Path, default=None, metavar="DIR",
                         help="where the image files are (default: the folder each stage read them from)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampled examples (default: 0)")
@@ -385,7 +387,8 @@ def _inspect_command(args: argparse.Namespace) -> int:
 def _report_command(args: argparse.Namespace) -> int:
     from unimo_pipe.workflows.report import write_report
 
-    result = write_report(args.paths, args.out, samples=args.samples, images=args.images, seed=args.seed)
+    given = {"samples": args.samples} if hasattr(args, "samples") else {}  # else write_report's default
+    result = write_report(args.paths, args.out, images=args.images, seed=args.seed, **given)
     print(f"{result.path}: {result.sections} sections, {result.bytes / 1e6:.1f} MB, {result.seconds:.1f} s"
           + (f"; {result.notes} thing(s) it could not show are listed at its top" if result.notes else ""))
     return 0
