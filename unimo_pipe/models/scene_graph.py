@@ -145,8 +145,8 @@ def _compound(token, compounds: frozenset[str]) -> tuple[int, frozenset[int]]:
             break
     inside: set[int] = set()
     for begin in range(run, first):
-        for end in range(begin + 2, first + 1):
-            if " ".join(t.lower_ for t in doc[begin:end]) in compounds:
+        for end in range(begin + 2, first + 1):  # ending in a noun: "double decker", not "small white"
+            if doc[end - 1].pos_ == "NOUN" and " ".join(t.lower_ for t in doc[begin:end]) in compounds:
                 inside.update(range(begin, end))
     return first, frozenset(inside)
 
