@@ -219,7 +219,8 @@ def test_weighted_draws_use_the_pool_up_without_repeats_and_favour_frequent_word
     pool = negatives_module._Pool.of(words, lambda words: lambda original: {})
     excluded = frozenset({5, 6})
     for seed in range(5):
-        draws = negatives_module._WeightedDraws(pool, random.Random(seed), negatives_module._Exclusion(excluded, 2.0, ()))
+        exclusion = negatives_module._Exclusion(excluded, 2.0, ())
+        draws = negatives_module._WeightedDraws(pool, random.Random(seed), exclusion)
         taken = draws.take(7) + draws.take(1000)
         assert sorted(taken) == [i for i in range(300) if i not in excluded] and draws.take(5) == []
     heavy = pool.words.index("w0")

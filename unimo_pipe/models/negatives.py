@@ -310,39 +310,29 @@ class _Exclusion:
 @dataclass
 class _Pool:
     """Replacement words with their frequencies; their renderings per slot variant by word index; and
-    the indices each replaced word leaves out (`related`: by reason), in a plural place or not
-    (`uncountable`: never in a plural place)."""
+    the indices each replaced word leaves out (`related`: by reason)."""
 
     words: list[str]
     weights: list[float]
     cumulative: list[float]
     related: Callable[[str], Exclusions]
-    uncountable: frozenset[int] = frozenset()
     renderings: dict[tuple, dict[int, tuple[str, str, bool]]] = field(default_factory=dict)
-    exclusions: dict[tuple[str, bool], _Exclusion] = field(default_factory=dict)
+    exclusions: dict[str, _Exclusion] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, counts: Counter, related_in: Callable[[list[str]], Callable[[str], Exclusions]],
-           uncountable: Callable[[str], bool] | None = None) -> _Pool:
+    def of(cls, counts: Counter, related_in: Callable[[list[str]], Callable[[str], Exclusions]]) -> _Pool:
         words = sorted(w for w in counts if counts[w] > 0)
         weights = [float(counts[w]) for w in words]
-        pool = cls(words, weights, list(itertools.accumulate(weights)), related_in(words))
-        if uncountable is not None:
-            pool.uncountable = frozenset(i for i, word in enumerate(words) if uncountable(word))
-        return pool
+        return cls(words, weights, list(itertools.accumulate(weights)), related_in(words))
 
-    def excluded(self, original: str, plural: bool = False) -> _Exclusion:
-        """The words that could keep the caption true in place of `original` (or that have no plural, for a
-        place in the plural)."""
-        found = self.exclusions.get((original, plural))
+    def excluded(self, original: str) -> _Exclusion:
+        """The words that could keep the caption true in place of `original`."""
+        found = self.exclusions.get(original)
         if found is None:
             by_reason = self.related(original)
-            if plural and self.uncountable:
-                by_reason[UNCOUNTABLE] = set(self.uncountable).difference(*by_reason.values())
             indices = frozenset().union(*by_reason.values())
             counts = tuple((reason, len(found)) for reason, found in by_reason.items() if reason != SAME and found)
-            found = self.exclusions[(original, plural)] = _Exclusion(indices, sum(self.weights[i] for i in indices),
-                                                                     counts)
+            found = self.exclusions[original] = _Exclusion(indices, sum(self.weights[i] for i in indices), counts)
         return found
 
 
@@ -446,7 +436,7 @@ class _Replacements(_Maker):
                  excluded: Counter | None = None):
         """`excluded`: counts, by reason, the pool words left out."""
         self.slot, self.pool, self.kind, self.original = slot, pool, kind, original
-        exclusion = pool.excluded(original, slot.plural)
+        exclusion = pool.excluded(original)
         if excluded is not None:
             for reason, count in exclusion.by_reason:
                 excluded[reason] += count
@@ -496,6 +486,7 @@ class NegativeGenerator:
         self.relations: WordRelations = relations_for(wordnet)
         self._pools: dict[tuple, _Pool] = {}
         self._plurals: dict[str, str | None] = {}
+        self._uncountable_objects: int | None = None  # object words without a plural (with WordNet)
         self._attribute_pools = {group: Counter(vocabulary.attributes.get(group, {})) for group in
                                  (*lexicon.ATTRIBUTE_GROUPS, "compound")}
         if lexicon_words:
@@ -597,21 +588,23 @@ class NegativeGenerator:
             self.excluded[UNCOUNTABLE] += edits.count(None)
         return [edit for edit in edits if edit is not None]
 
-    def _pool(self, name: tuple, counts: Counter, part: str, plural_slots: bool = False) -> _Pool:
+    def _pool(self, name: tuple, counts: Counter, part: str) -> _Pool:
         pool = self._pools.get(name)
         if pool is None:
-            uncountable = (lambda word: self.plural_of(word) is None) if plural_slots and self.wordnet else None
-            pool = self._pools[name] = _Pool.of(counts, lambda words: self.relations.in_pool(words, part),
-                                                uncountable)
+            pool = self._pools[name] = _Pool.of(counts, lambda words: self.relations.in_pool(words, part))
         return pool
 
-    def _object_slot(self, caption: _Caption, obj: SceneObject) -> _Slot:
-        return _Slot(caption, obj.first, obj.head, plural_of=self.plural_of if obj.plural else None)
-
     def _replace_object(self, caption: _Caption, obj: SceneObject, rng) -> _Maker:
-        pool = self._pool(("object",), self.vocabulary.objects, "object", plural_slots=True)
-        return _Replacements(self._object_slot(caption, obj), pool, rng, kind="replace_object", original=obj.name,
-                             excluded=self.excluded)
+        pool = self._pool(("object",), self.vocabulary.objects, "object")
+        if obj.plural and self.wordnet is not None:  # a plural place: only the nouns that have a plural
+            if self._uncountable_objects is None:
+                countable = Counter({w: n for w, n in self.vocabulary.objects.items() if self.plural_of(w)})
+                self._uncountable_objects = len(pool.words) - len(countable)
+                self._pool(("object", "plural"), countable, "object")
+            pool = self._pools[("object", "plural")]
+            self.excluded[UNCOUNTABLE] += self._uncountable_objects
+        slot = _Slot(caption, obj.first, obj.head, plural_of=self.plural_of if obj.plural else None)
+        return _Replacements(slot, pool, rng, kind="replace_object", original=obj.name, excluded=self.excluded)
 
     def _replace_attribute(self, doc, caption: _Caption, obj: SceneObject, text: str, index: int, rng
                            ) -> _Maker:

