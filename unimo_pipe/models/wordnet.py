@@ -2,9 +2,11 @@
 
 What it answers: whether one word may replace another (never a synonym, a hypernym or a hyponym: the
 caption could stay true), which multiword nouns are one object ("fire hydrant", "polar bear"), and which
-nouns WordNet lists with an irregular plural. A word's senses are those it was tagged with in WordNet's
-sense-tagged corpus (SemCor counts), or its first sense when none was: the rare senses of common words
-would otherwise exclude nearly everything ("dog" is also a "cad", a person, and a "frank", a food).
+nouns WordNet lists with an irregular plural. The replaced word means what it usually means: its senses
+tagged in WordNet's sense-tagged corpus (SemCor counts), or its first sense when none was; its rare senses
+would otherwise exclude nearly everything ("dog" is also a "cad", a person, and a "frank", a food). A
+replacement is left out if any of its senses is a synonym or more general ("canine" is a tooth first, an
+animal too), or if its usual senses are more specific.
 
 - nouns: same synset; a hypernym at any depth (instance hypernyms too: a more general word always keeps
   the caption true); a hyponym at any depth (a more specific word may make it true);
@@ -42,6 +44,7 @@ _LEXNAMES = (
 _LEXNAME_POS = {"adj": 3, "adv": 4, "noun": 1, "verb": 2}
 SYNONYM, HYPERNYM, HYPONYM = "synonym", "hypernym", "hyponym"
 _CREATURES = ("noun.animal", "noun.person")
+_CREATURE_ROOTS = frozenset({"person.n.01", "animal.n.01"})
 
 
 def is_dict_folder(path: Path) -> bool:
@@ -133,18 +136,33 @@ class WordNet:
                 found.setdefault(_spaced(lemma), _spaced(plural))
         return found
 
+    @functools.lru_cache(maxsize=1 << 16)  # noqa: B019
     def is_creature(self, noun: str) -> bool:
-        """Every frequent sense an animal or a person: a count noun whatever a corpus shows ("a dog", "dogs")."""
-        senses = self.senses(noun, "n")
-        return bool(senses) and all(self.reader.synset(name).lexname() in _CREATURES for name in senses)
+        """Its first (most frequent) sense a person or an animal: a count noun whatever a corpus shows."""
+        synsets = self._synsets(noun, "n")
+        if not synsets:
+            return False
+        first = synsets[0]
+        if first.lexname() in _CREATURES:
+            return True
+        return bool(({first.name()} | {s.name() for s in first.closure(lambda s: s.hypernyms())}) & _CREATURE_ROOTS)
 
     @functools.lru_cache(maxsize=1 << 16)  # noqa: B019 (one WordNet per process, kept for the process)
-    def senses(self, word: str, pos: str) -> frozenset[str]:
-        """The word's frequent senses (synset names) as part of speech `pos` ("n", "v", "a")."""
+    def all_senses(self, word: str, pos: str) -> frozenset[str]:
+        return frozenset(s.name() for s in self._synsets(word, pos))
+
+    def _synsets(self, word: str, pos: str) -> list:
         key = _lemma_key(word)
         synsets = self.reader.synsets(key, pos)
         if pos == "a":
             synsets = synsets + [s for s in self.reader.synsets(key, "s") if s not in synsets]
+        return synsets
+
+    @functools.lru_cache(maxsize=1 << 16)  # noqa: B019
+    def senses(self, word: str, pos: str) -> frozenset[str]:
+        """The word's usual senses (synset names) as part of speech `pos` ("n", "v", "a")."""
+        key = _lemma_key(word)
+        synsets = self._synsets(word, pos)
         if not synsets:
             return frozenset()
         lemma_names = {key, self.reader.morphy(key, pos) or key}
@@ -169,7 +187,7 @@ class WordNet:
 
     def relation(self, original: str, candidate: str, pos: str) -> str | None:
         """Why `candidate` may not replace `original` (SYNONYM, HYPERNYM, HYPONYM), or None."""
-        a, b = self.senses(original, pos), self.senses(candidate, pos)
+        a, b = self.senses(original, pos), self.all_senses(candidate, pos)
         if not a or not b:
             return None
         if a & b:
@@ -187,7 +205,8 @@ class WordNet:
 
 
 class SenseIndex:
-    """The words of a replacement pool by their senses and by their broader synsets, so that the words
+    """The words of a replacement pool by all their senses and by the synsets broader than their usual ones
+    (WordNet.relation's rule), so that the words
     related to one original word are found in time proportional to how many there are, not to the pool."""
 
     def __init__(self, wordnet: WordNet, words: list[str], pos: str):
@@ -195,7 +214,7 @@ class SenseIndex:
         self.by_sense: dict[str, list[int]] = {}
         self.by_broader: dict[str, list[int]] = {}
         for i, word in enumerate(words):
-            for name in wordnet.senses(word, pos):
+            for name in wordnet.all_senses(word, pos):
                 self.by_sense.setdefault(name, []).append(i)
             for name in wordnet.broader(word, pos):
                 self.by_broader.setdefault(name, []).append(i)
