@@ -179,3 +179,17 @@ def test_mix_and_extra_vocabulary_are_in_the_config_and_the_output(tmp_path, mix
     plain_words = {n["to"] for _, n in replaced_pairs(plain) if n["kind"] == "replace_attribute"}
     mixed_words = {n["to"] for _, n in replaced_pairs(mixed) if n["kind"] == "replace_attribute"}
     assert (mixed_words - plain_words) & lexicon.COLOURS  # lexicon colours the corpus never uses
+
+
+def test_parse_and_vocabulary_commands_use_wordnet_compounds(tmp_path, wordnet_folder):
+    lines = tmp_path / "caps.txt"
+    lines.write_text("A dog near a fire hydrant.\nTwo hot dogs on a plate.\n")
+    for wordnet, names in [(str(wordnet_folder), ["dog", "fire hydrant"]), ("off", ["dog", "hydrant"])]:
+        out = tmp_path / f"parses-{wordnet.replace('/', '_')}.jsonl"
+        assert main(["parse-scene-graph", "--captions", str(lines), "--wordnet", wordnet, "--out", str(out)]) == 0
+        assert [o["name"] for o in json.loads(out.read_text().splitlines()[0])["objects"]] == names
+    assert main(["build-vocab", "--captions", str(lines), "--wordnet", str(wordnet_folder), "--out",
+                 str(tmp_path / "vocab.json")]) == 0
+    vocabulary = json.loads((tmp_path / "vocab.json").read_text())
+    assert {"fire hydrant", "hot dog"} <= set(vocabulary["objects"])
+    assert vocabulary["plurals"] == {"hot dog": {"hot dogs": 1}}
