@@ -173,10 +173,12 @@ def against_main(parser: SceneGraphParser, captions: list[str], knowledge: WordK
     theirs = baseline.NegativeGenerator(vocabulary=main_vocabulary, negatives=negatives)
     run("main", theirs, main_graphs)()
     times: dict[str, list[float]] = {"ours": [], "main": []}
-    for _ in range(repeats):
-        times["main"].append(_best_time(1, run("main", theirs, main_graphs)))
-        times["ours"].append(_best_time(1, run("ours", ours, ours_graphs)))
+    for attempt in range(repeats):  # pairs back to back, in turn first, so a load swing hits both
+        for name in ("main", "ours") if attempt % 2 == 0 else ("ours", "main"):
+            generator, graphs = (theirs, main_graphs) if name == "main" else (ours, ours_graphs)
+            times[name].append(_best_time(1, run(name, generator, graphs)))
     ours_s, main_s = min(times["ours"]), min(times["main"])
+    paired = sorted(o / m for o, m in zip(times["ours"], times["main"], strict=True))
     per_caption = 1e6 / len(captions)
     return {"wordnet": str(knowledge.wordnet) if knowledge.wordnet else None,
             "wordnet_load_s": round(load_s, 2),
@@ -184,6 +186,7 @@ def against_main(parser: SceneGraphParser, captions: list[str], knowledge: WordK
             "negatives_us_per_caption_ours": round(ours_s * per_caption, 1),
             "negatives_us_per_caption_main": round(main_s * per_caption, 1),
             "negatives_time_vs_main": round(ours_s / main_s, 3),
+            "negatives_time_vs_main_median_of_pairs": round(paired[len(paired) // 2], 3),
             "negatives_per_caption_ours": round(made["ours"] / len(captions), 1),
             "negatives_per_caption_main": round(made["main"] / len(captions), 1)}
 
@@ -272,7 +275,7 @@ def run(args) -> None:
     assert result["overhead_vs_parse_p1"] < 0.8, "graph, negatives and JSON should cost well under the parse"
     assert result["stage_speedup_parses_kept"] > 1.2, "keeping the parses should beat parsing every caption twice"
     if "negatives_time_vs_main" in result:  # the aim is 1.10 (measured in the README); loose for a loaded machine
-        assert result["negatives_time_vs_main"] < 1.5, "the generator should stay near main's speed"
+        assert result["negatives_time_vs_main_median_of_pairs"] < 1.5, "the generator should stay near main's speed"
 
 
 if __name__ == "__main__":

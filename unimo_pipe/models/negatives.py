@@ -340,9 +340,10 @@ class _WeightedDraws:
     """Frequency-weighted draws of a pool's word indices without repeats, until the pool is used up.
 
     Draws by bisecting the cumulative frequencies and rejecting repeats (and `excluded` indices) while the
-    words left hold at least a tenth of the frequency mass, so a draw costs at most ten tries; then the
-    rest of the pool is put in a weighted random order in one go (exponential keys, Efraimidis & Spirakis
-    2006), so nothing is left out and no word comes twice.
+    words left hold at least a tenth of the frequency mass, so a draw costs at most ten tries; then (or at
+    once, when all that is left is asked for: small pools) the rest of the pool is put in a weighted random
+    order in one go (exponential keys, Efraimidis & Spirakis 2006), so nothing is left out and no word
+    comes twice.
     """
 
     def __init__(self, pool: _Pool, rng: random.Random, excluded: _Exclusion | None = None):
@@ -360,6 +361,8 @@ class _WeightedDraws:
     def take(self, n: int) -> list[int]:
         """Up to n more indices; fewer only when the pool is used up."""
         found: list[int] = []
+        if self.order is None and n >= self.left:  # all of it: one weighted shuffle, not draws and rejections
+            self.order = self._remaining_order()
         if self.order is None:
             cumulative, weights, used, draw = self.pool.cumulative, self.pool.weights, self.used, self.rng.random
             total, last, bisect_right = cumulative[-1], len(cumulative) - 1, bisect.bisect_right
