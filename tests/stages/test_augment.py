@@ -175,10 +175,10 @@ def test_a_caption_that_fails_is_counted_and_the_rest_go_on(tmp_path, monkeypatc
 
     original = negative_workers.parse_doc
 
-    def fail_on_cats(doc, text):
+    def fail_on_cats(doc, text, *compounds):
         if "cat" in text:
             raise ValueError("no cats")
-        return original(doc, text)
+        return original(doc, text, *compounds)
 
     monkeypatch.setattr(negative_workers, "parse_doc", fail_on_cats)
     out = tmp_path / "aug"

