@@ -125,15 +125,14 @@ class RegionFeatureReader:
         meta_path = root / meta_file_name(conf_th, max_bb, min_bb)
         self.meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.exists() else {}
 
-    def get_dump(self, name: str) -> dict[str, np.ndarray]:
-        """Every stored array, f16 widened to f32, cut to the image's number of boxes."""
-        dump = self.db[name]
-        nbb = self.name2nbb[name]
-        return {k: (a.astype(np.float32) if a.dtype == np.float16 else a)[:nbb] for k, a in dump.items()}
+    def get_dump(self, name: str, fields: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """The stored arrays (or only `fields`, those stored), f16 widened to f32, cut to the image's number of
+        boxes; only the fields asked for are decoded, and they are cut before they are widened."""
+        return self.db.get_arrays(name, fields, self.name2nbb[name], widen=True)
 
     def __getitem__(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(features, norm_bb) as float32, like `DetectFeatLmdb.__getitem__`."""
-        dump = self.get_dump(name)
+        dump = self.get_dump(name, REQUIRED_FIELDS)
         return dump["features"], dump["norm_bb"]
 
     def __contains__(self, name: str) -> bool:
