@@ -4,13 +4,20 @@ import multiprocessing
 import pickle
 
 import lmdb
+import msgpack
 import numpy as np
 import pytest
 
-import msgpack
-
 from unimo_pipe.pipeline.errors import CorruptFileError
-from unimo_pipe.pipeline.lmdb_store import LmdbReader, LmdbWriter, pack, unpack, unpack_arrays, widen_float16
+from unimo_pipe.pipeline.lmdb_store import (
+    LmdbReader,
+    LmdbWriter,
+    _array_headers,
+    pack,
+    unpack,
+    unpack_arrays,
+    widen_float16,
+)
 
 
 def test_values_round_trip_with_numpy_arrays(tmp_path):
@@ -108,6 +115,12 @@ def test_pack_is_msgpack_not_pickle():
     assert unpack(data)["a"].tolist() == [1.0, 1.0]
 
 
+def arrays_value(rng: np.random.Generator) -> dict:
+    return {"features": rng.standard_normal((9, 5)).astype(np.float16), "boxes": rng.random((9, 4)),
+            "labels": rng.integers(0, 50, 9).astype(np.int32), "conf": rng.random(9).astype(np.float16),
+            "scale": np.array(2.5, dtype=np.float16), "empty": np.zeros((0, 3), np.float16)}
+
+
 def mixed_value(rng: np.random.Generator) -> dict:
     return {"features": rng.standard_normal((9, 5)).astype(np.float16), "boxes": rng.random((9, 4)),
             "labels": rng.integers(0, 50, 9).astype(np.int32), "conf": rng.random(9).astype(np.float16),
@@ -117,8 +130,11 @@ def mixed_value(rng: np.random.Generator) -> dict:
 @pytest.mark.parametrize("fields", [None, ("features",), ("conf", "boxes", "absent"), ("count", "name", "scale")])
 @pytest.mark.parametrize("rows", [None, 4, 20])
 @pytest.mark.parametrize("widen", [False, True])
-def test_unpack_arrays_equals_unpacking_everything_then_cutting(fields, rows, widen):
-    value = mixed_value(np.random.default_rng(1))
+@pytest.mark.parametrize("make, direct", [(arrays_value, True), (mixed_value, False)])
+def test_unpack_arrays_equals_unpacking_everything_then_cutting(fields, rows, widen, make, direct):
+    value = make(np.random.default_rng(1))
+    # only arrays: located in place, never copied; scalars or strings too: the full decoder
+    assert (_array_headers(memoryview(pack(value))) is not None) == direct
     full = unpack(pack(value))
     expected = {}
     for name in full if fields is None else fields:
@@ -126,7 +142,7 @@ def test_unpack_arrays_equals_unpacking_everything_then_cutting(fields, rows, wi
             item = full[name]
             if isinstance(item, np.ndarray) and item.ndim and rows is not None:
                 item = item[:rows]
-            if widen and isinstance(item, np.ndarray) and item.ndim and item.dtype == np.float16:
+            if widen and isinstance(item, np.ndarray) and item.dtype == np.float16:
                 item = item.astype(np.float32)
             expected[name] = item
     got = unpack_arrays(pack(value), fields, rows, widen=widen)
