@@ -8,7 +8,7 @@ Indexes: `auto` with ample memory (exact), `auto` within a budget of one byte pe
 76.8 MB at 200k x 384), and `hnsw`.
 
 The peer, autofaiss (its own index choice and search tuning), needs numpy < 2, so it runs in its own
-Python (`--peer-python`, or $UNIMO_PEER_PYTHON; e.g. `python3 -m venv /tmp/peers && /tmp/peers/bin/pip
+Python (`--peer-python`, or $UNIMO_AUTOFAISS_PYTHON; e.g. `python3 -m venv /tmp/peers && /tmp/peers/bin/pip
 install autofaiss faiss-cpu==1.7.4 'pyarrow<18'`) through benchmarks/peers/autofaiss_peer.py, with ample
 memory and, with `--peer-tight`, within the same tight budget (its OPQ training takes minutes). Without a
 peer the JSON line says so. The issue's size: `--vectors 200000` (minutes; the default stays near two).
@@ -111,7 +111,7 @@ def run(args) -> None:
         results[f"{label}_kind"] = kind
         results.update(measure_ours(label, kind, base, queries, tuning_queries, truth, budget, args.target_recall))
     results["faiss_flat_vs_numpy"] = round(results["faiss_flat_queries_per_s"] / results["numpy_queries_per_s"], 2)
-    peer = args.peer_python or os.environ.get("UNIMO_PEER_PYTHON")
+    peer = args.peer_python or os.environ.get("UNIMO_AUTOFAISS_PYTHON")
     results["peer"] = "autofaiss" if peer else "not run: pass --peer-python (a Python with autofaiss)"
     if peer:
         with tempfile.TemporaryDirectory() as tmp:
@@ -140,6 +140,6 @@ if __name__ == "__main__":
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--tune-queries", type=int, default=1000, help="held-out queries the tuning uses")
     parser.add_argument("--target-recall", type=float, default=0.95)
-    parser.add_argument("--peer-python", help="a Python with autofaiss installed (default: $UNIMO_PEER_PYTHON)")
+    parser.add_argument("--peer-python", help="a Python with autofaiss installed (default: $UNIMO_AUTOFAISS_PYTHON)")
     parser.add_argument("--peer-tight", action="store_true", help="also run autofaiss within the tight budget")
     run(parser.parse_args())
