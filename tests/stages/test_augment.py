@@ -264,6 +264,17 @@ def test_filters_leave_a_counted_shortfall_not_padding(tmp_path, tiny_translator
     assert all(len(r["positives"]) < 3 for r in iter_output_jsonl(out, "augment.jsonl"))
 
 
+def test_the_translation_budget_bounds_each_captions_work_and_is_counted(tmp_path, tiny_translators):
+    # random tiny models: nothing passes the default filters, so only the budget ends the rounds
+    captions = write_jsonl(tmp_path / "caps.jsonl", CAPTIONS[:2])
+    out = tmp_path / "bounded"
+    assert main(["augment", "--captions", str(captions), *bt_args(tiny_translators), "--bt-max-rounds", "20",
+                 "--bt-max-translations", "10", "--out", str(out)]) == 0
+    counters = json.loads((out / "summary.json").read_text())["counters"]
+    assert counters["positives_translation_budget_reached"] == 2
+    assert 2 * 8 <= counters["translations"] <= 2 * 10
+
+
 def test_translation_model_mistakes_are_one_clear_error_before_work(tmp_path, tiny_translators, capsys):
     captions = write_jsonl(tmp_path / "caps.jsonl", CAPTIONS[:1])
     base = ["augment", "--captions", str(captions), "--out", str(tmp_path / "o")]

@@ -127,12 +127,12 @@ class RegionFeatureReader:
         meta_path = root / meta_file_name(conf_th, max_bb, min_bb)
         self.meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.exists() else {}
 
-    def get_dump(self, name: str, *, names: bool = False) -> dict[str, np.ndarray]:
-        """Every stored array, f16 widened to f32, cut to the image's number of boxes; with `names`, also
-        `object_names` beside `object_ids` and `attr_names` beside `attr_ids` (Visual Genome's names)."""
-        dump = self.db[name]
-        nbb = self.name2nbb[name]
-        arrays = {k: (a.astype(np.float32) if a.dtype == np.float16 else a)[:nbb] for k, a in dump.items()}
+    def get_dump(self, name: str, fields: tuple[str, ...] | None = None, *, names: bool = False
+                 ) -> dict[str, np.ndarray]:
+        """The stored arrays (or only `fields`, those stored), f16 widened to f32, cut to the image's number of
+        boxes; only the fields asked for are decoded, and they are cut before they are widened. With `names`,
+        also `object_names` beside `object_ids` and `attr_names` beside `attr_ids` (Visual Genome's names)."""
+        arrays = self.db.get_arrays(name, fields, self.name2nbb[name], widen=True)
         if names:
             for ids, kind, named in (("object_ids", "objects", "object_names"),
                                      ("attr_ids", "attributes", "attr_names")):
@@ -142,7 +142,7 @@ class RegionFeatureReader:
 
     def __getitem__(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(features, norm_bb) as float32, like `DetectFeatLmdb.__getitem__`."""
-        dump = self.get_dump(name)
+        dump = self.get_dump(name, REQUIRED_FIELDS)
         return dump["features"], dump["norm_bb"]
 
     def __contains__(self, name: str) -> bool:

@@ -62,6 +62,9 @@ class AugmentOptions(CommonOptions):
     bt_beam_size: int = option(5, help="beam width (backward pass, beam and noised-beam methods)", minimum=1)
     bt_max_rounds: int = option(3, help="extra sampling rounds when too few candidates pass the filters",
                                 minimum=1)
+    bt_max_translations: int = option(0, help="translations (forward and back, all rounds and pivots) one "
+                                      "caption may cost; 0: 8 x --bt-positives. Captions it stops short are counted "
+                                      "(positives_translation_budget_reached)", minimum=0)
     bt_min_length_ratio: float = option(0.5, help="drop positives shorter than this times the caption", minimum=0)
     bt_max_length_ratio: float = option(2.0, help="drop positives longer than this times the caption", minimum=0)
     bt_drop_degenerate: bool = option(True, help="drop positives with degenerate repetition")
@@ -228,6 +231,8 @@ class Augment(Stage):
         ctx.stats.count("captions_with_positive_shortfall",
                         sum(len(p) < self.backtranslator.positives
                             for p, failure in zip(done.positives, done.failures, strict=True) if failure is None))
+        ctx.stats.count("translations", done.translations)
+        ctx.stats.count("positives_translation_budget_reached", done.budget_reached)
         ctx.stats.count("sources_truncated", done.sources_truncated)
         ctx.stats.count("pivots_truncated", done.pivots_truncated)
         return done.positives, done.failures
@@ -351,7 +356,7 @@ def _backtranslator(options: AugmentOptions):
     encoder = TextEncoder(model=options.bt_similarity_model, device=device) if options.bt_similarity_model else None
     return BackTranslator(round_trips=engines, method=options.bt_method, decoding=decoding,
                           positives=options.bt_positives, max_rounds=options.bt_max_rounds, noise=Noise(),
-                          quality=quality, encoder=encoder)
+                          quality=quality, encoder=encoder, max_translations=options.bt_max_translations or None)
 
 
 def _random_or_real(model: str) -> str:
