@@ -55,6 +55,7 @@ BENCHMARKS = (
     Benchmark("stores.py", (), timeout_s=60),
     Benchmark("executors.py", ("--captions", "4000"), timeout_s=90),
     Benchmark("generate.py", ("--images", "64"), timeout_s=120),
+    Benchmark("report.py", (), timeout_s=90),
 )
 
 

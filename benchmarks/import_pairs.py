@@ -2,7 +2,8 @@
 
 The naive way opens the output, appends one cleaned row and closes it per record, which is how
 "resume by appending" scripts stay crash-safe-ish. Ours writes one file per shard and commits it
-atomically. Prints one JSON line; asserts ours is faster.
+atomically. Prints one JSON line with the speedup; asserts only that both wrote every record (the speed
+depends on the disk under the temporary folder and its other load: reported, never asserted).
 """
 
 from __future__ import annotations
@@ -49,10 +50,12 @@ def run(n: int) -> None:
         make_captions(captions, n)
         naive_s = timed(lambda: naive(captions, Path(tmp) / "naive.jsonl"))
         ours_s = timed(lambda: ours(captions, Path(tmp) / "ours"))
+        written = (sum(1 for _ in (Path(tmp) / "naive.jsonl").open()),
+                   sum(1 for path in (Path(tmp) / "ours").glob("shards/*/*.jsonl") for _ in path.open()))
     naive_rate, ours_rate = n / naive_s, n / ours_s
     report("import_pairs", records=n, naive_records_per_s=round(naive_rate), ours_records_per_s=round(ours_rate),
            speedup=round(ours_rate / naive_rate, 2))
-    assert ours_rate > naive_rate, "the shard runner should beat per-record appends"
+    assert written == (n, n), f"records written (naive, ours): {written}, expected {n} each"
 
 
 if __name__ == "__main__":

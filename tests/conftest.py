@@ -79,3 +79,14 @@ def short_translators(tmp_path_factory):
                           max_positions=SHORT_MODEL_POSITIONS)
         convert_for_ctranslate2(str(root / f"translator-{direction}"), root / f"ct2-{direction}")
     return root
+
+
+@pytest.fixture(scope="session")
+def wordnet_folder() -> Path:
+    """A WordNet dict folder (Debian's wordnet-base or NLTK's data); CI installs wordnet-base."""
+    from unimo_pipe.models.wordnet import locate
+
+    found = locate(None)
+    if found is None:
+        pytest.skip("WordNet not installed (apt install wordnet-base, or python -m nltk.downloader wordnet)")
+    return found

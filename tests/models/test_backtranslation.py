@@ -18,9 +18,11 @@ class FakeEngine:
         self.table = table
         self.fails_on = fails_on
         self.calls = []
+        self.outputs = []  # per call: translations asked per text
 
     def translate(self, texts, decoding, outputs=1, *, report=None):
         self.calls.append(list(texts))
+        self.outputs.append(outputs)
         results = []
         for text in texts:
             if self.fails_on is not None and self.fails_on in text:
@@ -65,13 +67,64 @@ def test_noise_drops_blanks_and_shuffles_locally():
     assert add_noise("a b c d", Noise(), random.Random(3)) == add_noise("a b c d", Noise(), random.Random(3))
 
 
-def round_trip(positives=3, rounds=3, variants=None, method="sample", forward_fails_on=None, backward_fails_on=None):
+def round_trip(positives=3, rounds=3, variants=None, method="sample", forward_fails_on=None, backward_fails_on=None,
+               max_translations=None):
     variants = variants or (lambda text, i, seed: f"{text} pivot{(i + seed) % 4}")
     forward = FakeEngine(variants, forward_fails_on)
     backward = FakeEngine(lambda text, i, seed: text.replace("pivot", "variant number "), backward_fails_on)
     translator = BackTranslator(round_trips={"de": (forward, backward)}, method=method,
-                                decoding=Decoding(seed=0), positives=positives, max_rounds=rounds)
+                                decoding=Decoding(seed=0), positives=positives, max_rounds=rounds,
+                                max_translations=max_translations)
     return translator, forward, backward
+
+
+def test_later_rounds_ask_only_the_short_captions_for_what_they_miss():
+    # "a dog": every sample is new; "a cat": only two distinct samples exist, so it stays one short
+    def variants(text, i, seed):
+        return f"{text} pivot{i + 10 * seed}" if "dog" in text else f"{text} pivot{min(i, 1)}"
+
+    translator, forward, backward = round_trip(positives=3, rounds=2, variants=variants)
+    done = translator.run(["a dog on a sofa", "a cat on a mat"])
+    assert [len(p) for p in done.positives] == [3, 2]
+    assert forward.calls == [["a dog on a sofa", "a cat on a mat"], ["a cat on a mat"]]
+    # 5 of the 9 candidates looked at passed (the dog's last 3 came after it was full), so round 1 asks the
+    # cat's 1 missing positive ceil(1 / (5/9)) = 2 times
+    assert forward.outputs == [6, 2] and len(backward.calls[1]) <= 2
+
+
+def test_every_pivot_asks_only_for_what_the_ones_before_left():
+    forward_de = FakeEngine(lambda text, i, seed: f"{text} de{i}")
+    forward_fr = FakeEngine(lambda text, i, seed: f"{text} fr{i}")
+    backward = FakeEngine(lambda text, i, seed: text.replace(" de", " variant de ").replace(" fr", " variant fr "))
+    translator = BackTranslator(round_trips={"de": (forward_de, backward), "fr": (forward_fr, backward)},
+                                decoding=Decoding(), positives=2, max_rounds=3)
+    done = translator.run(["a dog on a sofa"])
+    assert len(done.positives[0]) == 2 and {p["pivot"] for p in done.positives[0]} == {"de"}
+    assert forward_de.outputs == [2] and forward_fr.calls == []  # de's two candidates were enough
+
+
+@pytest.mark.parametrize("method", ["sample", "beam", "noised-beam"])
+def test_work_per_caption_is_bounded_and_the_captions_it_stops_are_counted(method):
+    # every candidate reads "a dog on a sofa": the dog's are the caption itself, the cat's one positive then
+    # duplicates, so neither fills up and only the budget ends the rounds
+    translator, forward, backward = round_trip(positives=3, rounds=10, method=method, max_translations=20,
+                                               variants=lambda text, i, seed: "same")
+    backward.table = lambda text, i, seed: "a dog on a sofa" if "same" in text else text
+    done = translator.run(["a dog on a sofa", "a cat on a mat", "a dog on a sofa"])
+    asked = [sum(outputs * call.count(caption) for outputs, call in zip(forward.outputs, forward.calls, strict=True))
+             for caption in ("a dog on a sofa", "a cat on a mat")]
+    backward_texts = sum(len(call) for call in backward.calls)
+    assert done.positives[0] == [] and len(done.positives[1]) == 1
+    assert done.rejected["same_as_caption"] > 0 and done.rejected["duplicate"] > 0
+    assert done.translations <= 2 * 20 and sum(asked) + backward_texts <= 2 * 20
+    assert done.budget_reached == 2
+    assert done.translations >= 2 * 20 - (2 if method == "beam" else 1) * 2  # the budget was spent, not less
+
+
+def test_an_accepting_model_needs_no_second_round_and_the_old_doubling_is_gone():
+    translator, forward, _ = round_trip(positives=3, rounds=3)
+    done = translator.run(["a dog on a sofa"])
+    assert len(done.positives[0]) == 3 and forward.outputs == [6] and done.translations == 12
 
 
 def test_each_distinct_caption_is_translated_once_and_positives_are_distinct():

@@ -3,7 +3,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unimo_pipe.models.vector_index import build_index, choose_kind, exact_search, measure_recall
+from unimo_pipe.models.vector_index import (
+    build_index,
+    choose_kind,
+    exact_search,
+    measure_recall,
+    pq_sub_quantizers,
+    sq_bits,
+)
 
 
 def clustered(n: int, dim: int, clusters: int, seed: int = 0) -> np.ndarray:
@@ -55,3 +62,18 @@ def test_auto_is_exact_when_it_fits_the_budget():
     assert choose_kind("auto", size=1000, dim=128, memory_budget_bytes=1e9, device="cpu") == "flat"
     assert choose_kind("auto", size=10**8, dim=768, memory_budget_bytes=8 * 2**30, device="cpu") == "ivfpq"
     assert choose_kind("hnsw", size=10, dim=8, memory_budget_bytes=0, device="cpu") == "hnsw"
+
+
+def test_compressed_codes_are_the_largest_that_fit_the_budget():
+    n, dim = 10_000, 64
+    lists_bytes = 4 * 256 * 64  # 4 sqrt(n) lists of dim floats
+    assert sq_bits(n, dim, n * (64 + 8) + lists_bytes) == 8
+    assert sq_bits(n, dim, n * (64 + 8) + lists_bytes - 1) == 6
+    assert sq_bits(n, dim, n * (32 + 8) + lists_bytes) == 4
+    assert sq_bits(n, dim, n * 39) is None
+    assert pq_sub_quantizers(n, dim, None) == 16  # dim / 4
+    assert pq_sub_quantizers(n, dim, n * (8 + 8) + lists_bytes) == 8
+    assert choose_kind("auto", size=n, dim=dim, memory_budget_bytes=n * dim * 2, device="cpu") == "ivfsq"
+    assert choose_kind("auto", size=n, dim=dim, memory_budget_bytes=n * 30, device="cpu") == "ivfpq"
+    index = build_index("ivfsq", clustered(n, dim, 20), memory_budget_bytes=n * (48 + 8) + lists_bytes)
+    assert index.encoding()["codes"] == "SQ6" and index.encoding()["memory_bytes"] <= n * (48 + 8) + lists_bytes

@@ -86,6 +86,43 @@ def test_our_reader_matches_uniter_reader(tmp_path):
     assert reader.meta["img.jpg"] == {"width": 10, "height": 20} and len(reader) == 1 and "img.jpg" in reader
 
 
+def uniter_detect_feat_lmdb_getitem(img_dir, name, conf_th=0.2, max_bb=100, min_bb=10):
+    """UNITER's DetectFeatLmdb.__getitem__: the dump, then features and norm_bb cut to nbb, as float32."""
+    saved = {name: getattr(msgpack, name) for name in ("loads", "unpackb")}
+    msgpack_numpy.patch()
+    try:
+        name2nbb = json.load(open(f"{img_dir}/nbb_th{conf_th}_max{max_bb}_min{min_bb}.json"))
+        env = lmdb.open(f"{img_dir}/feat_th{conf_th}_max{max_bb}_min{min_bb}", readonly=True, create=False)
+        dump = msgpack.loads(env.begin(buffers=True).get(name.encode("utf-8")), raw=False)
+        nbb = name2nbb[name]
+        features, norm_bb = dump["features"][:nbb, :].astype(np.float32), dump["norm_bb"][:nbb, :].astype(np.float32)
+        env.close()
+        return features, norm_bb
+    finally:
+        for name, value in saved.items():
+            setattr(msgpack, name, value)
+
+
+def test_getitem_and_dump_equal_uniters_when_the_store_holds_more_boxes_than_nbb(tmp_path):
+    # UNITER's stores keep every detected box and name2nbb says how many pass conf_th: cut first, same values.
+    with RegionFeatureWriter(tmp_path) as writer:
+        writer.add("img.jpg", make_regions(30, seed=3))
+    (tmp_path / nbb_file_name()).write_text(json.dumps({"img.jpg": 11}))
+    theirs_features, theirs_norm_bb = uniter_detect_feat_lmdb_getitem(str(tmp_path), "img.jpg")
+    theirs_dump, _ = uniter_detect_feat_lmdb_get_dump(str(tmp_path), "img.jpg")
+    reader = RegionFeatureReader(tmp_path)
+    features, norm_bb = reader["img.jpg"]
+    assert features.dtype == norm_bb.dtype == np.float32 and features.shape == (11, 2048)
+    np.testing.assert_array_equal(features, theirs_features)
+    np.testing.assert_array_equal(norm_bb, theirs_norm_bb)
+    dump = reader.get_dump("img.jpg")
+    assert set(dump) == set(theirs_dump)
+    for key in dump:
+        assert dump[key].dtype == theirs_dump[key].dtype
+        np.testing.assert_array_equal(dump[key], theirs_dump[key])
+    assert set(reader.get_dump("img.jpg", ("features", "conf"))) == {"features", "conf"}
+
+
 def test_per_image_scalars_are_refused_in_the_lmdb_value(tmp_path):
     regions = make_regions(10)
     regions["image_w"] = np.array(640)

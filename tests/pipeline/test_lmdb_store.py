@@ -4,10 +4,20 @@ import multiprocessing
 import pickle
 
 import lmdb
+import msgpack
 import numpy as np
 import pytest
 
-from unimo_pipe.pipeline.lmdb_store import LmdbReader, LmdbWriter, pack, unpack
+from unimo_pipe.pipeline.errors import CorruptFileError
+from unimo_pipe.pipeline.lmdb_store import (
+    LmdbReader,
+    LmdbWriter,
+    _array_headers,
+    pack,
+    unpack,
+    unpack_arrays,
+    widen_float16,
+)
 
 
 def test_values_round_trip_with_numpy_arrays(tmp_path):
@@ -103,3 +113,74 @@ def test_pack_is_msgpack_not_pickle():
     data = pack({"a": np.ones(2, np.float16)})
     assert b"numpy" not in data and data[:1] != b"\x80"
     assert unpack(data)["a"].tolist() == [1.0, 1.0]
+
+
+def arrays_value(rng: np.random.Generator) -> dict:
+    return {"features": rng.standard_normal((9, 5)).astype(np.float16), "boxes": rng.random((9, 4)),
+            "labels": rng.integers(0, 50, 9).astype(np.int32), "conf": rng.random(9).astype(np.float16),
+            "scale": np.array(2.5, dtype=np.float16), "empty": np.zeros((0, 3), np.float16)}
+
+
+def mixed_value(rng: np.random.Generator) -> dict:
+    return {"features": rng.standard_normal((9, 5)).astype(np.float16), "boxes": rng.random((9, 4)),
+            "labels": rng.integers(0, 50, 9).astype(np.int32), "conf": rng.random(9).astype(np.float16),
+            "count": np.int64(9), "scale": np.array(2.5, dtype=np.float16), "name": "x.jpg"}
+
+
+@pytest.mark.parametrize("fields", [None, ("features",), ("conf", "boxes", "absent"), ("count", "name", "scale")])
+@pytest.mark.parametrize("rows", [None, 4, 20])
+@pytest.mark.parametrize("widen", [False, True])
+@pytest.mark.parametrize("make, direct", [(arrays_value, True), (mixed_value, False)])
+def test_unpack_arrays_equals_unpacking_everything_then_cutting(fields, rows, widen, make, direct):
+    value = make(np.random.default_rng(1))
+    # only arrays: located in place, never copied; scalars or strings too: the full decoder
+    assert (_array_headers(memoryview(pack(value))) is not None) == direct
+    full = unpack(pack(value))
+    expected = {}
+    for name in full if fields is None else fields:
+        if name in full:
+            item = full[name]
+            if isinstance(item, np.ndarray) and item.ndim and rows is not None:
+                item = item[:rows]
+            if widen and isinstance(item, np.ndarray) and item.dtype == np.float16:
+                item = item.astype(np.float32)
+            expected[name] = item
+    got = unpack_arrays(pack(value), fields, rows, widen=widen)
+    assert list(got) == list(expected)
+    for name, item in expected.items():
+        assert type(got[name]) is type(item) and getattr(got[name], "dtype", None) == getattr(item, "dtype", None)
+        np.testing.assert_array_equal(got[name], item)
+        if isinstance(item, np.ndarray) and item.ndim:
+            assert got[name].flags.writeable  # a copy: the LMDB buffer it came from may go
+
+
+def test_unpack_arrays_never_decodes_a_field_not_asked_for():
+    value = {"features": np.ones((3, 4), np.float16), "soft_labels": np.ones((3, 7), np.float16)}
+    raw = msgpack.unpackb(pack(value), raw=False)
+    raw["soft_labels"][b"data"] = raw["soft_labels"][b"data"][:5]  # too short for its shape
+    damaged = msgpack.packb(raw, use_bin_type=True)
+    with pytest.raises((TypeError, ValueError)):
+        unpack(damaged)
+    np.testing.assert_array_equal(unpack_arrays(damaged, ("features",), 2)["features"], np.ones((2, 4), np.float16))
+    with pytest.raises(ValueError):
+        unpack_arrays(damaged, ("soft_labels",))
+
+
+def test_widening_float16_is_exact_including_extremes():
+    special = np.array([0.0, -0.0, 6.1e-5, 5.96e-8, 65504.0, -65504.0, np.inf, -np.inf, np.nan], np.float16)
+    every = np.arange(2**16, dtype=np.uint16).view(np.float16)
+    for array in (special, every.reshape(256, 256)):
+        np.testing.assert_array_equal(widen_float16(array), array.astype(np.float32))
+        assert widen_float16(array).dtype == np.float32
+
+
+def test_a_damaged_value_read_by_field_is_one_error(tmp_path):
+    value = {"features": np.ones((3, 4), np.float16)}
+    raw = msgpack.unpackb(pack(value), raw=False)
+    raw["features"][b"data"] = b"\x00"
+    with LmdbWriter(tmp_path / "db") as writer:
+        writer.put_raw("a", msgpack.packb(raw, use_bin_type=True))
+    with pytest.raises(CorruptFileError, match="damaged.*'a'"):
+        LmdbReader(tmp_path / "db").get_arrays("a", ("features",))
+    with pytest.raises(KeyError):
+        LmdbReader(tmp_path / "db").get_arrays("missing", ("features",))

@@ -175,10 +175,10 @@ def test_a_caption_that_fails_is_counted_and_the_rest_go_on(tmp_path, monkeypatc
 
     original = negative_workers.parse_doc
 
-    def fail_on_cats(doc, text):
+    def fail_on_cats(doc, text, *compounds):
         if "cat" in text:
             raise ValueError("no cats")
-        return original(doc, text)
+        return original(doc, text, *compounds)
 
     monkeypatch.setattr(negative_workers, "parse_doc", fail_on_cats)
     out = tmp_path / "aug"
@@ -262,6 +262,17 @@ def test_filters_leave_a_counted_shortfall_not_padding(tmp_path, tiny_translator
     assert summary["counters"]["positives_rejected_degenerate"] > 0
     assert summary["failure_reasons"] == {"empty_caption": 1}
     assert all(len(r["positives"]) < 3 for r in iter_output_jsonl(out, "augment.jsonl"))
+
+
+def test_the_translation_budget_bounds_each_captions_work_and_is_counted(tmp_path, tiny_translators):
+    # random tiny models: nothing passes the default filters, so only the budget ends the rounds
+    captions = write_jsonl(tmp_path / "caps.jsonl", CAPTIONS[:2])
+    out = tmp_path / "bounded"
+    assert main(["augment", "--captions", str(captions), *bt_args(tiny_translators), "--bt-max-rounds", "20",
+                 "--bt-max-translations", "10", "--out", str(out)]) == 0
+    counters = json.loads((out / "summary.json").read_text())["counters"]
+    assert counters["positives_translation_budget_reached"] == 2
+    assert 2 * 8 <= counters["translations"] <= 2 * 10
 
 
 def test_translation_model_mistakes_are_one_clear_error_before_work(tmp_path, tiny_translators, capsys):

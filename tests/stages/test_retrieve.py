@@ -123,18 +123,64 @@ def test_resume_reuses_embeddings_and_skips_finished_shards(tmp_path, clusters):
     assert [row["id"] for row in iter_output_jsonl(out, "retrieval.jsonl")] == [f"p{i}" for i in range(20)]
 
 
-def test_recall_of_an_approximate_index_is_reported(tmp_path):
+def clustered_collection(tmp_path: Path, n: int = 4000, dim: int = 32) -> tuple[Path, np.ndarray]:
     rng = np.random.default_rng(0)
-    vectors = rng.standard_normal((3000, 32)).astype(np.float32)
+    centres = rng.standard_normal((40, dim))
+    vectors = (centres[rng.integers(0, 40, n)] + 0.6 * rng.standard_normal((n, dim))).astype(np.float32)
     np.save(tmp_path / "clip.npy", vectors)
-    (tmp_path / "clip.ids.txt").write_text("".join(f"img{i}.jpg\n" for i in range(3000)))
-    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"id": "p", "image": "img7.jpg", "caption": "x"}])
-    out = run_retrieve(tmp_path, pairs, "--image-features", str(tmp_path / "clip.npy"), "--image-collection",
-                       str(tmp_path / "clip.npy"), "--index", "ivfpq", "--k", "10", "recall_sample=200")
-    report = json.loads((out / "indexes.json").read_text())["image"]
-    assert report["index"] == "ivfpq" and report["exact"] is False and report["recall_queries"] == 200
-    assert 0.0 < report["recall_at_10"] < 1.0
-    assert len(results(out)["p"]["images"]) == 10
+    (tmp_path / "clip.ids.txt").write_text("".join(f"img{i}.jpg\n" for i in range(n)))
+    return tmp_path / "clip.npy", vectors
+
+
+def approximate_run(tmp_path: Path, pairs_n: int, *args: str) -> dict:
+    collection, _ = clustered_collection(tmp_path)
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"id": f"p{i}", "image": f"img{i}.jpg", "caption": "x"}
+                                                   for i in range(pairs_n)])
+    out = run_retrieve(tmp_path, pairs, "--image-features", str(collection), "--image-collection", str(collection),
+                       "--k", "10", *args)
+    return json.loads((out / "indexes.json").read_text())["image"]
+
+
+@pytest.mark.parametrize("kind, knob", [("hnsw", "efSearch"), ("ivf", "nprobe"), ("ivfsq", "nprobe")])
+def test_an_approximate_index_is_tuned_to_the_target_on_the_pairs_queries(tmp_path, kind, knob):
+    report = approximate_run(tmp_path, 300, "--index", kind, "--target-recall", "0.97", "recall_sample=200")
+    assert report["index"] == kind and report["exact"] is False and report["target_recall"] == 0.97
+    assert report["recall_queries"] == 200 and report["recall_queries_from"] == "pairs"
+    assert report["target_met"] is True and report["recall_at_10"] >= 0.97
+    assert set(report["search_params"]) == {knob}
+
+
+def test_the_tuned_setting_reaches_the_target_on_other_queries_and_untuned_would_not():
+    from unimo_pipe.models.vector_index import build_index, exact_search, recall_against, tune_search
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((40, 32))
+    vectors, queries, held_out = (
+        (centres[rng.integers(0, 40, n)] + 0.6 * rng.standard_normal((n, 32))).astype(np.float32)
+        for n in (4000, 300, 300))
+    index = build_index("ivf", vectors)
+    index.set_knob(1)
+    truth = exact_search(vectors, held_out, 10)
+    untuned = recall_against(truth, index.search(held_out, 10)[1])
+    tuning = tune_search(index, vectors, queries, k=10, target=0.97)
+    assert tuning.target_met and tuning.value > 1
+    assert untuned < 0.9 <= 0.96 <= recall_against(truth, index.search(held_out, 10)[1])
+
+
+def test_a_target_out_of_reach_in_the_budget_is_said_in_one_line_and_recorded(tmp_path, caplog):
+    # 4000 x 32 floats are 512 kB: a 100 kB budget leaves product codes of 8 x 4 bits, far from recall 0.99
+    report = approximate_run(tmp_path, 50, "--target-recall", "0.99", "--memory-budget-gb", str(100e3 / 2**30))
+    assert report["index"] == "ivfpq" and report["codes"] == "PQ8x4" and report["memory_bytes"] <= 100e3
+    assert report["target_met"] is False and report["recall_at_10"] < 0.99
+    assert report["search_params"] == {"nprobe": report["lists"]}  # the most accurate setting was kept
+    lines = [r.getMessage() for r in caplog.records if "short of --target-recall" in r.getMessage()]
+    assert len(lines) == 1 and "image index (PQ8x4) reaches recall@10" in lines[0]
+
+
+def test_auto_in_a_tight_budget_takes_the_largest_scalar_codes_that_fit(tmp_path):
+    report = approximate_run(tmp_path, 50, "--memory-budget-gb", str(4000 * 32 * 4 * 0.9 / 2**30))  # 0.9 of flat
+    assert report["index"] == "ivfsq" and report["codes"] == "SQ8"
+    assert report["memory_bytes"] <= report["memory_budget_bytes"] and report["target_met"] is True
 
 
 def test_unusable_embeddings_are_counted_and_never_retrieved(tmp_path):

@@ -187,7 +187,7 @@ class ImageVectors:
     def vector(self, key: str) -> np.ndarray:
         if self._features is None:
             return np.asarray(self._vectors[self._rows[key]], dtype=np.float32)
-        dump = self._features.get_dump(key)
+        dump = self._features.get_dump(key, ("features", "conf"))
         return pool_regions(dump["features"], dump.get("conf"), self.pooling)
 
     @functools.cached_property

@@ -1,11 +1,12 @@
 """Word knowledge for hard negatives: attribute groups, inflection, and what counts as "the same thing".
 
 A replacement is never a synonym or a hypernym/hyponym of the word it replaces ("man" -> "person" is not
-a negative: the caption stays true). No WordNet data can be installed offline here, so the relations
-are a curated table of caption vocabulary (COCO / Visual Genome objects): SYNONYMS groups words that
-name the same thing, HYPERNYMS maps a word to its more general word. Two words are "related" when they
-share a synonym group, or one is reachable from the other through HYPERNYMS (both directions); words
-outside the table are only related to themselves and their inflections.
+a negative: the caption stays true). WordNet (models/wordnet.py) answers that for any word when it is
+installed; this curated table of caption vocabulary (COCO / Visual Genome objects) is used with it and is
+all there is without it: SYNONYMS groups words that name the same thing, HYPERNYMS maps a word to its
+more general word. Two words are "related" when they share a synonym group, or one is reachable from
+the other through HYPERNYMS (both directions); words outside the table are only related to themselves
+and their inflections.
 """
 
 from __future__ import annotations
@@ -141,6 +142,23 @@ def _descendants() -> dict[str, frozenset[str]]:
         for ancestor in _ancestors(word):
             found.setdefault(ancestor, set()).add(word)
     return {word: frozenset(more_specific) for word, more_specific in found.items()}
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def relations_by_reason(word: str) -> dict[str, frozenset[str]]:
+    """The table's words related to `word` by reason: "synonym", "hypernym" (more general), "hyponym"."""
+    word = word.lower()
+    synonyms = _synonym_group(word) - {word}
+    more_general = _ancestors(word) - synonyms - {word}
+    more_specific = _descendants().get(word, frozenset()) - synonyms - more_general - {word}
+    return {"synonym": synonyms, "hypernym": more_general, "hyponym": more_specific}
+
+
+# Common caption compounds that WordNet 3.0 does not list as one lemma; used with WordNet's own.
+EXTRA_COMPOUNDS = frozenset({"stop sign", "cell phone", "traffic light", "street sign", "parking meter",
+                             "double decker", "fire truck", "baseball bat", "baseball glove", "tennis court",
+                             "living room", "ski slope", "flat screen", "hair drier", "hair dryer", "wine glass",
+                             "street light", "passenger train", "freight train", "stuffed animal"})
 
 
 @functools.lru_cache(maxsize=1 << 16)

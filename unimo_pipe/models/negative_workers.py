@@ -57,6 +57,34 @@ class CaptionNegatives:
     has_objects: bool
     error: str | None = None  # "ExceptionName: message" when this caption could not be done
     parse_reused: bool = False  # its parse came from the ParseCache
+    excluded: tuple[tuple[str, int], ...] = ()  # replacements left out, by reason (synonym, compound, ...)
+
+
+@dataclass(frozen=True)
+class WordKnowledge:
+    """What the parse and the negatives know of words: WordNet's folder (None: the curated lexicon only),
+    and whether the lexicon's attribute words join the corpus's."""
+
+    wordnet: Path | None = None
+    lexicon_words: bool = False
+
+    def load(self):
+        """The WordNet of this process, or None."""
+        from unimo_pipe.models import wordnet
+
+        return wordnet.load(self.wordnet) if self.wordnet is not None else None
+
+    def compounds(self) -> frozenset[str]:
+        """Multiword nouns that are one object (none without WordNet)."""
+        return _compounds(self.wordnet)
+
+
+@functools.lru_cache(maxsize=2)
+def _compounds(folder: Path | None) -> frozenset[str]:
+    from unimo_pipe.models import wordnet
+    from unimo_pipe.models.lexicon import EXTRA_COMPOUNDS
+
+    return wordnet.load(folder).compounds | EXTRA_COMPOUNDS if folder is not None else frozenset()
 
 
 # What the scene graph and the negatives read from a Doc (DocBin adds the spaces); the rest is not kept.
@@ -146,15 +174,15 @@ def model_identity(spacy_model: str, batch_size: int) -> str:
 
 
 def vocabulary_of(batches: list[VocabularyBatch], *, spacy_model: str, batch_size: int,
-                  parse_cache: ParseCache | None = None) -> Vocabulary:
+                  parse_cache: ParseCache | None = None, knowledge: WordKnowledge = WordKnowledge()) -> Vocabulary:
     vocabulary = Vocabulary()
-    parser = shared_parser(spacy_model, batch_size)
+    parser, compounds = shared_parser(spacy_model, batch_size), knowledge.compounds()
     for batch in batches:
-        parsed = parser.parse_many(batch.texts)
-        for doc, graph in parsed:
-            vocabulary.add(doc, graph)
+        docs = list(parser.nlp.pipe(batch.texts, batch_size=parser.batch_size))
+        for doc, text in zip(docs, batch.texts, strict=True):
+            vocabulary.add(doc, parse_doc(doc, text, compounds))
         if batch.keep_parse and parse_cache is not None:
-            parse_cache.save(batch.texts, [doc for doc, _ in parsed])
+            parse_cache.save(batch.texts, docs)
     return vocabulary
 
 
@@ -162,9 +190,12 @@ class NegativeMaker:
     """Parses chunks of captions and makes their negatives: in-process, or once per worker process."""
 
     def __init__(self, *, spacy_model: str, batch_size: int, vocabulary: Vocabulary, negatives: int, seed: int,
-                 parse_cache: ParseCache | None = None):
+                 parse_cache: ParseCache | None = None, knowledge: WordKnowledge = WordKnowledge(),
+                 mix: dict[str, float] | None = None):
         self.parser = shared_parser(spacy_model, batch_size)
-        self.generator = NegativeGenerator(vocabulary=vocabulary, negatives=negatives, seed=seed)
+        self.compounds = knowledge.compounds()
+        self.generator = NegativeGenerator(vocabulary=vocabulary, negatives=negatives, seed=seed,
+                                           wordnet=knowledge.load(), lexicon_words=knowledge.lexicon_words, mix=mix)
         self.parse_cache = parse_cache
         gc.freeze()  # the vocabulary and the generator's pools live as long as the parser
 
@@ -179,10 +210,11 @@ class NegativeMaker:
         done = []
         for doc, job in zip(docs, jobs, strict=True):
             try:
-                graph = parse_doc(doc, job.text)
+                graph = parse_doc(doc, job.text, self.compounds)
                 negatives = self.generator.generate(doc, graph, key=job.key, forbidden=job.forbidden)
                 done.append(CaptionNegatives(orjson.dumps(graph.to_dict()), orjson.dumps(negatives), len(negatives),
-                                             bool(graph.objects), parse_reused=reused))
+                                             bool(graph.objects), parse_reused=reused,
+                                             excluded=tuple(self.generator.excluded.items())))
             except Exception as exc:  # one bad caption is counted by the caller, never the end of the run
                 done.append(CaptionNegatives(b"null", b"[]", 0, False, f"{type(exc).__name__}: {exc}",
                                              parse_reused=reused))
@@ -212,9 +244,11 @@ class NegativeWorkers:
     """
 
     def __init__(self, *, spacy_model: str, vocabulary: Vocabulary, negatives: int, seed: int,
-                 batch_size: int = 256, processes: int = 1, parse_cache: ParseCache | None = None):
+                 batch_size: int = 256, processes: int = 1, parse_cache: ParseCache | None = None,
+                 knowledge: WordKnowledge = WordKnowledge(), mix: dict[str, float] | None = None):
         self.options = {"spacy_model": spacy_model, "batch_size": batch_size, "vocabulary": vocabulary,
-                        "negatives": negatives, "seed": seed, "parse_cache": parse_cache}
+                        "negatives": negatives, "seed": seed, "parse_cache": parse_cache, "knowledge": knowledge,
+                        "mix": mix}
         self.batch_size = batch_size
         self.processes = processes
         self._maker: NegativeMaker | None = None
@@ -242,17 +276,20 @@ class NegativeWorkers:
             self._pool = None
 
 
-def build_vocabulary(texts: list[str], *, spacy_model: str, batch_size: int = 256, processes: int = 1) -> Vocabulary:
+def build_vocabulary(texts: list[str], *, spacy_model: str, batch_size: int = 256, processes: int = 1,
+                     knowledge: WordKnowledge = WordKnowledge()) -> Vocabulary:
     """Object, attribute and relation frequencies of the captions, parsed over `processes` processes."""
     batches = [VocabularyBatch(texts) for texts in in_batches(texts, batch_size)]
     return build_vocabulary_of_batches(batches, spacy_model=spacy_model, batch_size=batch_size,
-                                       processes=processes)
+                                       processes=processes, knowledge=knowledge)
 
 
 def build_vocabulary_of_batches(batches: list[VocabularyBatch], *, spacy_model: str, batch_size: int = 256,
-                                processes: int = 1, parse_cache: ParseCache | None = None) -> Vocabulary:
+                                processes: int = 1, parse_cache: ParseCache | None = None,
+                                knowledge: WordKnowledge = WordKnowledge()) -> Vocabulary:
     """build_vocabulary of the batches' captions, keeping in `parse_cache` the parses of the batches that ask."""
-    count = functools.partial(vocabulary_of, spacy_model=spacy_model, batch_size=batch_size, parse_cache=parse_cache)
+    count = functools.partial(vocabulary_of, spacy_model=spacy_model, batch_size=batch_size, parse_cache=parse_cache,
+                              knowledge=knowledge)
     vocabulary = Vocabulary()
     for part in _map_chunks(count, batches, chunk_size=4, processes=processes):
         vocabulary.merge(part)  # in input order, so ties keep their first-seen order whatever `processes` is

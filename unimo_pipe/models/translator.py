@@ -11,7 +11,6 @@ fail get no translations and are reported.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,7 +313,3 @@ def convert_for_ctranslate2(model: str, out: Path, *, quantization: str | None =
     write_json_atomic(out / POSITION_LIMITS_FILE, {"source_tokens": source, "target_tokens": target})
     return out
 
-
-def oversample(needed: int, pivots: int, round_index: int) -> int:
-    """Forward candidates per caption and pivot: twice what is needed, doubling each extra round."""
-    return max(1, math.ceil(2 * needed / max(pivots, 1))) * (2**round_index)

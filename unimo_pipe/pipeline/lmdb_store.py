@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import lmdb
 import msgpack
 import msgpack_numpy
+import numpy as np
 
 from unimo_pipe.pipeline.errors import CorruptFileError
 
@@ -32,6 +35,107 @@ def pack(obj: Any) -> bytes:
 
 def unpack(data: bytes | memoryview) -> Any:
     return msgpack.unpackb(data, object_hook=msgpack_numpy.decode, raw=False)
+
+
+def unpack_arrays(data: bytes | memoryview, fields: tuple[str, ...] | None, rows: int | None = None,
+                  *, widen: bool = False) -> dict[str, Any]:
+    """The named fields (all: None) of a packed {name: array} dict, each cut to its first `rows` rows before it
+    is converted, float16 widened to float32 if `widen`; a field not stored is left out.
+
+    Equal to `unpack` then cutting and widening, without building or converting the fields not asked for
+    (UNITER's soft labels, N x 1601, are most of a record). Each result owns its memory.
+    """
+    dump = _array_headers(memoryview(data))
+    if dump is None:
+        dump = msgpack.unpackb(data, raw=False)  # arrays stay msgpack-numpy headers: nothing decoded yet
+    if not isinstance(dump, dict):
+        raise ValueError(f"the value is a {type(dump).__name__}, not a dict of arrays")
+    names = [name for name in (dump if fields is None else fields) if name in dump]
+    if not all(_is_plain_array(dump[name]) for name in names):
+        dump = unpack(data)  # scalars, strings, structured arrays: the full decoder, as for any other value
+    return {name: _cut(dump[name], rows, widen) for name in names}
+
+
+# One array as msgpack-numpy packs it (keys nd, type, kind, shape, data, in that order), up to its data's length.
+_ARRAY_HEADER = re.compile(rb"\x85\xc4\x02nd\xc3\xc4\x04type(.{1,40}?)\xc4\x04kind\xc4\x00\xc4\x05shape(.{1,60}?)"
+                           rb"\xc4\x04data(?:\xc4(.)|\xc5(..)|\xc6(....))", re.DOTALL)
+
+
+def _array_headers(buffer: memoryview) -> dict[str, dict] | None:
+    """{name: msgpack-numpy header, its data a view into `buffer`} of a packed {name: array} map, found
+    without copying (or even reading) any array's bytes; None when the value is laid out otherwise."""
+    try:
+        count, position = _map_length(buffer, 0)
+        headers = {}
+        for _ in range(count):
+            name, position = _short_str(buffer, position)
+            match = _ARRAY_HEADER.match(buffer, position)
+            if match is None:
+                return None
+            length = int.from_bytes(next(g for g in match.groups()[2:] if g is not None), "big")
+            dtype, shape = msgpack.unpackb(match[1]), msgpack.unpackb(match[2])
+            if not isinstance(dtype, str) or not isinstance(shape, list) or match.end() + length > len(buffer):
+                return None
+            headers[name] = {b"nd": True, b"type": dtype, b"kind": b"", b"shape": shape,
+                             b"data": buffer[match.end() : match.end() + length]}
+            position = match.end() + length
+    except (IndexError, ValueError, msgpack.UnpackException):
+        return None
+    return headers if position == len(buffer) else None
+
+
+def _map_length(buffer: memoryview, position: int) -> tuple[int, int]:
+    first = buffer[position]
+    if 0x80 <= first <= 0x8f:
+        return first & 0x0f, position + 1
+    if first == 0xde:
+        return int.from_bytes(buffer[position + 1 : position + 3], "big"), position + 3
+    raise ValueError("not a small map")
+
+
+def _short_str(buffer: memoryview, position: int) -> tuple[str, int]:
+    first = buffer[position]
+    if 0xa0 <= first <= 0xbf:
+        start, length = position + 1, first & 0x1f
+    elif first == 0xd9:
+        start, length = position + 2, buffer[position + 1]
+    else:
+        raise ValueError("not a short string")
+    return bytes(buffer[start : start + length]).decode("utf-8"), start + length
+
+
+def _is_plain_array(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(b"nd") is True and value.get(b"kind", b"") == b""
+
+
+def _cut(value: Any, rows: int | None, widen: bool) -> Any:
+    """An array (a msgpack-numpy header or decoded) cut to its first `rows` rows, then widened or copied."""
+    if isinstance(value, dict):
+        value = _header_view(value, rows)
+    elif not isinstance(value, np.ndarray):
+        return value  # a scalar or a string
+    elif rows is not None and value.ndim:
+        value = value[:rows]
+    return widen_float16(value) if widen and value.dtype == np.float16 else value.copy()
+
+
+def _header_view(header: dict, rows: int | None) -> np.ndarray:
+    """The first `rows` rows of a msgpack-numpy array, a view of its bytes."""
+    try:
+        dtype, shape, data = np.dtype(header[b"type"]), tuple(int(n) for n in header[b"shape"]), header[b"data"]
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"an array header lacks or mangles {exc}") from None
+    if rows is not None and shape:
+        shape = (min(rows, shape[0]), *shape[1:])
+    return np.frombuffer(data, dtype=dtype, count=math.prod(shape)).reshape(shape)
+
+
+def widen_float16(array: np.ndarray) -> np.ndarray:
+    """float16 -> float32, exactly as numpy's astype, through torch's vectorised conversion (numpy's is
+    several times slower on x86)."""
+    import torch
+
+    return torch.from_numpy(np.array(array, copy=True)).float().numpy()
 
 
 def _key(key: str | bytes) -> bytes:
@@ -179,6 +283,15 @@ class LmdbReader:
     def _unpack(self, key: str | bytes, data: memoryview) -> Any:
         with self._damaged_store_is_one_error(key):
             return unpack(data)
+
+    def get_arrays(self, key: str | bytes, fields: tuple[str, ...] | None, rows: int | None = None,
+                   *, widen: bool = False) -> dict[str, Any]:
+        """`unpack_arrays` of the value under `key` (KeyError if there is none)."""
+        data = self.get_raw(key)
+        if data is None:
+            raise KeyError(key)
+        with self._damaged_store_is_one_error(key):
+            return unpack_arrays(data, fields, rows, widen=widen)
 
     def __contains__(self, key: str | bytes) -> bool:
         return self.get_raw(key) is not None

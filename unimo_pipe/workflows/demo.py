@@ -36,6 +36,15 @@ def run_demo(out: Path) -> None:
     print(f"Outputs are under {out} (one folder per stage; see each folder's summary.json).")
     print(f"Training shards: unimo-pipe inspect {out / 'shards'}")
     print(f"Demo finished in {time.perf_counter() - started:.1f} s; rerun it and every finished shard is skipped.")
+    _write_report(out)
+
+
+def _write_report(out: Path) -> None:
+    """The demo's outputs as one HTML page (`unimo-pipe report`), its path printed last."""
+    from unimo_pipe.workflows.report import write_report
+
+    report = write_report([out], out / "report.html")
+    print(f"Report of what the demo made: {report.path} (open it in a browser)")
 
 
 def _pretrain_briefly(out: Path, models: Path) -> None:

@@ -21,11 +21,22 @@ def _captions(paths: list[Path], fmt: str) -> list[str]:
     return captions
 
 
-def parse_scene_graphs(captions_path: Path, out: Path, *, fmt: str, spacy_model: str, processes: int = 1) -> int:
+def _knowledge(wordnet: str | None):
+    """WordNet as augment finds it (one warning line when it is not found)."""
+    from unimo_pipe.models.negative_workers import WordKnowledge
+    from unimo_pipe.models.wordnet import DISABLED, locate_or_warn
+
+    if wordnet not in (None, DISABLED) and not Path(wordnet).is_dir():
+        raise UserError(f"--wordnet {wordnet}: no such folder: pass a WordNet dict folder or {DISABLED}")
+    return WordKnowledge(locate_or_warn(wordnet))
+
+
+def parse_scene_graphs(captions_path: Path, out: Path, *, fmt: str, spacy_model: str, processes: int = 1,
+                       wordnet: str | None = None) -> int:
     """One JSON line per caption, in input order (unreadable lines give an empty graph); returns the count."""
     from unimo_pipe.models.scene_graph import SceneGraphParser
 
-    parser = SceneGraphParser(model=spacy_model)
+    parser = SceneGraphParser(model=spacy_model, compounds=_knowledge(wordnet).compounds())
     captions = _captions([captions_path], fmt)
     with atomic_write(out) as f:
         for _, graph in parser.parse_many(captions, processes=processes):
@@ -34,13 +45,13 @@ def parse_scene_graphs(captions_path: Path, out: Path, *, fmt: str, spacy_model:
 
 
 def build_vocab(captions: list[Path], out: Path, *, fmt: str, spacy_model: str, merge: list[Path],
-                processes: int = 1) -> dict:
+                processes: int = 1, wordnet: str | None = None) -> dict:
     """Object / attribute / relation frequencies of the captions (plus merged lists), written as JSON."""
     from unimo_pipe.models.negative_workers import build_vocabulary
     from unimo_pipe.models.negatives import Vocabulary
 
     vocabulary = build_vocabulary([c for c in _captions(captions, fmt) if c], spacy_model=spacy_model,
-                                  processes=processes)
+                                  processes=processes, knowledge=_knowledge(wordnet))
     for path in merge:
         vocabulary.merge(Vocabulary.load(path))
     vocabulary.save(out)
