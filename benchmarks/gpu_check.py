@@ -54,6 +54,7 @@ BENCHMARKS = (
     Benchmark("import_pairs.py", (), timeout_s=60),
     Benchmark("stores.py", (), timeout_s=60),
     Benchmark("executors.py", ("--captions", "4000"), timeout_s=90),
+    Benchmark("generate.py", ("--images", "64"), timeout_s=120),
     Benchmark("report.py", (), timeout_s=90),
 )
 

@@ -187,3 +187,43 @@ def test_a_classifier_step_in_bf16_on_cpu(labelled_inputs, tmp_path):
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
     assert json.loads((out / "classification.json").read_text())["examples"] == 32
+
+
+@pytest.mark.slow  # trains a tiny model until it has learnt the task
+def test_sts_b_style_regression_learns_a_similarity_and_evaluates_alone(tmp_path, capsys):
+    """Sentence pairs scored 0-5 by the relation word of the second sentence; held out: other fillers."""
+    from unimo_pipe.models.tiny_tokenizer import build_tiny_tokenizer
+    from unimo_pipe.models.tokenizers import load_tokenizer
+    from unimo_pipe.models.unified import UnifiedModel, tiny_encoder
+
+    relations = {"same": 5.0, "close": 3.75, "near": 2.5, "far": 1.25, "gone": 0.0}
+    fillers = ["today", "here", "again", "now", "there", "still"]
+
+    def tsv(path, used_fillers):
+        lines = ["index\tsentence1\tsentence2\tscore"]
+        for n, (s, r, f) in enumerate((s, r, f) for s in ("cat", "dog", "bird") for r in relations
+                                      for f in used_fillers):
+            lines.append(f"{n}\tthe {s} sat {f}\tthe {s} is {r}\t{relations[r]}")
+        path.write_text("\n".join([*lines, "99\tthe cat sat\tthe cat is\tnot a number", ""]))
+        return path
+
+    train, dev = tsv(tmp_path / "train.tsv", fillers[:4]), tsv(tmp_path / "dev.tsv", fillers[4:])
+    build_tiny_tokenizer(tmp_path / "tok", [train.read_text(), dev.read_text()] * 3)
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer(str(tmp_path / "tok"))
+    UnifiedModel(tiny_encoder(len(tokenizer), hidden=32), region_dim=16).save_pretrained(tmp_path / "pretrained")
+    out = tmp_path / "sts"
+    assert main(["finetune-classifier", "--model", str(tmp_path / "pretrained"), "--train", str(train), "--eval",
+                 str(dev), "--tokenizer", str(tmp_path / "tok"), "--out", str(out), "--regression", "--batch-size",
+                 "16", "--workers", "0", "--steps", "300", "--lr", "3e-3", "--warmup-steps", "20",
+                 "--log-every", "50"]) == 0
+    scores = json.loads((out / "classification.json").read_text())
+    assert scores["examples"] == 30 and scores["pearson"] > 90 and scores["spearman"] > 85, scores
+    assert "loss_regression" in read_jsonl(out / "metrics.jsonl")[0]
+    assert json.loads((out / "model" / "classifier.json").read_text())["regression"] is True
+    capsys.readouterr()
+    assert main(["evaluate-classifier", "--model", str(out / "model"), "--data", str(dev), "--tokenizer",
+                 str(tmp_path / "tok")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["pearson"] == pytest.approx(scores["pearson"], abs=0.5)
+    assert result["left_out"] == {"non_numeric_label": 1}

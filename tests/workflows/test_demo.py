@@ -32,6 +32,10 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert len(matches) == 120 and all((m["image"] == own_image[m["text"]]) == (m["label"] == "match")
                                        for m in matches)
     assert json.loads((out / "classify" / "classification.json").read_text())["examples"] == 120
+    assert "finetune-caption: 20 steps" in printed and "generate + evaluate-caption: 12 images" in printed
+    assert len(list(iter_output_jsonl(out / "captions", "generations.jsonl"))) == 12
+    assert json.loads((out / "captions" / "scores.json").read_text())["tokenization"].startswith("python")
     assert main(["demo", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "0/3/3" in printed and "finetune-classifier: already finished" in printed
+    assert "finetune-caption: already finished" in printed

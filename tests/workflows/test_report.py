@@ -37,7 +37,7 @@ def test_demo_prints_its_report_and_it_holds_every_section(demo_output):
     last_line = printed.strip().splitlines()[-1]
     assert last_line == f"Report of what the demo made: {out / 'report.html'} (open it in a browser)"
     page = (out / "report.html").read_text(encoding="utf-8")
-    assert sections(page).count("stage") == 6 and sections(page).count("training") == 2
+    assert sections(page).count("stage") == 7 and sections(page).count("training") == 3  # + generate, finetune-caption
     assert {"regions", "augment", "retrieval", "shards"} <= set(sections(page))
     assert "Nothing: every input was read in full." in not_shown(page)
     assert not re.search(r"""(src|href)=["']?(https?:|//)|<link|<script|@import|url\((?!#)""", page)  # nothing fetched

@@ -116,11 +116,15 @@ def seq2seq_targets(length: int, *, rate: float = 0.25, max_fragment: int = 4,
     return target
 
 
-def seq2seq_attention(target: torch.Tensor) -> torch.Tensor:
+def seq2seq_attention(target: torch.Tensor, *, prefix: int = 0) -> torch.Tensor:
     """(L, L) boolean: may row i attend to column j? Source tokens see every source token (bidirectional);
-    target tokens see every source token and the target tokens up to themselves (causal)."""
+    target tokens see every source token and the target tokens up to themselves (causal). `target` (T,)
+    marks the text's target tokens; `prefix` more source positions come before it (an image's [IMG] and
+    regions), so L = prefix + T. The one seq2seq pattern: pretraining's fragments and generation's
+    whole-target fine-tuning and decoding use it alike."""
+    target = torch.cat([torch.zeros(prefix, dtype=torch.bool, device=target.device), target.bool()])
     length = len(target)
-    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    causal = torch.ones(length, length, dtype=torch.bool, device=target.device).tril()
     sees_source = (~target).unsqueeze(0).expand(length, length)
     sees_target = target.unsqueeze(0) & target.unsqueeze(1) & causal
     return sees_source | sees_target

@@ -177,8 +177,7 @@ class UnimoPretraining(nn.Module):
         image_length = image_inputs["region_features"].shape[1] + 1 if image_inputs else 0
         target = seq2seq_targets(length, generator=generator)
         target[0] = False  # the first text token ([CLS] / <s>) stays in the source
-        full = torch.cat([torch.zeros(image_length, dtype=torch.bool), target])
-        attention = host_to(ids.device, seq2seq_attention(full))
+        attention = host_to(ids.device, seq2seq_attention(target, prefix=image_length))
         out = self.model(text_ids=ids, text_mask=mask, attention=attention, **image_inputs)
         states = out["hidden"][:, image_length:]
         labels = torch.where(host_to(ids.device, target)[None] & mask, ids, torch.full_like(ids, -100))

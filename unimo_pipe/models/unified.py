@@ -51,8 +51,18 @@ class UnifiedModel(nn.Module):
     def hidden_size(self) -> int:
         return self.encoder.config.hidden_size
 
-    def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.encoder.embeddings(input_ids=ids) + self.modality.weight[0]
+    def embed_text(self, ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """`positions` (B, T): explicit text positions (counted from 0 over real tokens, see text_positions);
+        None: the encoder's own numbering."""
+        if positions is not None:
+            positions = positions + self.position_offset
+        return self.encoder.embeddings(input_ids=ids, position_ids=positions) + self.modality.weight[0]
+
+    @property
+    def position_offset(self) -> int:
+        """Where the encoder's text positions start: RoBERTa numbers them from its padding index + 1."""
+        padding = getattr(self.encoder.embeddings, "padding_idx", None)
+        return 0 if padding is None else padding + 1
 
     def embed_image(self, features: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         regions = self.region_feature(features.to(self.region_feature.weight.dtype))
@@ -62,8 +72,11 @@ class UnifiedModel(nn.Module):
 
     def forward(self, *, text_ids: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
                 region_features: torch.Tensor | None = None, region_boxes: torch.Tensor | None = None,
-                region_mask: torch.Tensor | None = None, attention: torch.Tensor | None = None) -> dict:
+                region_mask: torch.Tensor | None = None, attention: torch.Tensor | None = None,
+                text_positions: torch.Tensor | None = None, cache=None) -> dict:
         """Encode text, an image, or both. `attention` (B, L, L) or (L, L) overrides the padding pattern.
+        `text_positions`: explicit text positions (embed_text); `cache`: a transformers Cache (e.g.
+        DynamicCache) that keeps every layer's keys and values, for `extend` to continue from.
 
         Returns hidden states (B, L, H), `image` ([IMG] output) and `text` (first text token output).
         """
@@ -75,13 +88,22 @@ class UnifiedModel(nn.Module):
             masks.append(torch.cat([ones, region_mask.bool()], dim=1))
             image_length = parts[-1].shape[1]
         if text_ids is not None:
-            parts.append(self.embed_text(text_ids))
+            parts.append(self.embed_text(text_ids, text_positions))
             masks.append(text_mask.bool())
         hidden = torch.cat(parts, dim=1)
         keep = torch.cat(masks, dim=1)
-        states = self.encoder.encoder(hidden, attention_mask=_additive_mask(keep, attention, hidden.dtype))[0]
+        states = self.encoder.encoder(hidden, attention_mask=_additive_mask(keep, attention, hidden.dtype),
+                                      past_key_values=cache)[0]
         return {"hidden": states, "image": states[:, 0] if image_length else None,
                 "text": states[:, image_length] if text_ids is not None else None, "image_length": image_length}
+
+    def extend(self, text_ids: torch.Tensor, text_positions: torch.Tensor, keep: torch.Tensor, cache) -> torch.Tensor:
+        """Incremental decoding: the states (B, 1, H) of one new text token per row, which attends to every
+        position `cache` holds and to itself; `keep` (B, cached + 1) marks the keys it may see (padding
+        off). The new token's keys and values join the cache."""
+        hidden = self.embed_text(text_ids, text_positions)
+        return self.encoder.encoder(hidden, attention_mask=_additive_mask(keep, None, hidden.dtype),
+                                    past_key_values=cache)[0]
 
     def compile(self, **options) -> None:
         """torch.compile the transformer layers in place (parameter names, and so checkpoints, unchanged);
@@ -122,6 +144,17 @@ class UnifiedModel(nn.Module):
         return model
 
 
+def load_for_features(folder: Path, region_dim: int | None, features: Path | None) -> UnifiedModel:
+    """A saved model that must take the `region_dim`-d region features of `features` (None: a text task)."""
+    from unimo_pipe.pipeline.errors import UserError
+
+    model = UnifiedModel.from_pretrained(folder)
+    if region_dim is not None and model.region_dim != region_dim:
+        raise UserError(f"{folder} takes {model.region_dim}-d region features but {features} holds "
+                        f"{region_dim}-d ones: use features from the detector the model was trained with")
+    return model
+
+
 def tiny_encoder(vocab_size: int, *, hidden: int = 32, layers: int = 2, heads: int = 2, kind: str = "roberta",
                  intermediate: int | None = None):
     """A randomly initialised transformers encoder (RoBERTa or BERT layout): tiny for tests and demos, or
@@ -134,6 +167,12 @@ def tiny_encoder(vocab_size: int, *, hidden: int = 32, layers: int = 2, heads: i
                           max_position_embeddings=600,
                           pad_token_id=1 if kind == "roberta" else 0)
     return AutoModel.from_config(config, add_pooling_layer=False, attn_implementation="sdpa")
+
+
+def text_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Each text token's position among its row's real tokens (0, 1, ...; padding gets 0), so that a row
+    padded on the left, or with padding between source and target, numbers its tokens without gaps."""
+    return (mask.long().cumsum(1) - 1).clamp(min=0)
 
 
 def _additive_mask(keep: torch.Tensor, attention: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:

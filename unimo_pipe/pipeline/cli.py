@@ -57,6 +57,12 @@ def command_table() -> list[Command]:
     """Every sub-command, stages first, in the order `--help` lists them."""
     from unimo_pipe.workflows.classify_options import ClassifierOptions, EvaluateClassifierOptions
     from unimo_pipe.workflows.evaluate_options import EvaluateOptions
+    from unimo_pipe.workflows.generation_options import (
+        CaptionOptions,
+        EvaluateCaptionOptions,
+        EvaluateSeq2SeqOptions,
+        Seq2SeqOptions,
+    )
     from unimo_pipe.workflows.pretrain_options import FinetuneOptions, PretrainOptions
 
     stages = [STAGES.get(name) for name in STAGES.names()]
@@ -74,6 +80,15 @@ def command_table() -> list[Command]:
                 options_class=ClassifierOptions),
         Command("evaluate-classifier", "accuracy of a fine-tuned classifier on labelled image-text examples",
                 _evaluate_classifier_command, options_class=EvaluateClassifierOptions),
+        Command("finetune-caption", "image captioning fine-tuning of a pretrained model (seq2seq on the caption, "
+                "validation CIDEr-D); runs under torchrun for DDP", _pretrain_command, options_class=CaptionOptions),
+        Command("evaluate-caption", "BLEU-1..4, METEOR, ROUGE-L and CIDEr-D of generated captions (pycocoevalcap)",
+                _evaluate_caption_command, options_class=EvaluateCaptionOptions),
+        Command("finetune-seq2seq", "text-to-text fine-tuning of a pretrained model (question generation, "
+                "summarisation, ...; validation ROUGE and BLEU); runs under torchrun for DDP", _pretrain_command,
+                options_class=Seq2SeqOptions),
+        Command("evaluate-seq2seq", "ROUGE-1/2/L (rouge-score) and BLEU (sacrebleu) of a text generator on "
+                "source-target examples", _evaluate_seq2seq_command, options_class=EvaluateSeq2SeqOptions),
         Command("validate", "check a workflow or stage config", _validate_command,
                 add_arguments=_validate_arguments),
         Command("run", "run a workflow's stages in order, skipping done work", _run_command,
@@ -312,17 +327,21 @@ _CHATTY_LIBRARIES = ("faiss", "sentence_transformers", "transformers", "urllib3"
 
 
 def _pretrain_command(args: argparse.Namespace) -> int:
-    """pretrain, finetune and finetune-classifier: one training loop, three recipes."""
+    """pretrain, finetune, finetune-classifier, finetune-caption and finetune-seq2seq: one training loop."""
     from unimo_pipe.pipeline.config import resolve_options
     from unimo_pipe.workflows.classify import ClassifierRecipe
     from unimo_pipe.workflows.classify_options import ClassifierOptions
+    from unimo_pipe.workflows.generation import CaptionRecipe, Seq2SeqRecipe
+    from unimo_pipe.workflows.generation_options import CaptionOptions, Seq2SeqOptions
     from unimo_pipe.workflows.pretrain import FinetuneRecipe, PretrainRecipe
     from unimo_pipe.workflows.pretrain_options import FinetuneOptions, PretrainOptions
     from unimo_pipe.workflows.training_loop import run_recipe
 
     options_class, recipe = {"pretrain": (PretrainOptions, PretrainRecipe),
                              "finetune": (FinetuneOptions, FinetuneRecipe),
-                             "finetune-classifier": (ClassifierOptions, ClassifierRecipe)}[args.command]
+                             "finetune-classifier": (ClassifierOptions, ClassifierRecipe),
+                             "finetune-caption": (CaptionOptions, CaptionRecipe),
+                             "finetune-seq2seq": (Seq2SeqOptions, Seq2SeqRecipe)}[args.command]
     options = resolve_options(options_class, option_sources(options_class, args.command, args))
     history = run_recipe(recipe(options))
     if history and int(os.environ.get("RANK", 0)) == 0:
@@ -347,6 +366,26 @@ def _evaluate_classifier_command(args: argparse.Namespace) -> int:
 
     options = resolve_options(EvaluateClassifierOptions, option_sources(EvaluateClassifierOptions, args.command, args))
     print(json.dumps(evaluate_classifier(options)))
+    return 0
+
+
+def _evaluate_caption_command(args: argparse.Namespace) -> int:
+    from unimo_pipe.pipeline.config import resolve_options
+    from unimo_pipe.workflows.generation import evaluate_captions
+    from unimo_pipe.workflows.generation_options import EvaluateCaptionOptions
+
+    options = resolve_options(EvaluateCaptionOptions, option_sources(EvaluateCaptionOptions, args.command, args))
+    print(json.dumps(evaluate_captions(options)))
+    return 0
+
+
+def _evaluate_seq2seq_command(args: argparse.Namespace) -> int:
+    from unimo_pipe.pipeline.config import resolve_options
+    from unimo_pipe.workflows.generation import evaluate_seq2seq
+    from unimo_pipe.workflows.generation_options import EvaluateSeq2SeqOptions
+
+    options = resolve_options(EvaluateSeq2SeqOptions, option_sources(EvaluateSeq2SeqOptions, args.command, args))
+    print(json.dumps(evaluate_seq2seq(options)))
     return 0
 
 

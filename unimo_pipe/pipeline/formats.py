@@ -17,6 +17,7 @@ Rows of the per-shard files that other stages read:
                    retrieval.jsonl  (optional, for people) {"id", "images": [{"id", "score"}],
                                      "texts": [{"text", "id", "score"}]}
     embed-*        embeddings.npy + rows.jsonl  row i describes vector i: {"id", "text"} or {"id", "source"}
+    generate       generations.jsonl {"id", "image" | "source", "text", "score"}
     shard          pairs.jsonl / texts.jsonl / images.jsonl, listed in OUT/manifest.json (TRAINING_SCHEMA_VERSION)
 
 Region features are UNITER's: per box `norm_bb` = [x1/W, y1/H, x2/W, y2/H, w/W, h/H], the trainer's 7-d
@@ -67,6 +68,7 @@ RETRIEVAL_FILE = "retrieval.npz"
 RETRIEVAL_VIEW_FILE = "retrieval.jsonl"
 TEXT_EMBEDDINGS_DIR = "text_emb"  # retrieve's embedded corpus, whose row ids retrieval.npz's text_ids name
 IMAGE_EMBEDDINGS_DIR = "image_emb"
+GENERATIONS_FILE = "generations.jsonl"  # generate: {"id", "image" | "source", "text", "score"} per input
 EMBEDDINGS_FILE = "embeddings.npy"
 EMBEDDING_ROWS_FILE = "rows.jsonl"
 

@@ -4,7 +4,9 @@ as answer classification) and text tasks (GLUE-style single-sentence classificat
 Input, one example per line:
 - JSONL: {"image": KEY, "text": str, "label": str} ("id" optional), where KEY names an image of a
   region-feature folder (an extract-regions or import-features output); text tasks leave "image" out.
-- TSV with a header row (GLUE's layout): a "sentence" (or "text") column and a "label" column; text only.
+- TSV with a header row (GLUE's layout): a "sentence" (or "text") column, or a sentence pair in "sentence1" and
+  "sentence2" columns (STS-B), and a "label" (or "score") column; text only.
+Regression data (STS-B) has numeric labels; one that is not a number is counted as non_numeric_label.
 
 Lines that cannot be used are left out and counted by reason: malformed_json / malformed_line,
 missing_field (text or label absent or empty, or the image for image-text data), unknown_image (not in
@@ -35,32 +37,41 @@ class LabelledExamples:
     path: Path
     images: list[str]
     texts: list[str]
-    targets: list[int]  # index into labels; -1 for a label outside them (scored as wrong)
+    targets: list  # index into labels, -1 for a label outside them (scored as wrong); regression: the values
     labels: list[str]
     problems: Counter = field(default_factory=Counter)
 
     @classmethod
-    def load(cls, path: Path, *, image_keys=None, labels: list[str] | None = None) -> LabelledExamples:
+    def load(cls, path: Path, *, image_keys=None, labels: list[str] | None = None, regression: bool = False,
+             pair_separator: str = " ") -> LabelledExamples:
         """The usable lines of `path`. `image_keys`: the feature folder's images (None: a text task).
         `labels`: the classes to score against (a trained model's); None takes the classes found in the
-        file, sorted (training data)."""
+        file, sorted (training data). `regression`: the labels are numbers (STS-B's similarity), kept as
+        float targets, with no classes. A sentence pair (STS-B's sentence1, sentence2) is one text, its
+        halves joined by `pair_separator` (the tokenizer's separator token)."""
         rows, problems = [], Counter()
         if image_keys is not None:
             image_keys = ImageKeys(image_keys, store="the feature folder")
-        for row in _read_rows(path):
-            example, problem = _example(row, image_keys) if isinstance(row, dict) else (None, row)
+        for row in read_rows(path):
+            example, problem = _example(row, image_keys, pair_separator) if isinstance(row, dict) else (None, row)
+            if not problem and regression:
+                example, problem = _numeric(example)
             if problem:
                 problems[problem] += 1
             else:
                 rows.append(example)
+        if regression:
+            if not rows:
+                raise UserError(f"{path} has no usable example ({_described(problems)}): regression needs a numeric "
+                                '"label" (or "score") per line')
+            return cls(path, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [], +problems)
         if labels is None:
             labels = sorted({label for _, _, label in rows})
         index = {label: i for i, label in enumerate(labels)}
         problems["unknown_label"] = sum(label not in index for _, _, label in rows)
         problems = +problems  # drop zero counts
         if not rows:
-            found = ", ".join(f"{k}: {v}" for k, v in sorted(problems.items())) or "no lines"
-            raise UserError(f"{path} has no usable example ({found}): use JSONL lines "
+            raise UserError(f"{path} has no usable example ({_described(problems)}): use JSONL lines "
                             '{"image": KEY in the feature folder, "text": ..., "label": ...} ("image" left out for '
                             'text tasks) or a TSV with a header and "sentence" and "label" columns')
         if len(labels) < 2:
@@ -80,11 +91,11 @@ def is_text_only(path: Path) -> bool:
     """Whether a labelled file is a text task: a TSV, or JSONL whose first example has no image."""
     if path.suffix.lower() == ".tsv":
         return True
-    first = next((row for row in _read_rows(path) if isinstance(row, dict)), None)
+    first = next((row for row in read_rows(path) if isinstance(row, dict)), None)
     return first is not None and "image" not in first
 
 
-def _read_rows(path: Path) -> Iterator[dict | str]:
+def read_rows(path: Path) -> Iterator[dict | str]:
     """Each line as a dict, or as the reason it is not one."""
     tsv = path.suffix.lower() == ".tsv"
     header = None
@@ -114,10 +125,26 @@ def _json_row(line: str) -> dict | str:
     return row if isinstance(row, dict) else "malformed_json"
 
 
-def _example(row: dict, image_keys: ImageKeys | None) -> tuple[tuple[str, str, str] | None, str | None]:
-    text, label = row.get("text", row.get("sentence")), row.get("label")
+def _described(problems: Counter) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(problems.items())) or "no lines"
+
+
+def _numeric(example: tuple[str, str, str]) -> tuple[tuple[str, str, float] | None, str | None]:
+    try:
+        value = float(example[2])
+    except ValueError:
+        return None, "non_numeric_label"
+    return ((example[0], example[1], value), None) if np.isfinite(value) else (None, "non_numeric_label")
+
+
+def _example(row: dict, image_keys: ImageKeys | None, pair_separator: str = " "
+             ) -> tuple[tuple[str, str, str] | None, str | None]:
+    text, label = row.get("text", row.get("sentence")), row.get("label", row.get("score"))
+    first, second = row.get("sentence1"), row.get("sentence2")
+    if text is None and isinstance(first, str) and isinstance(second, str) and first.strip() and second.strip():
+        text = f"{first.strip()}{pair_separator}{second.strip()}"
     image = row.get("image") if image_keys is not None else ""
-    if not (isinstance(text, str) and text.strip() and isinstance(label, str | int) and str(label)
+    if not (isinstance(text, str) and text.strip() and isinstance(label, str | int | float) and str(label)
             and isinstance(image, str) and (image or image_keys is None)):
         return None, "missing_field"
     if image_keys is not None:

@@ -181,6 +181,7 @@ STAGES.register_lazy("embed-text", "unimo_pipe.stages.embed_text:EmbedText")
 STAGES.register_lazy("embed-images", "unimo_pipe.stages.embed_images:EmbedImages")
 STAGES.register_lazy("shard", "unimo_pipe.stages.shard:Shard")
 STAGES.register_lazy("retrieve", "unimo_pipe.stages.retrieve:Retrieve")
+STAGES.register_lazy("generate", "unimo_pipe.stages.generate:Generate")
 
 
 def get_stage(name: str) -> Stage:

@@ -312,7 +312,8 @@ class Collator:
         self._text(batch, "text", [it["text"] for it in items])
         if items and "features" in items[0]:
             batch["region_features"], batch["region_boxes"], batch["region_mask"] = _pad_regions(items)
-        batch["labels"] = torch.tensor([it["label"] for it in items], dtype=torch.long)
+        numeric = bool(items) and isinstance(items[0]["label"], float)  # regression targets (STS-B)
+        batch["labels"] = torch.tensor([it["label"] for it in items], dtype=torch.float if numeric else torch.long)
         return batch
 
     @staticmethod

@@ -54,13 +54,14 @@ class ClassifierRecipe:
         self.collator = Collator(self.tokenizer, max_text_tokens=o.max_text_tokens)
         self.with_image = not is_text_only(o.train)
         features, image_keys = _features(o.features, with_image=self.with_image, data=o.train)
-        train = LabelledExamples.load(o.train, image_keys=image_keys)
+        kinds = {"regression": o.regression, "pair_separator": _pair_separator(self.tokenizer)}
+        train = LabelledExamples.load(o.train, image_keys=image_keys, **kinds)
         _log_left_out(train)
         self.labels = train.labels
         self.dataset = LabelledDataset(train, features, max_regions=o.max_regions)
         self.eval_dataset = self.dataset
         if o.eval is not None:
-            held_out = LabelledExamples.load(o.eval, image_keys=image_keys, labels=train.labels)
+            held_out = LabelledExamples.load(o.eval, image_keys=image_keys, labels=train.labels, **kinds)
             _log_left_out(held_out)
             self.eval_dataset = LabelledDataset(held_out, features, max_regions=o.max_regions)
         self.pairs = self.loop.add_stream("pair", self.dataset, train.text_lengths + self.dataset.box_counts(),
@@ -68,16 +69,14 @@ class ClassifierRecipe:
 
     def _setup_model(self) -> None:
         from unimo_pipe.models.classifier import PairClassifier
-        from unimo_pipe.models.unified import UnifiedModel
+        from unimo_pipe.models.unified import load_for_features
 
         o = self.options
         torch.manual_seed(o.seed)
-        model = UnifiedModel.from_pretrained(o.model)
-        region_dim = self.dataset[0]["features"].shape[1] if self.with_image else model.region_dim
-        if model.region_dim != region_dim:
-            raise UserError(f"{o.model} takes {model.region_dim}-d region features but {o.features} holds "
-                            f"{region_dim}-d ones: use features from the detector the model was trained with")
-        self.module = PairClassifier(model, self.labels, with_image=self.with_image).to(self.loop.device)
+        region_dim = self.dataset[0]["features"].shape[1] if self.with_image else None
+        model = load_for_features(o.model, region_dim, o.features)
+        self.module = PairClassifier(model, self.labels, with_image=self.with_image,
+                                     regression=o.regression).to(self.loop.device)
         if o.compile:
             model.compile()
 
@@ -116,6 +115,10 @@ def classification_scores(classifier, dataset, collator, *, count: int, batch_si
     answering it would score)."""
     was_training = classifier.training
     classifier.eval()
+    if classifier.regression:
+        result = regression_scores(classifier, dataset, collator, count=count, batch_size=batch_size, device=device)
+        classifier.train(was_training)
+        return result
     correct, counts = 0, torch.zeros(len(classifier.labels), dtype=torch.long)
     for start in range(0, count, batch_size):
         batch = batch_to_device(collator.labelled([dataset[i] for i in range(start, min(start + batch_size, count))]),
@@ -130,6 +133,30 @@ def classification_scores(classifier, dataset, collator, *, count: int, batch_si
             "examples": count}
 
 
+def regression_scores(regressor, dataset, collator, *, count: int, batch_size: int, device: torch.device
+                      ) -> dict[str, Any]:
+    """Pearson and Spearman correlation (x 100, as GLUE reports STS-B) of the predictions of the first
+    `count` examples with their labels."""
+    from scipy.stats import pearsonr, spearmanr
+
+    predicted, labels = [], []
+    for start in range(0, count, batch_size):
+        batch = batch_to_device(collator.labelled([dataset[i] for i in range(start, min(start + batch_size, count))]),
+                                device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            predicted += regressor.logits(batch).squeeze(-1).float().tolist()
+        labels += batch["labels"].float().tolist()
+    constant = len(set(predicted)) < 2 or len(set(labels)) < 2  # correlation undefined: scored 0
+    return {"pearson": 0.0 if constant else round(100 * float(pearsonr(predicted, labels)[0]), 4),
+            "spearman": 0.0 if constant else round(100 * float(spearmanr(predicted, labels)[0]), 4),
+            "examples": count}
+
+
+def _pair_separator(tokenizer) -> str:
+    """What joins a sentence pair into one text: the tokenizer's separator token, spaced."""
+    return f" {tokenizer.sep_token or tokenizer.eos_token or ''} ".replace("  ", " ")
+
+
 def evaluate_classifier(options: EvaluateClassifierOptions) -> dict[str, Any]:
     from unimo_pipe.models.classifier import PairClassifier
     from unimo_pipe.models.tokenizers import load_tokenizer
@@ -140,7 +167,8 @@ def evaluate_classifier(options: EvaluateClassifierOptions) -> dict[str, Any]:
     classifier = PairClassifier.from_pretrained(options.model).to(device)
     tokenizer = load_tokenizer(options.tokenizer, of="--tokenizer")
     features, image_keys = _features(options.features, with_image=classifier.with_image, data=options.data)
-    examples = LabelledExamples.load(options.data, image_keys=image_keys, labels=classifier.labels)
+    examples = LabelledExamples.load(options.data, image_keys=image_keys, labels=classifier.labels,
+                                     regression=classifier.regression, pair_separator=_pair_separator(tokenizer))
     dataset = LabelledDataset(examples, features, max_regions=options.max_regions)
     result = classification_scores(classifier, dataset, Collator(tokenizer, max_text_tokens=options.max_text_tokens),
                                    count=len(dataset), batch_size=options.batch_size, device=device)

@@ -22,6 +22,9 @@ class ClassifierOptions(TrainingLoopOptions):
     features: Path | None = option(None, help="region features of the images (extract-regions or "
                                    "import-features output); image-text tasks only", must_exist=True, metavar="DIR")
     eval_examples: int = option(1000, help="examples used for accuracy without --eval (0: all)", minimum=0)
+    regression: bool = option(False, help="numeric labels (STS-B's similarity, a TSV with sentence1, sentence2 and "
+                              "score columns): a regression head trained with mean squared error, scored by Pearson "
+                              "and Spearman correlation")
 
 
 @dataclass

@@ -23,11 +23,13 @@ def run_demo(out: Path) -> None:
     print()
     _pretrain_briefly(out, models)
     _classify_briefly(out, models)
+    _caption_briefly(out, models)
     print()
     print("Models used by this demo:")
     notes = [note for step in steps for note in step.stage.models_used(step.options)]
     notes.append("pretrain, finetune-classifier: tiny RANDOM encoder and a BPE tokenizer trained on the demo corpus "
                  "(smoke-test quality)")
+    notes.append("finetune-caption, generate: a generator fine-tuned briefly from that encoder (smoke-test quality)")
     for note in notes or ["none: the stages in this demo so far only read and clean data"]:
         print(f"  - {note}")
     print()
@@ -95,3 +97,37 @@ def _classify_briefly(out: Path, models: Path) -> None:
     last = history[-1]
     print(f"finetune-classifier: {len(history)} steps on match / mismatch; accuracy {last['accuracy']:.3f} "
           f"(majority class {last['majority_class_accuracy']:.3f}) -> {out / 'classify'}")
+
+
+def _caption_briefly(out: Path, models: Path) -> None:
+    """A few steps of caption fine-tuning from the pretrained model on the demo captions, then `generate`
+    (beam 2, cached decoding) and `evaluate-caption` on the same images: the generation half, end to end.
+    Scored on a Python tokenisation (no Java) to keep the demo quick."""
+    from unimo_pipe.pipeline.config import Source, resolve_options
+    from unimo_pipe.pipeline.runner import run_stage
+    from unimo_pipe.pipeline.stage import get_stage, resolve_stage_options
+    from unimo_pipe.workflows.generation import CaptionRecipe, evaluate_captions
+    from unimo_pipe.workflows.generation_options import CaptionOptions, EvaluateCaptionOptions
+    from unimo_pipe.workflows.training_loop import run_recipe
+
+    captions, tokenizer = demo_data_dir() / "captions.jsonl", str(models / "tokenizer-tiny")
+    options = resolve_options(CaptionOptions, [Source("demo", {
+        "model": str(out / "pretrain" / "model"), "captions": str(captions), "eval_captions": str(captions),
+        "features": str(out / "features"),
+        "tokenizer": tokenizer, "out": str(out / "caption"), "steps": 20, "batch_size": 8, "lr": 1e-3,
+        "warmup_steps": 2, "log_every": 5, "checkpoint_every": 10, "workers": 0, "eval_images": 4,
+        "max_new_tokens": 8, "java": False})])
+    history = run_recipe(CaptionRecipe(options))
+    if history:
+        print(f"finetune-caption: {len(history)} steps; loss {history[-1]['loss']:.3f} -> {out / 'caption'}")
+    else:
+        print(f"finetune-caption: already finished ({options.steps} steps) in {out / 'caption'}")
+    stage = get_stage("generate")
+    run_stage(stage, resolve_stage_options(stage, [Source("demo", {
+        "model": str(out / "caption" / "model"), "features": str(out / "features"), "tokenizer": tokenizer,
+        "out": str(out / "captions"), "beam_size": 2, "max_new_tokens": 8, "device": "cpu"})]))
+    scores = evaluate_captions(resolve_options(EvaluateCaptionOptions, [Source("demo", {
+        "generations": str(out / "captions"), "references": str(captions), "java": False,
+        "out": str(out / "captions" / "scores.json")})]))
+    print(f"generate + evaluate-caption: {scores['images']} images captioned (beam 2); CIDEr-D "
+          f"{scores['CIDEr-D']:.3f}, BLEU-4 {scores['BLEU-4']:.3f} -> {out / 'captions'}")
