@@ -83,6 +83,14 @@ class UnifiedModel(nn.Module):
         return {"hidden": states, "image": states[:, 0] if image_length else None,
                 "text": states[:, image_length] if text_ids is not None else None, "image_length": image_length}
 
+    def set_dropout(self, rate: float) -> None:
+        """Every dropout of the model (embeddings, attention, hidden states, regions) at `rate`, kept in the
+        saved config. A tiny random encoder learns retrieval only without it (benchmarks/quality.py)."""
+        for module in self.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = rate
+        self.encoder.config.hidden_dropout_prob = self.encoder.config.attention_probs_dropout_prob = rate
+
     def compile(self, **options) -> None:
         """torch.compile the transformer layers in place (parameter names, and so checkpoints, unchanged);
         the embedders and objectives around them stay eager."""

@@ -76,6 +76,9 @@ class PretrainOptions(TrainingLoopOptions):
     retrieved_images: int = option(1, help="retrieved images sampled per pair per step", minimum=0)
     retrieved_texts: int = option(1, help="retrieved texts sampled per pair per step", minimum=0)
     tiny_hidden: int = option(32, help="hidden size of the tiny random encoder (when --init is empty)", minimum=8)
+    dropout: float | None = option(None, help="dropout of the encoder and the region embedding (default: 0 for "
+                                   "the tiny random encoder, which learns nothing at 0.1; the encoder's own, "
+                                   "e.g. roberta-base's 0.1, for --init and --model)", minimum=0.0, maximum=0.9)
     eval_pairs: int = option(100, help="pairs used for retrieval R@1/5/10", minimum=2)
     eval_shards: Path | None = option(None, help="held-out shards to evaluate on (default: the first training "
                                       "pairs)", must_exist=True, metavar="DIR")
