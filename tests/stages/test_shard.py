@@ -243,3 +243,23 @@ def test_outputs_made_from_other_pairs_are_named_in_a_warning(tmp_path, inputs, 
     run_shard(tmp_path, {**inputs, "pairs": others})
     assert "none of the 1 pairs is in --augment" in caplog.text
     assert "none of the 1 pairs is in --retrieval" in caplog.text
+
+
+def test_retrieved_items_below_the_minimum_scores_or_past_the_top_k_are_left_out(tmp_path, inputs):
+    retrieval = fake_retrieval_output(tmp_path / "ret3", {
+        "p1": ([{"id": "b.jpg", "score": 0.8}, {"id": "c.jpg", "score": 0.3}],
+               [{"text": "dogs like sofas", "id": "c:1", "score": 0.7}, {"text": "a sofa", "id": "c:2", "score": 0.6},
+                {"text": "a field", "id": "c:3", "score": 0.1}]),
+        "p2": ([], [])})
+    out = run_shard(tmp_path, {**inputs, "retrieval": retrieval}, "--min-retrieved-image-score", "0.5",
+                    "--min-retrieved-text-score", "0.65", "--max-retrieved", "2")
+    first = json.loads((out / "shards" / "00000" / "pairs.jsonl").read_text().splitlines()[0])
+    assert first["retrieved_images"] == [{"id": "b.jpg", "score": 0.8}]
+    assert first["retrieved_texts"] == [{"text": "dogs like sofas", "score": 0.7}]  # "a field" is past the top 2
+    assert json.loads((out / "summary.json").read_text())["counters"]["retrieved_below_min_score"] == 2
+    options = load_manifest(out)["options"]
+    assert (options["min_retrieved_image_score"], options["min_retrieved_text_score"]) == (0.5, 0.65)
+    unguarded = run_shard(tmp_path / "paper", {**inputs, "retrieval": retrieval}, "--min-retrieved-image-score",
+                          "-1", "--min-retrieved-text-score", "-1")  # UNIMO's setting: every retrieved item
+    first = json.loads((unguarded / "shards" / "00000" / "pairs.jsonl").read_text().splitlines()[0])
+    assert len(first["retrieved_images"]) == 2 and len(first["retrieved_texts"]) == 3

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from tests.conftest import read_jsonl, write_jsonl
 from unimo_pipe.pipeline.cli import main
@@ -376,3 +377,45 @@ def test_a_damaged_checkpoint_is_one_clear_error(training_inputs, tmp_path, caps
     assert pretrain(training_inputs, out, "--steps", "2", "--checkpoint-every", "2") == 2
     err = capsys.readouterr().err
     assert "step-00000002.pt is not a readable checkpoint" in err and "weights_only" not in err
+
+
+def test_metrics_lines_are_interval_means_with_every_loss(training_inputs, tmp_path):
+    common = ["--steps", "8", "--warmup-steps", "2", "--in-batch-negatives"]
+    assert pretrain(training_inputs, tmp_path / "each", *common, "--log-every", "1") == 0
+    assert pretrain(training_inputs, tmp_path / "fours", *common, "--log-every", "4") == 0
+    each, fours = read_jsonl(tmp_path / "each" / "metrics.jsonl"), read_jsonl(tmp_path / "fours" / "metrics.jsonl")
+    assert [r["step"] for r in fours] == [4, 8]
+    losses = {name for row in each for name in row if name.startswith("loss")}
+    assert {"loss_mlm", "loss_seq2seq", "loss_text_mlm", "loss_text_seq2seq"} <= losses  # drawn per step
+    for line, steps in zip(fours, (each[:4], each[4:]), strict=True):
+        assert losses <= set(line)  # every loss on every line
+        for name in losses:
+            values = [r[name] for r in steps if r.get(name) is not None]
+            assert line[name] == (pytest.approx(np.mean(values), abs=1e-5) if values else None), name
+        assert line["lr"] == steps[-1]["lr"]
+    config = yaml.safe_load((tmp_path / "fours" / "config.yaml").read_text())
+    assert config["command"] == "pretrain" and config["log_every"] == 4 and config["steps"] == 8
+    assert config["shards"] == str(training_inputs / "shards")
+
+
+def test_cmcl_without_any_negative_warns_and_the_tiny_encoder_has_no_dropout(training_inputs, tmp_path, caplog):
+    # The fixture's pairs have no hard negatives: without in-batch ones, CMCL's loss is 0 at every step.
+    assert pretrain(training_inputs, tmp_path / "zero", "--steps", "2", "--warmup-steps", "1") == 0
+    assert "CMCL has no negatives (the pairs of" in caplog.text
+    assert all(r["loss_cmcl"] == 0 for r in read_jsonl(tmp_path / "zero" / "metrics.jsonl"))
+    config = json.loads((tmp_path / "zero" / "model" / "config.json").read_text())["encoder"]
+    assert config["hidden_dropout_prob"] == config["attention_probs_dropout_prob"] == 0.0
+    caplog.clear()
+    assert pretrain(training_inputs, tmp_path / "ok", "--steps", "2", "--warmup-steps", "1", "--in-batch-negatives",
+                    "--dropout", "0.2") == 0
+    assert "CMCL has no negatives" not in caplog.text
+    assert json.loads((tmp_path / "ok" / "model" / "config.json").read_text())["encoder"]["hidden_dropout_prob"] == 0.2
+
+
+def test_chance_at_every_k_both_ways():
+    from unimo_pipe.workflows.evaluate import retrieval_chance
+
+    chance = retrieval_chance(["a", "a", "b", "c"])  # 3 images, 4 captions; a has two
+    assert [chance[f"chance_r{k}"] for k in (1, 5, 10)] == [round(1 / 3, 4), 1.0, 1.0]
+    # image->text at K=1: a's two captions of four, b's and c's one: (1/2 + 1/4 + 1/4) / 3
+    assert chance["chance_tr_r1"] == round(1 / 3, 4) and chance["chance_tr_r5"] == 1.0

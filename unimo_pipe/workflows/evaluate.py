@@ -68,8 +68,9 @@ def compositional_accuracy(model, examples, collator, images: torch.Tensor, text
     owner = torch.tensor([i for i, _, _ in negatives], device=images.device)
     true = torch.nn.functional.cosine_similarity(images[owner], texts[owner])
     wrong = torch.nn.functional.cosine_similarity(images[owner], encoded.to(images.device))
-    correct: dict[str, list[bool]] = {}
-    for (_, _, kind), right in zip(negatives, (true > wrong).tolist(), strict=True):
+    correct: dict[str, list[float]] = {}
+    wins = (true > wrong).float() + 0.5 * (true == wrong).float()  # a tie is a coin flip
+    for (_, _, kind), right in zip(negatives, wins.tolist(), strict=True):
         correct.setdefault(kind, []).append(right)
     return {"compositional": {kind: round(sum(v) / len(v), 4) for kind, v in sorted(correct.items())},
             "compositional_negatives": {kind: len(v) for kind, v in sorted(correct.items())}}
