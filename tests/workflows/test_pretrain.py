@@ -221,7 +221,8 @@ def test_image_text_matching_alone_learns(training_inputs, tmp_path):
 def test_one_task_per_step_trains_one_drawn_task_at_a_time(training_inputs, tmp_path):
     out = tmp_path / "uniter"
     assert pretrain(training_inputs, out, "--steps", "30", "--log-every", "1", "--one-task-per-step",
-                    "--weight-matching", "1", "--weight-alignment", "0.1", "--no-single-modal") == 0
+                    "--weight-matching", "1", "--weight-alignment", "0.1", "--no-single-modal",
+                    "--cmcl-first", "0") == 0
     tasks = {"loss_cmcl": "cmcl", "loss_mlm": "language", "loss_seq2seq": "language", "loss_mrm": "regions",
              "loss_itm": "matching", "loss_wra": "matching"}
     drawn = []
@@ -380,7 +381,7 @@ def test_a_damaged_checkpoint_is_one_clear_error(training_inputs, tmp_path, caps
 
 
 def test_metrics_lines_are_interval_means_with_every_loss(training_inputs, tmp_path):
-    common = ["--steps", "8", "--warmup-steps", "2", "--in-batch-negatives"]
+    common = ["--steps", "8", "--warmup-steps", "2", "--cmcl-first", "0"]
     assert pretrain(training_inputs, tmp_path / "each", *common, "--log-every", "1") == 0
     assert pretrain(training_inputs, tmp_path / "fours", *common, "--log-every", "4") == 0
     each, fours = read_jsonl(tmp_path / "each" / "metrics.jsonl"), read_jsonl(tmp_path / "fours" / "metrics.jsonl")
@@ -400,7 +401,8 @@ def test_metrics_lines_are_interval_means_with_every_loss(training_inputs, tmp_p
 
 def test_cmcl_without_any_negative_warns_and_the_tiny_encoder_has_no_dropout(training_inputs, tmp_path, caplog):
     # The fixture's pairs have no hard negatives: without in-batch ones, CMCL's loss is 0 at every step.
-    assert pretrain(training_inputs, tmp_path / "zero", "--steps", "2", "--warmup-steps", "1") == 0
+    assert pretrain(training_inputs, tmp_path / "zero", "--steps", "2", "--warmup-steps", "1",
+                    "--no-in-batch-negatives") == 0
     assert "CMCL has no negatives (the pairs of" in caplog.text
     assert all(r["loss_cmcl"] == 0 for r in read_jsonl(tmp_path / "zero" / "metrics.jsonl"))
     config = json.loads((tmp_path / "zero" / "model" / "config.json").read_text())["encoder"]

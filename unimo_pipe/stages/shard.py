@@ -63,12 +63,13 @@ class ShardOptions(CommonOptions):
     max_positives: int = option(3, help="positives kept per pair", minimum=0)
     max_negatives: int = option(100, help="negatives kept per pair", minimum=0)
     max_retrieved: int = option(100, help="retrieved images and texts kept per pair (the top ones)", minimum=0)
-    min_retrieved_image_score: float = option(-1.0, help="retrieved images less similar to the pair's image "
-                                              "(retrieve's score) are left out (-1: keep every one, as UNIMO)",
+    min_retrieved_image_score: float = option(0.9, help="retrieved images (X_I, positives) less similar to the "
+                                              "pair's image (retrieve's cosine) are left out; -1 keeps every one "
+                                              "(UNIMO's setting, which lets unrelated images in as positives)",
                                               minimum=-1.0, maximum=1.0)
-    min_retrieved_text_score: float = option(-1.0, help="retrieved texts less similar to the caption (retrieve's "
-                                             "score) are left out (-1: keep every one, as UNIMO)", minimum=-1.0,
-                                             maximum=1.0)
+    min_retrieved_text_score: float = option(0.9, help="retrieved texts (X_T, positives) less similar to the "
+                                             "caption (retrieve's cosine) are left out; -1 keeps every one "
+                                             "(UNIMO's setting)", minimum=-1.0, maximum=1.0)
 
 
 class Shard(Stage):

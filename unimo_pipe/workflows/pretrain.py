@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from unimo_pipe.models.pretraining import one_task_weights
+from unimo_pipe.models.pretraining import ObjectiveWeights, one_task_weights
 from unimo_pipe.pipeline.errors import UserError
 from unimo_pipe.pipeline.training_data import batch_to_device
 from unimo_pipe.workflows.evaluate import encode_pairs, retrieval_recall
@@ -131,7 +131,11 @@ class PretrainRecipe:
         """The losses of the next micro-batch (one of each stream), and how many pairs it held."""
         batch, text, image = (batch_to_device(next(self.streams[k]), self.loop.device) if k in self.streams
                               else None for k in ("pair", "text", "image"))
-        weights = one_task_weights(self.weights, generator) if self.options.one_task_per_step else self.weights
+        weights = self.weights
+        if self.loop.step < self.options.cmcl_first * self.options.steps:
+            weights = ObjectiveWeights(cmcl=weights.cmcl, language=0.0, visual=0.0)
+        elif self.options.one_task_per_step:
+            weights = one_task_weights(weights, generator)
         with self.loop.autocast():
             losses = self.loop.trainer(batch, generator, weights, text, image)
         return losses, len(batch["index"])

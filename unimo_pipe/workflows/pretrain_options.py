@@ -54,8 +54,9 @@ class PretrainOptions(TrainingLoopOptions):
                                  "--weight-cmcl weighs either", choices=("cmcl", "triplet"))
     margin: float = option(0.2, help="triplet margin", minimum=0.0)
     temperature: float = option(0.07, help="CMCL temperature tau", minimum=1e-4)
-    in_batch_negatives: bool = option(False, help="also use the other pairs of the batch as CMCL negatives "
-                                      "(off reproduces the paper's formula)")
+    in_batch_negatives: bool = option(True, help="also use the other pairs of the batch as CMCL negatives "
+                                      "(--no-in-batch-negatives: the paper's formula, which teaches a tiny encoder "
+                                      "no retrieval in benchmarks/quality.py)")
     weight_cmcl: float = option(1.0, help="weight of CMCL (0: off)", minimum=0.0)
     weight_language: float = option(1.0, help="weight of masked / seq2seq language modelling (0: off)", minimum=0.0)
     weight_visual: float = option(1.0, help="weight of masked region modelling (0: off)", minimum=0.0)
@@ -66,6 +67,10 @@ class PretrainOptions(TrainingLoopOptions):
                                           minimum=0.0)
     weight_alignment: float = option(0.0, help="weight of word-region alignment by optimal transport (UNITER's "
                                      "WRA, which used 0.1; UNIMO: off)", minimum=0.0)
+    cmcl_first: float = option(0.5, help="fraction of --steps at the start that train the cross-modal loss "
+                               "alone, the other objectives joining after it (0: all from the first step, where "
+                               "a random encoder's CMCL gradient is ~300x smaller than MLM's and never catches "
+                               "up; benchmarks/quality.py)", minimum=0.0, maximum=1.0)
     one_task_per_step: bool = option(False, help="UNITER's schedule: each micro-batch trains one task (CMCL, "
                                      "language, regions, matching), drawn with probability proportional to its "
                                      "weight; off: every enabled objective, weighted, every step")
