@@ -132,7 +132,7 @@ class PretrainRecipe:
         batch, text, image = (batch_to_device(next(self.streams[k]), self.loop.device) if k in self.streams
                               else None for k in ("pair", "text", "image"))
         weights = self.weights
-        if self.loop.step < self.options.cmcl_first * self.options.steps:
+        if weights.cmcl and self.loop.step < self.options.cmcl_first * self.options.steps:
             weights = ObjectiveWeights(cmcl=weights.cmcl, language=0.0, visual=0.0)
         elif self.options.one_task_per_step:
             weights = one_task_weights(weights, generator)

@@ -68,9 +68,9 @@ class PretrainOptions(TrainingLoopOptions):
     weight_alignment: float = option(0.0, help="weight of word-region alignment by optimal transport (UNITER's "
                                      "WRA, which used 0.1; UNIMO: off)", minimum=0.0)
     cmcl_first: float = option(0.5, help="fraction of --steps at the start that train the cross-modal loss "
-                               "alone, the other objectives joining after it (0: all from the first step, where "
-                               "a random encoder's CMCL gradient is ~300x smaller than MLM's and never catches "
-                               "up; benchmarks/quality.py)", minimum=0.0, maximum=1.0)
+                               "alone (when --weight-cmcl is not 0), the other objectives joining after it (0: all "
+                               "from the first step, where a random encoder's CMCL gradient is ~300x smaller than "
+                               "MLM's and never catches up; benchmarks/quality.py)", minimum=0.0, maximum=1.0)
     one_task_per_step: bool = option(False, help="UNITER's schedule: each micro-batch trains one task (CMCL, "
                                      "language, regions, matching), drawn with probability proportional to its "
                                      "weight; off: every enabled objective, weighted, every step")
