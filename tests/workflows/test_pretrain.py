@@ -93,9 +93,11 @@ def test_resume_reproduces_the_uninterrupted_losses(training_inputs, tmp_path, m
     resumed = read_jsonl(tmp_path / "resumed" / "metrics.jsonl")
     assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]  # step 4 was logged once, not twice
     for a, b in zip(whole, resumed, strict=True):
+        assert set(a) == set(b), a["step"]
         for key in a:
             if key.startswith("loss"):
-                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (a["step"], key)
+                expected = None if a[key] is None else pytest.approx(a[key], rel=1e-4, abs=1e-5)
+                assert b[key] == expected, (a["step"], key)
 
 
 def test_two_process_gloo_run_with_torchrun(training_inputs, tmp_path):
@@ -184,8 +186,11 @@ def test_finetune_with_the_triplet_loss_improves_retrieval(training_inputs, tmp_
     # Hardest-negative hinges stall on a model whose embeddings are all alike (VSE++ notes the same), so
     # this starts from a model pretrained with CMCL, as retrieval fine-tuning does.
     pretrained = tmp_path / "pretrained"
+    # Dropout 0.1 and every objective from the first step keep it short of perfect, so the triplet loss
+    # has something left to improve.
     assert pretrain(training_inputs, pretrained, "--steps", "150", "--lr", "3e-3", "--warmup-steps", "5",
-                    "--in-batch-negatives", "--weight-language", "0.1", "--weight-visual", "0.1") == 0
+                    "--in-batch-negatives", "--weight-language", "0.1", "--weight-visual", "0.1",
+                    "--dropout", "0.1", "--cmcl-first", "0") == 0
     before = json.loads((pretrained / "zero_shot.json").read_text())
     assert main(["finetune", "--shards", str(training_inputs / "shards"), "--tokenizer", str(training_inputs / "tok"),
                  "--model", str(pretrained / "model"), "--batch-size", "6", "--workers", "0", "--out",
@@ -247,7 +252,7 @@ def test_pretrain_with_dataloader_worker_processes(training_inputs, tmp_path):
 def test_word_region_alignment_through_the_cli(training_inputs, tmp_path):
     out = tmp_path / "wra"
     assert pretrain(training_inputs, out, "--steps", "3", "--warmup-steps", "1", "--log-every", "1",
-                    "--weight-alignment", "0.1", "--no-single-modal") == 0
+                    "--weight-alignment", "0.1", "--no-single-modal", "--cmcl-first", "0") == 0
     rows = read_jsonl(out / "metrics.jsonl")
     assert all("loss_wra" in r and "loss_itm" in r and "loss_cmcl" in r for r in rows)
 

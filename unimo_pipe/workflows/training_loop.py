@@ -231,6 +231,8 @@ class TrainingLoop:
         path = self.options.out / "metrics.jsonl"
         if self.rank == 0 and path.is_file():
             rows = [row for _, row, problem in iter_jsonl(path) if not problem and row.get("step", 0) <= self.step]
+            for row in rows:  # the losses the run had computed stay on every line after the resume too
+                self.interval.remember(row)
             with atomic_write(path) as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
 
@@ -337,6 +339,12 @@ class IntervalMeans:
                 self.seen.setdefault(name)
                 self.sums[name] = self.sums.get(name, 0.0) + value
                 self.counts[name] = self.counts.get(name, 0) + 1
+
+    def remember(self, row: dict[str, Any]) -> None:
+        """Know the losses of an earlier metrics line (a resumed run's) without counting their values."""
+        for name in row:
+            if name.startswith("loss"):
+                self.seen.setdefault(name)
 
     def row(self, last: dict[str, Any]) -> dict[str, Any]:
         """The metrics line at `last` (the interval's last step row: its step, lr, speed and evaluation),
