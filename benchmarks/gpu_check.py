@@ -46,6 +46,8 @@ class Benchmark:
 # slowest of them and its claims are ratios, which do not need 2,000 captions.
 BENCHMARKS = (
     Benchmark("pretrain.py", ("--steps", "5", "--warmup", "3"), timeout_s=240),  # compiles one graph per shape
+    Benchmark("quality.py", ("--train-images", "400", "--test-images", "100", "--seeds", "0", "--configs",
+                             "in_batch_hard", "broken_pairing"), timeout_s=240),  # the known-truth world, small
     Benchmark("extract_regions.py", ("--images", "48", "--workers", "4"), timeout_s=90),
     Benchmark("backtranslate.py", ("--captions", "600"), timeout_s=120),
     Benchmark("retrieve.py", (), timeout_s=120),

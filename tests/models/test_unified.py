@@ -97,3 +97,19 @@ def test_compile_keeps_parameter_names_and_outputs():
         compiled = m(text_ids=ids, text_mask=mask)["hidden"]
     assert list(m.state_dict()) == names
     torch.testing.assert_close(eager, compiled)
+
+
+def test_set_dropout_reaches_every_dropout_and_the_saved_config(tmp_path):
+    m = model().train()
+    ids, mask, features, boxes, region_mask = inputs()
+    m.set_dropout(0.0)
+    assert all(d.p == 0.0 for d in m.modules() if isinstance(d, torch.nn.Dropout))
+    first = m(text_ids=ids, text_mask=mask, region_features=features, region_boxes=boxes, region_mask=region_mask)
+    again = m(text_ids=ids, text_mask=mask, region_features=features, region_boxes=boxes, region_mask=region_mask)
+    torch.testing.assert_close(first["hidden"], again["hidden"])  # in train mode: no dropout left anywhere
+    m.set_dropout(0.3)
+    noisy = m(text_ids=ids, text_mask=mask, region_features=features, region_boxes=boxes, region_mask=region_mask)
+    assert not torch.allclose(first["hidden"], noisy["hidden"])
+    m.save_pretrained(tmp_path / "saved")
+    loaded = UnifiedModel.from_pretrained(tmp_path / "saved")
+    assert {d.p for d in loaded.modules() if isinstance(d, torch.nn.Dropout)} == {0.3}

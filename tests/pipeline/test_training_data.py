@@ -42,7 +42,7 @@ def shards(tmp_path):
          "negatives": [{"text": f"negative {j} of {i}", "kind": "replace_object"} for j in range(6)]}
         for i in range(30)])
     retrieval = fake_retrieval_output(tmp_path / "ret", {
-        f"p{i}": ([{"id": names[(i + 1) % 30], "score": 0.5}], [{"text": "related text", "id": "c:1", "score": 0.4}])
+        f"p{i}": ([{"id": names[(i + 1) % 30], "score": 0.95}], [{"text": "related text", "id": "c:1", "score": 0.94}])
         for i in range(30)})
     features = feature_store(tmp_path / "feats", names, boxes=10)
     corpus = tmp_path / "corpus.txt"

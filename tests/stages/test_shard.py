@@ -70,7 +70,7 @@ def inputs(tmp_path):
          "negatives": [{"text": f"a cat on a sofa {i}", "kind": "replace_object", "from": "dog", "to": "cat"}
                        for i in range(5)]}])
     retrieval = fake_retrieval_output(tmp_path / "ret", {
-        "p1": ([{"id": "b.jpg", "score": 0.8}], [{"text": "dogs like sofas", "id": "c:1", "score": 0.7}]),
+        "p1": ([{"id": "b.jpg", "score": 0.98}], [{"text": "dogs like sofas", "id": "c:1", "score": 0.97}]),
         "p2": ([], [])})
     features = feature_store(tmp_path / "feats", ["a.jpg", "b.jpg", "c.jpg"])
     corpus = tmp_path / "corpus.txt"
@@ -95,8 +95,8 @@ def test_join_and_manifest(tmp_path, inputs):
     assert first["image"] == "a.jpg"  # matched by file name to the feature store's key
     assert first["positives"] == ["a dog sits on a couch"] and len(first["negatives"]) == 3
     assert first["negatives"][0] == {"text": "a cat on a sofa 0", "kind": "replace_object"}
-    assert first["retrieved_images"] == [{"id": "b.jpg", "score": 0.8}]
-    assert first["retrieved_texts"] == [{"text": "dogs like sofas", "score": 0.7}]
+    assert first["retrieved_images"] == [{"id": "b.jpg", "score": 0.98}]
+    assert first["retrieved_texts"] == [{"text": "dogs like sofas", "score": 0.97}]
     assert rows[1]["positives"] == [] and rows[1]["negatives"] == []
     summary = json.loads((out / "summary.json").read_text())
     assert summary["failure_reasons"] == {"image_not_in_features": 1}
@@ -149,7 +149,7 @@ def test_retrieved_items_come_from_retrieval_npz_without_the_jsonl_view(tmp_path
     assert not list((inputs["retrieval"] / "shards").rglob("retrieval.jsonl"))
     out = run_shard(tmp_path, inputs)
     first = json.loads((out / "shards" / "00000" / "pairs.jsonl").read_text().splitlines()[0])
-    assert first["retrieved_texts"] == [{"text": "dogs like sofas", "score": 0.7}]
+    assert first["retrieved_texts"] == [{"text": "dogs like sofas", "score": 0.97}]
     assert "pairs_without_retrieval" not in json.loads((out / "summary.json").read_text())["counters"]
 
 
@@ -212,12 +212,12 @@ def test_pairs_naming_jpg_find_features_imported_from_npz(tmp_path, inputs):
 def test_sentences_whose_ids_repeat_across_corpora_are_joined_by_their_row(tmp_path, inputs):
     # Two corpus files with one stem give both first lines the id "corpus:1": the row tells them apart.
     retrieval = fake_retrieval_output(tmp_path / "ret2", {
-        "p1": ([], [{"text": "a cat on a mat", "id": "corpus:1", "score": 0.9},
-                    {"text": "a dog on a sofa", "id": "corpus:1", "score": 0.8}])})
+        "p1": ([], [{"text": "a cat on a mat", "id": "corpus:1", "score": 0.99},
+                    {"text": "a dog on a sofa", "id": "corpus:1", "score": 0.98}])})
     out = run_shard(tmp_path, {**inputs, "retrieval": retrieval})
     first = json.loads((out / "shards" / "00000" / "pairs.jsonl").read_text().splitlines()[0])
-    assert first["retrieved_texts"] == [{"text": "a cat on a mat", "score": 0.9},
-                                        {"text": "a dog on a sofa", "score": 0.8}]
+    assert first["retrieved_texts"] == [{"text": "a cat on a mat", "score": 0.99},
+                                        {"text": "a dog on a sofa", "score": 0.98}]
 
 
 def test_an_older_retrieve_output_without_rows_is_joined_by_unique_ids(tmp_path, inputs):
@@ -227,7 +227,7 @@ def test_an_older_retrieve_output_without_rows_is_joined_by_unique_ids(tmp_path,
     np.savez(npz, **arrays)
     out = run_shard(tmp_path, inputs)
     first = json.loads((out / "shards" / "00000" / "pairs.jsonl").read_text().splitlines()[0])
-    assert first["retrieved_texts"] == [{"text": "dogs like sofas", "score": 0.7}]
+    assert first["retrieved_texts"] == [{"text": "dogs like sofas", "score": 0.97}]
 
 
 def test_a_damaged_retrieve_output_is_one_clear_error(tmp_path, inputs, capsys):
@@ -243,3 +243,23 @@ def test_outputs_made_from_other_pairs_are_named_in_a_warning(tmp_path, inputs, 
     run_shard(tmp_path, {**inputs, "pairs": others})
     assert "none of the 1 pairs is in --augment" in caplog.text
     assert "none of the 1 pairs is in --retrieval" in caplog.text
+
+
+def test_retrieved_items_below_the_minimum_scores_or_past_the_top_k_are_left_out(tmp_path, inputs):
+    retrieval = fake_retrieval_output(tmp_path / "ret3", {
+        "p1": ([{"id": "b.jpg", "score": 0.8}, {"id": "c.jpg", "score": 0.3}],
+               [{"text": "dogs like sofas", "id": "c:1", "score": 0.7}, {"text": "a sofa", "id": "c:2", "score": 0.6},
+                {"text": "a field", "id": "c:3", "score": 0.1}]),
+        "p2": ([], [])})
+    out = run_shard(tmp_path, {**inputs, "retrieval": retrieval}, "--min-retrieved-image-score", "0.5",
+                    "--min-retrieved-text-score", "0.65", "--max-retrieved", "2")
+    first = json.loads((out / "shards" / "00000" / "pairs.jsonl").read_text().splitlines()[0])
+    assert first["retrieved_images"] == [{"id": "b.jpg", "score": 0.8}]
+    assert first["retrieved_texts"] == [{"text": "dogs like sofas", "score": 0.7}]  # "a field" is past the top 2
+    assert json.loads((out / "summary.json").read_text())["counters"]["retrieved_below_min_score"] == 2
+    options = load_manifest(out)["options"]
+    assert (options["min_retrieved_image_score"], options["min_retrieved_text_score"]) == (0.5, 0.65)
+    unguarded = run_shard(tmp_path / "paper", {**inputs, "retrieval": retrieval}, "--min-retrieved-image-score",
+                          "-1", "--min-retrieved-text-score", "-1")  # UNIMO's setting: every retrieved item
+    first = json.loads((unguarded / "shards" / "00000" / "pairs.jsonl").read_text().splitlines()[0])
+    assert len(first["retrieved_images"]) == 2 and len(first["retrieved_texts"]) == 3

@@ -105,6 +105,14 @@ class UnifiedModel(nn.Module):
         return self.encoder.encoder(hidden, attention_mask=_additive_mask(keep, None, hidden.dtype),
                                     past_key_values=cache)[0]
 
+    def set_dropout(self, rate: float) -> None:
+        """Every dropout of the model (embeddings, attention, hidden states, regions) at `rate`, kept in the
+        saved config. A tiny random encoder learns retrieval only without it (benchmarks/quality.py)."""
+        for module in self.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = rate
+        self.encoder.config.hidden_dropout_prob = self.encoder.config.attention_probs_dropout_prob = rate
+
     def compile(self, **options) -> None:
         """torch.compile the transformer layers in place (parameter names, and so checkpoints, unchanged);
         the embedders and objectives around them stay eager."""

@@ -62,7 +62,14 @@ class ShardOptions(CommonOptions):
                                           metavar="DIR")
     max_positives: int = option(3, help="positives kept per pair", minimum=0)
     max_negatives: int = option(100, help="negatives kept per pair", minimum=0)
-    max_retrieved: int = option(100, help="retrieved images and texts kept per pair", minimum=0)
+    max_retrieved: int = option(100, help="retrieved images and texts kept per pair (the top ones)", minimum=0)
+    min_retrieved_image_score: float = option(0.9, help="retrieved images (X_I, positives) less similar to the "
+                                              "pair's image (retrieve's cosine) are left out; -1 keeps every one "
+                                              "(UNIMO's setting, which lets unrelated images in as positives)",
+                                              minimum=-1.0, maximum=1.0)
+    min_retrieved_text_score: float = option(0.9, help="retrieved texts (X_T, positives) less similar to the "
+                                             "caption (retrieve's cosine) are left out; -1 keeps every one "
+                                             "(UNIMO's setting)", minimum=-1.0, maximum=1.0)
 
 
 class Shard(Stage):
@@ -123,8 +130,10 @@ class Shard(Stage):
             "positives": [p["text"] for p in augmented.get("positives", [])][: options.max_positives],
             "negatives": [{"text": n["text"], "kind": n["kind"]} for n in augmented.get("negatives", [])
                           ][: options.max_negatives],
-            "retrieved_images": retrieved.get("images", [])[: options.max_retrieved],
-            "retrieved_texts": retrieved.get("texts", [])[: options.max_retrieved],
+            "retrieved_images": _retrieved(retrieved.get("images", []), options.min_retrieved_image_score,
+                                           options.max_retrieved, ctx),
+            "retrieved_texts": _retrieved(retrieved.get("texts", []), options.min_retrieved_text_score,
+                                          options.max_retrieved, ctx),
         }
 
     def finalize(self, options: ShardOptions, shard_dirs: list[Path]) -> None:
@@ -149,6 +158,15 @@ def _warn_if_nothing_joined(options: ShardOptions, shard_dirs: list[Path], *, pa
         if given and pairs and missing == pairs:
             logger.warning("shard: none of the %d pairs is in %s: were those outputs made from other --pairs "
                            "than %s?", pairs, flag, options.pairs)
+
+
+def _retrieved(items: list[dict], min_score: float, top: int, ctx: ShardContext) -> list[dict]:
+    """The `top` best retrieved items (retrieve writes them best first) that score at least `min_score`;
+    the ones left out for their score are counted (`retrieved_below_min_score`)."""
+    kept = [item for item in items[:top] if item["score"] >= min_score]
+    if len(kept) < len(items[:top]):
+        ctx.stats.count("retrieved_below_min_score", len(items[:top]) - len(kept))
+    return kept
 
 
 def _plain(record: Record) -> dict:

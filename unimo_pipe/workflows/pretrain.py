@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from unimo_pipe.models.pretraining import one_task_weights
+from unimo_pipe.models.pretraining import ObjectiveWeights, one_task_weights
 from unimo_pipe.pipeline.errors import UserError
 from unimo_pipe.pipeline.training_data import batch_to_device
 from unimo_pipe.workflows.evaluate import encode_pairs, retrieval_recall
@@ -100,6 +100,9 @@ class PretrainRecipe:
             model = UnifiedModel.from_encoder(o.init, region_dim=region_dim)
         else:
             model = UnifiedModel(tiny_encoder(len(self.tokenizer), hidden=o.tiny_hidden), region_dim=region_dim)
+        dropout = o.dropout if o.dropout is not None else (0.0 if not (o.init or o.model) else None)
+        if dropout is not None:
+            model.set_dropout(dropout)
         specials = [i for i in (self.tokenizer.pad_token_id, self.tokenizer.cls_token_id,
                                 self.tokenizer.sep_token_id, self.tokenizer.bos_token_id,
                                 self.tokenizer.eos_token_id) if i is not None]
@@ -112,6 +115,7 @@ class PretrainRecipe:
                                         alignment=o.weight_alignment)
         if o.compile:
             model.compile()
+        _warn_if_cmcl_cannot_learn(o, self.examples, self.command)
 
     # -- train --
 
@@ -127,7 +131,11 @@ class PretrainRecipe:
         """The losses of the next micro-batch (one of each stream), and how many pairs it held."""
         batch, text, image = (batch_to_device(next(self.streams[k]), self.loop.device) if k in self.streams
                               else None for k in ("pair", "text", "image"))
-        weights = one_task_weights(self.weights, generator) if self.options.one_task_per_step else self.weights
+        weights = self.weights
+        if weights.cmcl and self.loop.step < self.options.cmcl_first * self.options.steps:
+            weights = ObjectiveWeights(cmcl=weights.cmcl, language=0.0, visual=0.0)
+        elif self.options.one_task_per_step:
+            weights = one_task_weights(weights, generator)
         with self.loop.autocast():
             losses = self.loop.trainer(batch, generator, weights, text, image)
         return losses, len(batch["index"])
@@ -151,6 +159,19 @@ class FinetuneRecipe(PretrainRecipe):
     command = "finetune"
     metric_prefix = ""
     scores_file = "retrieval.json"
+
+
+def _warn_if_cmcl_cannot_learn(options: PretrainOptions, examples, command: str, *, look_at: int = 200) -> None:
+    """One warning when CMCL's loss is 0 at every step: without negatives (no hard negatives in the first
+    `look_at` pairs or --negatives 0, and no in-batch ones) each pair's positives are its whole denominator."""
+    if not options.weight_cmcl or options.retrieval_loss != "cmcl" or options.in_batch_negatives:
+        return
+    if options.negatives and any(examples.row(i).get("negatives") for i in range(min(look_at, len(examples)))):
+        return
+    why = "--negatives 0" if not options.negatives else f"the pairs of {options.shards} have no hard negatives"
+    logger.warning("%s: CMCL has no negatives (%s, and --in-batch-negatives is off): its loss is 0 at every "
+                   "step and teaches nothing; add --in-batch-negatives, or shards made with `augment "
+                   "--scene-graph` negatives", command, why)
 
 
 def soft_label_width(examples: list) -> int:

@@ -54,8 +54,9 @@ class PretrainOptions(TrainingLoopOptions):
                                  "--weight-cmcl weighs either", choices=("cmcl", "triplet"))
     margin: float = option(0.2, help="triplet margin", minimum=0.0)
     temperature: float = option(0.07, help="CMCL temperature tau", minimum=1e-4)
-    in_batch_negatives: bool = option(False, help="also use the other pairs of the batch as CMCL negatives "
-                                      "(off reproduces the paper's formula)")
+    in_batch_negatives: bool = option(True, help="also use the other pairs of the batch as CMCL negatives "
+                                      "(--no-in-batch-negatives: the paper's formula, which teaches a tiny encoder "
+                                      "no retrieval in benchmarks/quality.py)")
     weight_cmcl: float = option(1.0, help="weight of CMCL (0: off)", minimum=0.0)
     weight_language: float = option(1.0, help="weight of masked / seq2seq language modelling (0: off)", minimum=0.0)
     weight_visual: float = option(1.0, help="weight of masked region modelling (0: off)", minimum=0.0)
@@ -66,6 +67,10 @@ class PretrainOptions(TrainingLoopOptions):
                                           minimum=0.0)
     weight_alignment: float = option(0.0, help="weight of word-region alignment by optimal transport (UNITER's "
                                      "WRA, which used 0.1; UNIMO: off)", minimum=0.0)
+    cmcl_first: float = option(0.5, help="fraction of --steps at the start that train the cross-modal loss "
+                               "alone (when --weight-cmcl is not 0), the other objectives joining after it (0: all "
+                               "from the first step, where a random encoder's CMCL gradient is ~300x smaller than "
+                               "MLM's and never catches up; benchmarks/quality.py)", minimum=0.0, maximum=1.0)
     one_task_per_step: bool = option(False, help="UNITER's schedule: each micro-batch trains one task (CMCL, "
                                      "language, regions, matching), drawn with probability proportional to its "
                                      "weight; off: every enabled objective, weighted, every step")
@@ -76,6 +81,9 @@ class PretrainOptions(TrainingLoopOptions):
     retrieved_images: int = option(1, help="retrieved images sampled per pair per step", minimum=0)
     retrieved_texts: int = option(1, help="retrieved texts sampled per pair per step", minimum=0)
     tiny_hidden: int = option(32, help="hidden size of the tiny random encoder (when --init is empty)", minimum=8)
+    dropout: float | None = option(None, help="dropout of the encoder and the region embedding (default: 0 for "
+                                   "the tiny random encoder, which learns nothing at 0.1; the encoder's own, "
+                                   "e.g. roberta-base's 0.1, for --init and --model)", minimum=0.0, maximum=0.9)
     eval_pairs: int = option(100, help="pairs used for retrieval R@1/5/10", minimum=2)
     eval_shards: Path | None = option(None, help="held-out shards to evaluate on (default: the first training "
                                       "pairs)", must_exist=True, metavar="DIR")

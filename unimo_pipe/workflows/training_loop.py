@@ -83,6 +83,7 @@ class TrainingLoop:
         self.streams: dict[str, StepStream] = {}
         self.step = 0
         self.board = None
+        self.interval = IntervalMeans()
 
     # -- setup --
 
@@ -131,8 +132,20 @@ class TrainingLoop:
             self._clear_previous_run()
         if self.rank == 0:
             write_json_atomic(self.run_record, options)
+            self._write_config()
         if self.world_size > 1:
             torch.distributed.barrier()  # no rank resumes from what rank 0 is clearing
+
+    def _write_config(self) -> None:
+        """OUT/config.yaml: every resolved option, as stages write theirs (run.json keeps the ones that
+        shape the run, with inputs as fingerprints)."""
+        import yaml
+
+        from unimo_pipe.pipeline.config import options_to_dict
+        from unimo_pipe.pipeline.formats import CONFIG_FILE
+
+        with atomic_write(self.options.out / CONFIG_FILE) as f:
+            yaml.safe_dump({"command": self.name, **options_to_dict(self.options)}, f, sort_keys=False)
 
     def _clear_previous_run(self) -> None:
         if self.rank != 0:
@@ -218,6 +231,8 @@ class TrainingLoop:
         path = self.options.out / "metrics.jsonl"
         if self.rank == 0 and path.is_file():
             rows = [row for _, row, problem in iter_jsonl(path) if not problem and row.get("step", 0) <= self.step]
+            for row in rows:  # the losses the run had computed stay on every line after the resume too
+                self.interval.remember(row)
             with atomic_write(path) as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
 
@@ -252,22 +267,28 @@ class TrainingLoop:
             if o.eval_every and self.step % o.eval_every == 0:
                 row.update(evaluate())
             history.append(row)
+            self.interval.add(row)
             self._after_step(row)
         return history
 
     def _after_step(self, row: dict[str, Any]) -> None:
-        """Log the step's row (metrics.jsonl, TensorBoard) and checkpoint, each at its interval."""
+        """Log the interval's mean losses (metrics.jsonl, TensorBoard) and checkpoint, each at its interval."""
         o = self.options
-        if self.rank == 0 and (self.step % o.log_every == 0 or self.step == o.steps):
-            o.out.mkdir(parents=True, exist_ok=True)
-            with (o.out / "metrics.jsonl").open("a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-            if self.board is not None:
-                for name, value in row.items():
-                    if name != "step":
-                        self.board.add_scalar(name, value, self.step)
+        if self.step % o.log_every == 0 or self.step == o.steps:
+            logged = self.interval.row(row)
+            if self.rank == 0:
+                self._log(logged)
         if self.step % o.checkpoint_every == 0 or self.step == o.steps:
             self.save_checkpoint()
+
+    def _log(self, row: dict[str, Any]) -> None:
+        self.options.out.mkdir(parents=True, exist_ok=True)
+        with (self.options.out / "metrics.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.board is not None:
+            for name, value in row.items():
+                if name != "step" and value is not None:
+                    self.board.add_scalar(name, value, self.step)
 
     # -- the end --
 
@@ -300,6 +321,38 @@ class TrainingLoop:
             self.board.close()
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+class IntervalMeans:
+    """The losses of the steps since the last metrics line, averaged per loss over the steps that computed
+    it. Every loss the run has computed is on every line: null where no step of the interval computed it
+    (UNIMO's language loss is MLM or seq2seq, drawn per step)."""
+
+    def __init__(self):
+        self.seen: dict[str, None] = {}  # every loss name so far, in first-seen order
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, row: dict[str, Any]) -> None:
+        for name, value in row.items():
+            if name.startswith("loss"):
+                self.seen.setdefault(name)
+                self.sums[name] = self.sums.get(name, 0.0) + value
+                self.counts[name] = self.counts.get(name, 0) + 1
+
+    def remember(self, row: dict[str, Any]) -> None:
+        """Know the losses of an earlier metrics line (a resumed run's) without counting their values."""
+        for name in row:
+            if name.startswith("loss"):
+                self.seen.setdefault(name)
+
+    def row(self, last: dict[str, Any]) -> dict[str, Any]:
+        """The metrics line at `last` (the interval's last step row: its step, lr, speed and evaluation),
+        with the interval's mean losses; the interval starts again."""
+        means = {name: round(self.sums[name] / self.counts[name], 6) if name in self.counts else None
+                 for name in self.seen}
+        self.sums, self.counts = {}, {}
+        return {"step": last["step"], **means, **{k: v for k, v in last.items() if k != "step" and k not in means}}
 
 
 def _read_run_record(path: Path) -> dict[str, Any] | None:
