@@ -183,9 +183,7 @@ def test_evaluate_caption_with_no_usable_reference_is_one_line(caption_inputs, t
     assert len(error.splitlines()) == 1 and "no usable caption" in error
 
 
-def test_caption_finetune_resume_reproduces_the_uninterrupted_losses(caption_inputs, tmp_path, monkeypatch):
-    from unimo_pipe.workflows.training_loop import TrainingLoop
-
+def test_caption_finetune_resume_reproduces_the_uninterrupted_losses(caption_inputs, tmp_path, interrupted_at_step):
     def finetune(out):
         return main(["finetune-caption", "--model", str(caption_inputs / "pretrained"), "--captions",
                      str(caption_inputs / "dataset_coco.json"), "--features", str(caption_inputs / "feats"),
@@ -194,17 +192,9 @@ def test_caption_finetune_resume_reproduces_the_uninterrupted_losses(caption_inp
                      "--eval-images", "4", "--max-new-tokens", "4", "--no-java"])
 
     assert finetune(tmp_path / "whole") == 0
-    original = TrainingLoop._after_step
-
-    def kill_after_step_4(self, row):
-        original(self, row)
-        if self.step == 4:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(TrainingLoop, "_after_step", kill_after_step_4)
-    assert finetune(tmp_path / "resumed") == 130
+    with interrupted_at_step(4):
+        assert finetune(tmp_path / "resumed") == 130
     assert not (tmp_path / "resumed" / "model").exists()
-    monkeypatch.setattr(TrainingLoop, "_after_step", original)
     assert finetune(tmp_path / "resumed") == 0
     whole = read_jsonl(tmp_path / "whole" / "metrics.jsonl")
     resumed = read_jsonl(tmp_path / "resumed" / "metrics.jsonl")

@@ -76,21 +76,11 @@ def test_classifier_learns_a_task_that_needs_image_and_text_and_evaluates_alone(
     assert result["left_out"] == {"malformed_json": 1, "missing_field": 1, "unknown_image": 1, "unknown_label": 1}
 
 
-def test_classifier_resume_reproduces_the_uninterrupted_losses(labelled_inputs, tmp_path, monkeypatch):
+def test_classifier_resume_reproduces_the_uninterrupted_losses(labelled_inputs, tmp_path, interrupted_at_step):
     args = ["--steps", "6", "--checkpoint-every", "3", "--log-every", "1", "--warmup-steps", "2"]
     assert finetune(labelled_inputs, tmp_path / "whole", *args) == 0
-    from unimo_pipe.workflows.training_loop import TrainingLoop
-
-    original = TrainingLoop._after_step
-
-    def kill_after_step_4(self, row):
-        original(self, row)
-        if self.step == 4:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(TrainingLoop, "_after_step", kill_after_step_4)
-    assert finetune(labelled_inputs, tmp_path / "resumed", *args) == 130
-    monkeypatch.setattr(TrainingLoop, "_after_step", original)
+    with interrupted_at_step(4):
+        assert finetune(labelled_inputs, tmp_path / "resumed", *args) == 130
     assert finetune(labelled_inputs, tmp_path / "resumed", *args) == 0
     whole = read_jsonl(tmp_path / "whole" / "metrics.jsonl")
     resumed = read_jsonl(tmp_path / "resumed" / "metrics.jsonl")

@@ -72,22 +72,12 @@ def test_tiny_pretraining_learns_and_beats_chance(training_inputs, tmp_path):
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_resume_reproduces_the_uninterrupted_losses(training_inputs, tmp_path, monkeypatch):
+def test_resume_reproduces_the_uninterrupted_losses(training_inputs, tmp_path, interrupted_at_step):
     args = ["--steps", "6", "--checkpoint-every", "3", "--log-every", "1", "--warmup-steps", "2"]
     assert pretrain(training_inputs, tmp_path / "whole", *args) == 0
 
-    from unimo_pipe.workflows.training_loop import TrainingLoop
-
-    original = TrainingLoop._after_step
-
-    def kill_after_step_4(self, row):
-        original(self, row)
-        if self.step == 4:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(TrainingLoop, "_after_step", kill_after_step_4)
-    assert pretrain(training_inputs, tmp_path / "resumed", *args) == 130
-    monkeypatch.setattr(TrainingLoop, "_after_step", original)
+    with interrupted_at_step(4):
+        assert pretrain(training_inputs, tmp_path / "resumed", *args) == 130
     assert pretrain(training_inputs, tmp_path / "resumed", *args) == 0  # restarts from the step-3 checkpoint
     whole = read_jsonl(tmp_path / "whole" / "metrics.jsonl")
     resumed = read_jsonl(tmp_path / "resumed" / "metrics.jsonl")
