@@ -16,10 +16,8 @@ def test_bundled_data_is_complete():
     assert (data / "CREDITS.md").is_file()
 
 
-def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+def test_demo_runs_end_to_end_and_resumes(demo_output, capsys):
+    out, printed = demo_output  # the first run, shared with the report tests
     assert "import-pairs" in printed and "Models used by this demo" in printed
     pairs = list(iter_output_jsonl(out / "pairs", "pairs.jsonl"))
     assert len(pairs) == 60 and all(p["caption"] for p in pairs)
