@@ -18,7 +18,7 @@ BLEU_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4")
 ALL_METRICS = (*BLEU_NAMES, "METEOR", "ROUGE-L", "CIDEr-D")
 JAVA_METRICS = ("METEOR",)
 PTB = "ptb (Stanford PTBTokenizer, Java)"
-PYTHON = "python (no Java runtime: lower-cased, split on non-word characters)"
+PYTHON = "python (without Java: lower-cased, split on non-word characters)"
 _WORD = re.compile(r"[a-z0-9']+")
 
 
