@@ -45,3 +45,19 @@ def interrupted_at_step(monkeypatch):
             monkeypatch.setattr(TrainingLoop, "_after_step", original)
 
     return interrupted
+
+
+def save_tiny_pretrained(root, texts, *, hidden: int = 32, region_dim: int = 16) -> None:
+    """A tokenizer trained on `texts` at ROOT/tok and a tiny random model (seed 0) at ROOT/pretrained: the
+    starting point of the generation tests."""
+    import torch
+
+    from unimo_pipe.models.tiny_tokenizer import build_tiny_tokenizer
+    from unimo_pipe.models.tokenizers import load_tokenizer
+    from unimo_pipe.models.unified import UnifiedModel, tiny_encoder
+
+    build_tiny_tokenizer(root / "tok", texts)
+    tokenizer = load_tokenizer(str(root / "tok"), of="--tokenizer")
+    torch.manual_seed(0)
+    UnifiedModel(tiny_encoder(len(tokenizer), hidden=hidden), region_dim=region_dim).save_pretrained(
+        root / "pretrained")

@@ -4,9 +4,9 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from tests.conftest import read_jsonl, write_jsonl
+from tests.workflows.conftest import save_tiny_pretrained
 from unimo_pipe.pipeline.cli import main
 from unimo_pipe.pipeline.feature_store import RegionFeatureWriter
 from unimo_pipe.pipeline.formats import GENERATIONS_FILE
@@ -45,14 +45,7 @@ def caption_inputs(tmp_path_factory):
             images.append({"filename": f"img{i}.jpg", "filepath": "val2014",
                            "split": "train" if i < TRAIN_IMAGES else "val", "sentences": sentences})
     (root / "dataset_coco.json").write_text(json.dumps({"images": images}))
-    from unimo_pipe.models.tiny_tokenizer import build_tiny_tokenizer
-    from unimo_pipe.models.tokenizers import load_tokenizer
-    from unimo_pipe.models.unified import UnifiedModel, tiny_encoder
-
-    build_tiny_tokenizer(root / "tok", [s["raw"] for im in images for s in im["sentences"]] * 3)
-    tokenizer = load_tokenizer(str(root / "tok"), of="--tokenizer")
-    torch.manual_seed(0)
-    UnifiedModel(tiny_encoder(len(tokenizer), hidden=32), region_dim=16).save_pretrained(root / "pretrained")
+    save_tiny_pretrained(root, [s["raw"] for im in images for s in im["sentences"]] * 3)
     return root
 
 

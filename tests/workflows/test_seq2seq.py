@@ -4,9 +4,9 @@ import json
 import random
 
 import pytest
-import torch
 
 from tests.conftest import read_jsonl, write_jsonl
+from tests.workflows.conftest import save_tiny_pretrained
 from unimo_pipe.pipeline.cli import main
 
 WORDS = ["red", "blue", "green", "cat", "dog", "bird", "sun", "moon"]
@@ -31,14 +31,7 @@ def text_inputs(tmp_path_factory):
     train = _examples(300, seed=0)
     write_jsonl(root / "train.jsonl", train)
     write_jsonl(root / "dev.jsonl", _examples(40, seed=1))
-    from unimo_pipe.models.tiny_tokenizer import build_tiny_tokenizer
-    from unimo_pipe.models.tokenizers import load_tokenizer
-    from unimo_pipe.models.unified import UnifiedModel, tiny_encoder
-
-    build_tiny_tokenizer(root / "tok", [r["source"] + " " + r["target"] for r in train] * 2)
-    tokenizer = load_tokenizer(str(root / "tok"), of="--tokenizer")
-    torch.manual_seed(0)
-    UnifiedModel(tiny_encoder(len(tokenizer), hidden=32), region_dim=16).save_pretrained(root / "pretrained")
+    save_tiny_pretrained(root, [r["source"] + " " + r["target"] for r in train] * 2)
     return root
 
 
